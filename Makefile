@@ -1,0 +1,88 @@
+# qembed build, test, bench and install.
+#   make            release build of libqembed.so
+#   make demo       build and run the main job
+#   make test       every test: Swift, C, Python
+#   make bench      the benchmark suite
+#   make install PREFIX=/usr/local
+# QEMBED_CPU picks the instruction set (default: the build machine's, like
+# llama.cpp's GGML_NATIVE); use QEMBED_CPU=x86-64 for a portable build.
+
+PREFIX     ?= /usr/local
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PYTHON     ?= python3
+QEMBED_CPU ?= native
+CC         ?= cc
+
+MAJOR := $(shell sed -n 's/^\#define QEMBED_VERSION_MAJOR \([0-9]*\).*/\1/p' include/qembed.h)
+MINOR := $(shell sed -n 's/^\#define QEMBED_VERSION_MINOR \([0-9]*\).*/\1/p' include/qembed.h)
+PATCH := $(shell sed -n 's/^\#define QEMBED_VERSION_PATCH \([0-9]*\).*/\1/p' include/qembed.h)
+VERSION := $(MAJOR).$(MINOR).$(PATCH)
+
+SWIFT_RELEASE := -c release -Xswiftc -target-cpu -Xswiftc $(QEMBED_CPU)
+BUILD := .build/release
+LIB   := $(BUILD)/libqembed.so
+SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.c' -o -name '*.h') Package.swift include/qembed.h qembed.map
+
+.PHONY: all build deps demo test test-swift test-c test-python bench install uninstall clean pc
+
+all: build
+
+# System packages the build and tests need (apt-get / pip when missing).
+deps:
+	@sh tools/deps.sh
+
+build: $(LIB)
+
+# The version script is not a Swift source: relink when it changes.
+$(LIB): $(SWIFT_SOURCES)
+	rm -f $(LIB)
+	swift build $(SWIFT_RELEASE) --product qembed
+	@touch $(LIB)
+
+demo: build
+	$(MAKE) -C bindings/c demo
+
+test: deps build test-swift test-c test-python
+
+test-swift:
+	swift test 2>&1 | tail -n 40
+
+test-c: build
+	$(MAKE) -C bindings/c test
+
+test-python: build
+	cd bindings/python && $(PYTHON) -m pytest -q tests
+
+bench: build
+	swift build $(SWIFT_RELEASE) --product qembed-bench
+	$(BUILD)/qembed-bench
+
+pc: $(BUILD)/qembed.pc
+$(BUILD)/qembed.pc: pkgconfig/qembed.pc.in include/qembed.h
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $@
+
+# The .pc is regenerated for each install so that PREFIX is always the given one.
+install: build
+	@mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -m 755 $(LIB) $(DESTDIR)$(LIBDIR)/libqembed.so.$(VERSION)
+	ln -sf libqembed.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libqembed.so.$(MAJOR)
+	ln -sf libqembed.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libqembed.so
+	install -m 644 include/qembed.h $(DESTDIR)$(INCLUDEDIR)/qembed.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc
+	@mkdir -p $(DESTDIR)$(LIBDIR)/python3/site-packages
+	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
+	cp -r bindings/python/qembed $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
+	find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} +
+	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX)"
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libqembed.so* $(DESTDIR)$(INCLUDEDIR)/qembed.h $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc
+	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
+
+clean:
+	swift package clean
+	$(MAKE) -C bindings/c clean

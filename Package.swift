@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+// qembed: quantized and trainable embedding tables behind a stable C ABI.
+import PackageDescription
+
+// MARK: - Linker settings of the shared library
+// SwiftPM sets no SONAME and exports every public Swift symbol; the version
+// script keeps the exported set equal to the functions declared in
+// include/qembed.h, and the SONAME carries the ABI major version.
+let libraryLinkerSettings: [LinkerSetting] = [
+    .unsafeFlags([
+        "-Xlinker", "-soname=libqembed.so.0",
+        "-Xlinker", "--version-script=qembed.map",
+    ]),
+]
+
+let package = Package(
+    name: "qembed",
+    products: [
+        // MARK: - Products
+        .library(name: "qembed", type: .dynamic, targets: ["Qembed"]),
+    ],
+    targets: [
+        // MARK: - C support: the public header and the thread-local error buffer
+        .target(name: "CQembed", path: "Sources/CQembed"),
+
+        // MARK: - Swift core: kernels and layers, no C-ABI concerns
+        .target(
+            name: "QembedCore",
+            path: "Sources/QembedCore",
+            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"])]
+        ),
+
+        // MARK: - The export layer: only @c @implementation thunks
+        .target(
+            name: "Qembed",
+            dependencies: ["CQembed", "QembedCore"],
+            path: "Sources/Qembed",
+            linkerSettings: libraryLinkerSettings
+        ),
+
+        // MARK: - Tests
+        .testTarget(
+            name: "QembedCoreTests",
+            dependencies: ["QembedCore"],
+            path: "Tests/QembedCoreTests"
+        ),
+    ],
+    // Kernels hand raw buffers to DispatchQueue.concurrentPerform; the Swift 5
+    // language mode keeps that free of Sendable ceremony (races are covered by TSan runs).
+    swiftLanguageModes: [.v5]
+)

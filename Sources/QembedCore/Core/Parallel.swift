@@ -1,0 +1,49 @@
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The process-wide worker-thread count (0 = default).
+private let configuredThreads = Atomic<Int>(0)
+
+/// Default thread count: QEMBED_NUM_THREADS when a positive integer, else the online cores.
+private let defaultThreads: Int = {
+    if let s = getenv("QEMBED_NUM_THREADS"), let n = Int(String(cString: s)), n > 0 {
+        return min(n, Parallel.maxThreads)
+    }
+    return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+}()
+
+public enum Parallel {
+    public static let maxThreads = 1024
+
+    /// The number of worker threads kernels use.
+    public static var threadCount: Int {
+        let n = configuredThreads.load(ordering: .relaxed)
+        return n > 0 ? n : defaultThreads
+    }
+
+    /// Sets the worker-thread count; 0 restores the default.
+    public static func setThreadCount(_ n: Int) throws(QembedError) {
+        guard n >= 0 && n <= maxThreads else {
+            throw .invalid("num_threads: \(n) is outside 0...\(maxThreads) (0 restores the default)")
+        }
+        configuredThreads.store(n, ordering: .relaxed)
+    }
+
+    /// Runs `body(range)` over `0..<count` split into contiguous chunks of at
+    /// least `grain` items, on up to `threadCount` threads. Chunks are disjoint.
+    public static func forEachChunk(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+        if count <= 0 { return }
+        let threads = min(threadCount, max(1, count / max(grain, 1)))
+        if threads <= 1 { body(0..<count); return }
+        let chunks = threads
+        let per = ceilDiv(count, chunks)
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = c * per
+            let hi = min(count, lo + per)
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+}

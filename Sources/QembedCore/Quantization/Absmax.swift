@@ -1,0 +1,83 @@
+import Synchronization
+
+/// Per-block absolute maxima with a finiteness check: the first pass of every
+/// blockwise quantizer. Works on magnitude bit patterns, whose integer order is
+/// the order of |x| for IEEE formats, so one integer max gives both absmax and
+/// whether any NaN/Inf is present.
+public enum Absmax {
+    /// Writes max |x| of each block of `blocksize` elements into `absmax`
+    /// (ceil(n / blocksize) entries). Throws `.nonFinite` naming the first
+    /// non-finite element; then `absmax` content is unspecified.
+    public static func blocks<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, n: Int,
+                                               blocksize: Int, absmax: UnsafeMutablePointer<Float>,
+                                               argument: String = "A") throws(QembedError) {
+        let nblocks = ceilDiv(n, blocksize)
+        let bad = Atomic<Bool>(false)
+        Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
+            var anyBad = false
+            for b in range {
+                let lo = b * blocksize
+                let m = maxMagnitudeBits(e, src + lo, min(blocksize, n - lo))
+                if m >= E.nonFiniteBits { anyBad = true }
+                absmax[b] = E.float(fromMagnitudeBits: m)
+            }
+            if anyBad { bad.store(true, ordering: .relaxed) }
+        }
+        if bad.load(ordering: .relaxed) {
+            throw firstNonFinite(e, src, n: n, argument: argument)
+        }
+    }
+
+    /// The error naming the first non-finite element of `src`.
+    public static func firstNonFinite<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, n: Int, argument: String) -> QembedError {
+        for i in 0..<n where E.magnitudeBits(src, i) >= E.nonFiniteBits {
+            return QembedError(.nonFinite, "\(argument)[\(i)] is \(E.load(src, i)) (inputs must be finite)")
+        }
+        return QembedError(.internal, "non-finite value reported but not found")
+    }
+
+    /// max magnitude bits over `count` elements.
+    @inline(__always)
+    public static func maxMagnitudeBits<E: FloatElement>(_ e: E.Type, _ p: UnsafePointer<E.Storage>, _ count: Int) -> UInt32 {
+        if E.self == F32.self {
+            return maxBitsF32(UnsafeRawPointer(p).assumingMemoryBound(to: UInt32.self), count)
+        }
+        if E.Storage.self == UInt16.self {
+            return UInt32(maxBits16(UnsafeRawPointer(p).assumingMemoryBound(to: UInt16.self), count))
+        }
+        var m: UInt32 = 0
+        for i in 0..<count { m = Swift.max(m, E.magnitudeBits(p, i)) }
+        return m
+    }
+
+    @inline(__always)
+    static func maxBitsF32(_ p: UnsafePointer<UInt32>, _ count: Int) -> UInt32 {
+        let mask = SIMD16<UInt32>(repeating: 0x7FFF_FFFF)
+        var acc0 = SIMD16<UInt32>(repeating: 0), acc1 = acc0
+        var i = 0
+        let raw = UnsafeRawPointer(p)
+        while i + 32 <= count {
+            acc0 = pointwiseMax(acc0, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<UInt32>.self) & mask)
+            acc1 = pointwiseMax(acc1, raw.loadUnaligned(fromByteOffset: i * 4 + 64, as: SIMD16<UInt32>.self) & mask)
+            i += 32
+        }
+        var m = pointwiseMax(acc0, acc1).max()
+        while i < count { m = Swift.max(m, p[i] & 0x7FFF_FFFF); i += 1 }
+        return m
+    }
+
+    @inline(__always)
+    static func maxBits16(_ p: UnsafePointer<UInt16>, _ count: Int) -> UInt16 {
+        let mask = SIMD32<UInt16>(repeating: 0x7FFF)
+        var acc = SIMD32<UInt16>(repeating: 0)
+        var i = 0
+        let raw = UnsafeRawPointer(p)
+        while i + 32 <= count {
+            acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 2, as: SIMD32<UInt16>.self) & mask)
+            i += 32
+        }
+        var m = acc.max()
+        while i < count { m = Swift.max(m, p[i] & 0x7FFF); i += 1 }
+        return m
+    }
+}

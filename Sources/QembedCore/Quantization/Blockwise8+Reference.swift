@@ -1,0 +1,34 @@
+/// The scalar specification of blockwise 8-bit quantization: plain loops,
+/// binary search, no tables. The optimized kernels must equal it byte for byte.
+public enum Blockwise8Reference {
+    /// Number of midpoints (code[i] + code[i+1]) / 2 strictly below s.
+    public static func index(_ s: Float, code: UnsafePointer<Float>) -> UInt8 {
+        var lo = 0, hi = 255
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if (code[mid] + code[mid + 1]) / 2 < s { lo = mid + 1 } else { hi = mid }
+        }
+        return UInt8(lo)
+    }
+
+    public static func quantize(_ x: [Float], code: [Float], blocksize: Int) -> (q: [UInt8], absmax: [Float]) {
+        let n = x.count
+        var q = [UInt8](repeating: 0, count: n)
+        var absmax = [Float](repeating: 0, count: ceilDiv(n, blocksize))
+        code.withUnsafeBufferPointer { c in
+            for b in 0..<absmax.count {
+                let r = (b * blocksize)..<min(n, (b + 1) * blocksize)
+                var m: Float = 0
+                for i in r { m = max(m, abs(x[i])) }
+                absmax[b] = m
+                let scale = BlockScale(absmax: m)
+                for i in r { q[i] = index(scale.scaled(x[i]), code: c.baseAddress!) }
+            }
+        }
+        return (q, absmax)
+    }
+
+    public static func dequantize(_ q: [UInt8], absmax: [Float], code: [Float], blocksize: Int) -> [Float] {
+        q.indices.map { code[Int(q[$0])] * absmax[$0 / blocksize] }
+    }
+}

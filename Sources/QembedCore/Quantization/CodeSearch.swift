@@ -1,0 +1,111 @@
+/// Exact nearest-entry search in a sorted 256-entry code.
+///
+/// The rule (the spec, see `Blockwise8.referenceIndex`): with midpoints
+/// m[i] = (code[i] + code[i+1]) / 2 in float32, the index of a scaled value s
+/// is the number of midpoints strictly below s.
+///
+/// Fast form: [-1, 1] is cut into buckets by the top 16 bits of a monotone
+/// integer key of the float. For each bucket, `lo` is the number of midpoints
+/// below the bucket's smallest value; at most `span` midpoints lie inside any
+/// bucket, so the index is `lo + sum_{j < span} (m[lo + j] < s)`: `span`
+/// compares, branch-free. For the dynamic map span is 1.
+public struct CodeSearch: @unchecked Sendable {
+    public let code: [Float]
+    /// 255 midpoints followed by `span + 1` copies of +inf.
+    let mids: UnsafeMutablePointer<Float>
+    let lo: UnsafeMutablePointer<UInt8>
+    public let span: Int
+    let bucketCount: Int
+    private let storage: Storage
+
+    final class Storage {
+        let mids: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<UInt8>
+        init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>) { mids = m; lo = l }
+        deinit { mids.deallocate(); lo.deallocate() }
+    }
+
+    static let shift: UInt32 = 16
+    static let keyMin: UInt32 = key(-1)
+
+    /// A monotone map of floats to UInt32 (-0 sorts just below +0).
+    @inline(__always)
+    static func key(_ s: Float) -> UInt32 {
+        let b = s.bitPattern
+        return b & 0x8000_0000 != 0 ? ~b : b | 0x8000_0000
+    }
+
+    static func value(ofKey k: UInt32) -> Float {
+        Float(bitPattern: k & 0x8000_0000 != 0 ? k & 0x7FFF_FFFF : ~k)
+    }
+
+    /// Checks that `code` has 256 finite entries sorted ascending.
+    public static func validate(_ code: UnsafePointer<Float>, argument: String = "code") throws(QembedError) {
+        for i in 0..<256 where !code[i].isFinite {
+            throw .invalid("\(argument)[\(i)] is \(code[i]) (a code must be finite)")
+        }
+        for i in 1..<256 where code[i] < code[i - 1] {
+            throw .invalid("\(argument) is not sorted ascending: \(argument)[\(i - 1)] = \(code[i - 1]) > \(argument)[\(i)] = \(code[i])")
+        }
+    }
+
+    /// Builds the search for a validated sorted code.
+    public init(code: [Float]) {
+        precondition(code.count == 256)
+        self.code = code
+        var m = [Float](repeating: 0, count: 255)
+        for i in 0..<255 { m[i] = (code[i] + code[i + 1]) / 2 }
+        func countBelow(_ v: Float) -> Int {  // number of m < v
+            var lo = 0, hi = 255
+            while lo < hi { let mid = (lo + hi) / 2; if m[mid] < v { lo = mid + 1 } else { hi = mid } }
+            return lo
+        }
+        let keyMax = CodeSearch.key(1)
+        let buckets = Int((keyMax &- CodeSearch.keyMin) >> CodeSearch.shift) + 1
+        let loPtr = UnsafeMutablePointer<UInt8>.allocate(capacity: buckets)
+        var span = 0
+        for b in 0..<buckets {
+            let k0 = CodeSearch.keyMin &+ (UInt32(b) << CodeSearch.shift)
+            let k1 = min(k0 &+ ((1 << CodeSearch.shift) - 1), keyMax)
+            let l = countBelow(CodeSearch.value(ofKey: k0))
+            let h = countBelow(CodeSearch.value(ofKey: k1))
+            loPtr[b] = UInt8(l)
+            span = max(span, h - l)
+        }
+        let midPtr = UnsafeMutablePointer<Float>.allocate(capacity: 255 + span + 1)
+        for i in 0..<255 { midPtr[i] = m[i] }
+        for i in 255..<(255 + span + 1) { midPtr[i] = .infinity }
+        self.mids = midPtr
+        self.lo = loPtr
+        self.span = span
+        self.bucketCount = buckets
+        self.storage = Storage(midPtr, loPtr)
+    }
+
+    /// The code index of a scaled value s in [-1, 1].
+    @inline(__always)
+    public func index(_ s: Float) -> UInt8 {
+        let bucket = Int((CodeSearch.key(s) &- CodeSearch.keyMin) >> CodeSearch.shift)
+        let l = Int(lo[bucket])
+        var q = l
+        if span == 1 {
+            q &+= mids[l] < s ? 1 : 0
+        } else {
+            for j in 0..<span { q &+= mids[l &+ j] < s ? 1 : 0 }
+        }
+        return UInt8(truncatingIfNeeded: q)
+    }
+
+    /// Cached searches for the two dynamic maps.
+    public static let signedDynamic = CodeSearch(code: QuantMap.signedDynamic)
+    public static let unsignedDynamic = CodeSearch(code: QuantMap.unsignedDynamic)
+
+    /// The search for a caller-given code: a cached one when the code equals a
+    /// dynamic map, else a new one.
+    public static func forCode(_ code: UnsafePointer<Float>?) -> CodeSearch {
+        guard let code else { return signedDynamic }
+        let buf = UnsafeBufferPointer(start: code, count: 256)
+        if buf.elementsEqual(QuantMap.signedDynamic, by: { $0.bitPattern == $1.bitPattern }) { return signedDynamic }
+        if buf.elementsEqual(QuantMap.unsignedDynamic, by: { $0.bitPattern == $1.bitPattern }) { return unsignedDynamic }
+        return CodeSearch(code: Array(buf))
+    }
+}

@@ -1,0 +1,50 @@
+/// Element formats the kernels read and write, as zero-size types so that
+/// generic kernels specialize per format (no per-element switch).
+public protocol FloatElement {
+    /// The storage type of one element.
+    associatedtype Storage
+    /// |x| as an integer whose order equals the order of |x| (sign bit
+    /// cleared); non-finite values compare >= `nonFiniteBits`.
+    static func magnitudeBits(_ p: UnsafePointer<Storage>, _ i: Int) -> UInt32
+    static var nonFiniteBits: UInt32 { get }
+    static func float(fromMagnitudeBits b: UInt32) -> Float
+    static func load(_ p: UnsafePointer<Storage>, _ i: Int) -> Float
+    static func store(_ v: Float, _ p: UnsafeMutablePointer<Storage>, _ i: Int)
+}
+
+public enum F32: FloatElement {
+    public typealias Storage = Float
+    @inline(__always) public static func magnitudeBits(_ p: UnsafePointer<Float>, _ i: Int) -> UInt32 { p[i].bitPattern & 0x7FFF_FFFF }
+    public static var nonFiniteBits: UInt32 { 0x7F80_0000 }
+    @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { Float(bitPattern: b) }
+    @inline(__always) public static func load(_ p: UnsafePointer<Float>, _ i: Int) -> Float { p[i] }
+    @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<Float>, _ i: Int) { p[i] = v }
+}
+
+public enum F16: FloatElement {
+    public typealias Storage = UInt16
+    @inline(__always) public static func magnitudeBits(_ p: UnsafePointer<UInt16>, _ i: Int) -> UInt32 { UInt32(p[i] & 0x7FFF) }
+    public static var nonFiniteBits: UInt32 { 0x7C00 }
+    @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: b))) }
+    @inline(__always) public static func load(_ p: UnsafePointer<UInt16>, _ i: Int) -> Float { Float(Float16(bitPattern: p[i])) }
+    @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) { p[i] = Float16(v).bitPattern }
+}
+
+public enum BF16: FloatElement {
+    public typealias Storage = UInt16
+    @inline(__always) public static func magnitudeBits(_ p: UnsafePointer<UInt16>, _ i: Int) -> UInt32 { UInt32(p[i] & 0x7FFF) }
+    public static var nonFiniteBits: UInt32 { 0x7F80 }
+    @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { bf16ToFloat(UInt16(truncatingIfNeeded: b)) }
+    @inline(__always) public static func load(_ p: UnsafePointer<UInt16>, _ i: Int) -> Float { bf16ToFloat(p[i]) }
+    @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) { p[i] = floatToBF16(v) }
+}
+
+/// Calls `body` with the element type matching `dtype` (f32, f16 or bf16).
+public func withFloatElement<R>(_ dtype: DType, _ body: (any FloatElement.Type) throws(QembedError) -> R) throws(QembedError) -> R {
+    switch dtype {
+    case .f32: return try body(F32.self)
+    case .f16: return try body(F16.self)
+    case .bf16: return try body(BF16.self)
+    default: throw .unsupported("dtype \(dtype.name) is not a float type (use f32, f16 or bf16)")
+    }
+}

@@ -1,0 +1,159 @@
+/// 4-bit blockwise quantization (bitsandbytes quantize_4bit / dequantize_4bit,
+/// FP4 and NF4) with the exact nearest-midpoint rule over the sorted levels.
+/// Packing: element 2k in the high nibble of byte k, element 2k+1 in the low.
+public enum FourBit {
+    public static let blocksizes: Set<Int> = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+    /// Levels sorted ascending (stable, as torch.argsort on the CPU), the
+    /// 15 midpoints between them, and the sorted-position -> nibble map.
+    public struct Levels: Sendable {
+        public let code: [Float]       // 16 levels in nibble order
+        public let sortedMids: [Float] // 15 midpoints
+        public let order: [UInt8]      // sorted position -> nibble
+
+        init(_ type: FourBitType) {
+            let c = QuantMap.fourBit(type)
+            let idx = (0..<16).sorted { c[$0] < c[$1] || (c[$0] == c[$1] && $0 < $1) }
+            code = c
+            order = idx.map { UInt8($0) }
+            sortedMids = (0..<15).map { (c[idx[$0]] + c[idx[$0 + 1]]) / 2 }
+        }
+
+        /// Nibble of a scaled value: order[#midpoints < s].
+        @inline(__always)
+        public func nibble(_ s: Float) -> UInt8 {
+            var c = 0
+            for m in sortedMids where m < s { c += 1 }
+            return order[c]
+        }
+    }
+
+    public static let nf4 = Levels(.nf4)
+    public static let fp4 = Levels(.fp4)
+    public static func levels(_ t: FourBitType) -> Levels { t == .nf4 ? nf4 : fp4 }
+
+    public static func packedBytes(_ n: Int) -> Int { (n + 1) / 2 }
+
+    /// Quantizes n elements into `packed` ((n+1)/2 bytes) and `absmax`.
+    /// Nothing is written when it throws.
+    public static func quantize(_ A: UnsafeRawPointer, dtype: DType, n: Int, blocksize: Int, type: FourBitType,
+                                packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) throws(QembedError) {
+        try withFloatElement(dtype) { (e) throws(QembedError) in
+            try quantize(e, A, n: n, blocksize: blocksize, levels: levels(type), packed: packed, absmax: absmax)
+        }
+    }
+
+    static func quantize<E: FloatElement>(_ e: E.Type, _ A: UnsafeRawPointer, n: Int, blocksize: Int, levels: Levels,
+                                          packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) throws(QembedError) {
+        let src = A.assumingMemoryBound(to: E.Storage.self)
+        let nblocks = ceilDiv(n, blocksize)
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: nblocks)
+        defer { tmp.deallocate() }
+        try Absmax.blocks(e, src, n: n, blocksize: blocksize, absmax: tmp)
+        Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
+            for b in range {
+                let lo = b * blocksize
+                quantizeBlock(e, src + lo, min(blocksize, n - lo), BlockScale(absmax: tmp[b]), levels, packed + lo / 2)
+            }
+        }
+        absmax.update(from: tmp, count: nblocks)
+    }
+
+    /// One block starting at an even element; writes ceil(count/2) bytes.
+    @inline(__always)
+    static func quantizeBlock<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int,
+                                               _ scale: BlockScale, _ lv: Levels, _ out: UnsafeMutablePointer<UInt8>) {
+        var i = 0
+        if !scale.divides {
+            let r = SIMD8<Float>(repeating: scale.reciprocal)
+            let one = SIMD8<Float>(repeating: 1)
+            let mids = lv.sortedMids
+            let order = lv.order
+            let identity = order == Array(0..<16)
+            while i + 8 <= count {
+                var x = SIMD8<Float>()
+                for k in 0..<8 { x[k] = E.load(src, i + k) }
+                let s = (x * r).clamped(lowerBound: -one, upperBound: one)
+                var cnt = SIMD8<Int32>(repeating: 0)
+                for j in 0..<15 {
+                    cnt &-= unsafeBitCast(SIMD8<Float>(repeating: mids[j]) .< s, to: SIMD8<Int32>.self)
+                }
+                var q = SIMD8<UInt8>(truncatingIfNeeded: cnt)
+                if !identity { for k in 0..<8 { q[k] = order[Int(q[k])] } }
+                out[i / 2] = q[0] << 4 | q[1]
+                out[i / 2 + 1] = q[2] << 4 | q[3]
+                out[i / 2 + 2] = q[4] << 4 | q[5]
+                out[i / 2 + 3] = q[6] << 4 | q[7]
+                i += 8
+            }
+        }
+        while i < count {
+            let hi = lv.nibble(scale.scaled(E.load(src, i)))
+            let lo = i + 1 < count ? lv.nibble(scale.scaled(E.load(src, i + 1))) : lv.nibble(0)
+            out[i / 2] = hi << 4 | lo
+            i += 2
+        }
+    }
+
+    /// out[i] = code[nibble i] * absmax[i / blocksize] in float32, stored as `dtype`.
+    public static func dequantize(_ packed: UnsafePointer<UInt8>, n: Int, absmax: UnsafePointer<Float>,
+                                  blocksize: Int, type: FourBitType, out: UnsafeMutableRawPointer, dtype: DType) throws(QembedError) {
+        try withFloatElement(dtype) { (e) throws(QembedError) in
+            dequantize(e, packed, n: n, absmax: absmax, blocksize: blocksize, code: levels(type).code, out: out)
+        }
+    }
+
+    static func dequantize<E: FloatElement>(_ e: E.Type, _ packed: UnsafePointer<UInt8>, n: Int, absmax: UnsafePointer<Float>,
+                                            blocksize: Int, code: [Float], out: UnsafeMutableRawPointer) {
+        let dst = out.assumingMemoryBound(to: E.Storage.self)
+        let nblocks = ceilDiv(n, blocksize)
+        code.withUnsafeBufferPointer { cb in
+            let c = cb.baseAddress!
+            Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
+                for b in range {
+                    let lo = b * blocksize
+                    dequantizeRun(e, packed, from: lo, count: min(blocksize, n - lo), absmax: absmax[b], code: c, dst: dst)
+                }
+            }
+        }
+    }
+
+    /// Dequantizes `count` elements starting at even element `from`, all of
+    /// one block with scale `absmax`, into dst[from...].
+    @inline(__always)
+    public static func dequantizeRun<E: FloatElement>(_ e: E.Type, _ packed: UnsafePointer<UInt8>, from: Int, count: Int,
+                                                      absmax: Float, code: UnsafePointer<Float>,
+                                                      dst: UnsafeMutablePointer<E.Storage>) {
+        let p = packed + from / 2
+        let o = from
+        let pairs = count / 2
+        for k in 0..<pairs {
+            let byte = p[k]
+            E.store(code[Int(byte >> 4)] * absmax, dst, o + 2 * k)
+            E.store(code[Int(byte & 15)] * absmax, dst, o + 2 * k + 1)
+        }
+        if count & 1 == 1 {
+            E.store(code[Int(p[pairs] >> 4)] * absmax, dst, o + count - 1)
+        }
+    }
+}
+
+/// The scalar specification of 4-bit quantization.
+public enum FourBitReference {
+    public static func quantize(_ x: [Float], blocksize: Int, type: FourBitType) -> (packed: [UInt8], absmax: [Float]) {
+        let lv = FourBit.levels(type)
+        let n = x.count
+        var absmax = [Float](repeating: 0, count: ceilDiv(n, blocksize))
+        var nib = [UInt8](repeating: lv.nibble(0), count: n + (n & 1))
+        for b in 0..<absmax.count {
+            let r = (b * blocksize)..<min(n, (b + 1) * blocksize)
+            var m: Float = 0
+            for i in r { m = max(m, abs(x[i])) }
+            absmax[b] = m
+            let scale = BlockScale(absmax: m)
+            for i in r { nib[i] = lv.nibble(scale.scaled(x[i])) }
+        }
+        let packed = (0..<(nib.count / 2)).map { nib[2 * $0] << 4 | nib[2 * $0 + 1] }
+        return (packed, absmax)
+    }
+}

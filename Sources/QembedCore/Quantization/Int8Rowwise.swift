@@ -1,0 +1,113 @@
+/// Int8 row-wise quantization (bitsandbytes int8_vectorwise_quant/dequant, LLM.int8).
+public enum Int8Rowwise {
+    /// 1/127 as float32, the factor bitsandbytes multiplies by.
+    public static let inv127: Float = 7.874015718698502e-3
+
+    /// Quantizes a rows x cols matrix. With threshold > 0, columns holding an
+    /// element with |x| >= threshold are outlier columns: their elements are
+    /// left out of row_stats and zeroed in `out`. Returns the outlier columns
+    /// (ascending). Nothing is written when it throws.
+    @discardableResult
+    public static func quantize(_ A: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, threshold: Float,
+                                out: UnsafeMutablePointer<Int8>, rowStats: UnsafeMutablePointer<Float>) throws(QembedError) -> [Int32] {
+        try withFloatElement(dtype) { (e) throws(QembedError) in
+            try quantize(e, A, rows: rows, cols: cols, threshold: threshold, out: out, rowStats: rowStats)
+        }
+    }
+
+    static func quantize<E: FloatElement>(_ e: E.Type, _ A: UnsafeRawPointer, rows: Int, cols: Int, threshold: Float,
+                                          out: UnsafeMutablePointer<Int8>, rowStats: UnsafeMutablePointer<Float>) throws(QembedError) -> [Int32] {
+        let src = A.assumingMemoryBound(to: E.Storage.self)
+        let stats = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+        defer { stats.deallocate() }
+        // Pass 1: finiteness and plain row maxima (blocks of one row).
+        try Absmax.blocks(e, src, n: rows * cols, blocksize: cols, absmax: stats)
+        var outlierCols: [Int32] = []
+        var isOutlier = [Bool](repeating: false, count: cols)
+        if threshold > 0 {
+            for r in 0..<rows where stats[r] >= threshold {
+                for c in 0..<cols where abs(E.load(src, r * cols + c)) >= threshold { isOutlier[c] = true }
+            }
+            outlierCols = (0..<cols).filter { isOutlier[$0] }.map { Int32($0) }
+            if !outlierCols.isEmpty {
+                // Row maxima over the non-outlier elements (outliers count as zero).
+                for r in 0..<rows where stats[r] >= threshold {
+                    var m: Float = 0
+                    for c in 0..<cols {
+                        let v = abs(E.load(src, r * cols + c))
+                        if v < threshold { m = max(m, v) }
+                    }
+                    stats[r] = m
+                }
+            }
+        }
+        let hasOutliers = !outlierCols.isEmpty
+        isOutlier.withUnsafeBufferPointer { mask in
+            Parallel.forEachChunk(rows, grain: max(1, 16384 / max(cols, 1))) { range in
+                for r in range {
+                    let row = src + r * cols
+                    let o = out + r * cols
+                    let st = stats[r]
+                    let scale: Float = st == 0 ? 0 : 127 / st
+                    for c in 0..<cols {
+                        let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
+                        o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                    }
+                    if hasOutliers { for c in 0..<cols where mask[c] { o[c] = 0 } }
+                }
+            }
+        }
+        rowStats.update(from: stats, count: rows)
+        return outlierCols
+    }
+
+    /// out = (A * row_stats[r]) * (1/127) in float32, stored as `dtype`.
+    public static func dequantize(_ A: UnsafePointer<Int8>, rows: Int, cols: Int, rowStats: UnsafePointer<Float>,
+                                  out: UnsafeMutableRawPointer, dtype: DType) throws(QembedError) {
+        try withFloatElement(dtype) { (e) throws(QembedError) in
+            dequantize(e, A, rows: rows, cols: cols, rowStats: rowStats, out: out)
+        }
+    }
+
+    static func dequantize<E: FloatElement>(_ e: E.Type, _ A: UnsafePointer<Int8>, rows: Int, cols: Int,
+                                            rowStats: UnsafePointer<Float>, out: UnsafeMutableRawPointer) {
+        let dst = out.assumingMemoryBound(to: E.Storage.self)
+        Parallel.forEachChunk(rows, grain: max(1, 16384 / max(cols, 1))) { range in
+            for r in range {
+                let s = rowStats[r]
+                let base = r * cols
+                for c in 0..<cols { E.store(Float(A[base + c]) * s * inv127, dst, base + c) }
+            }
+        }
+    }
+}
+
+/// Nested (double) quantization of absmax statistics.
+public enum Statistics {
+    /// offset = mean(absmax) (double accumulation); absmax - offset is
+    /// blockwise-quantized with the signed dynamic map.
+    public static func quantize(_ absmax: UnsafePointer<Float>, count: Int, nestedBlocksize: Int,
+                                qabsmax: UnsafeMutablePointer<UInt8>, nestedAbsmax: UnsafeMutablePointer<Float>) throws(QembedError) -> Float {
+        var sum = 0.0
+        for i in 0..<count {
+            guard absmax[i].isFinite else {
+                throw QembedError(.nonFinite, "absmax[\(i)] is \(absmax[i]) (inputs must be finite)")
+            }
+            sum += Double(absmax[i])
+        }
+        let offset = Float(sum / Double(count))
+        let centered = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        defer { centered.deallocate() }
+        for i in 0..<count { centered[i] = absmax[i] - offset }
+        try Blockwise8.quantize(centered, dtype: .f32, n: count, search: .signedDynamic,
+                                blocksize: nestedBlocksize, out: qabsmax, absmax: nestedAbsmax)
+        return offset
+    }
+
+    /// absmax[i] = code[q[i]] * nested_absmax[i / nested_blocksize] + offset.
+    public static func dequantize(_ q: UnsafePointer<UInt8>, count: Int, nestedAbsmax: UnsafePointer<Float>,
+                                  code: UnsafePointer<Float>, nestedBlocksize: Int, offset: Float,
+                                  absmax: UnsafeMutablePointer<Float>) {
+        for i in 0..<count { absmax[i] = code[Int(q[i])] * nestedAbsmax[i / nestedBlocksize] + offset }
+    }
+}

@@ -1,0 +1,27 @@
+/// How a block's values are scaled into [-1, 1] before the code search:
+/// s = clamp(x * (1 / absmax), -1, 1) in float32 (bitsandbytes' rule).
+/// A zero block scales to zeros; when 1/absmax overflows (absmax < 2^-128,
+/// a subnormal), x / absmax is used so that such blocks still quantize exactly.
+public struct BlockScale {
+    public let absmax: Float
+    public let reciprocal: Float
+    public let divides: Bool
+
+    @inline(__always)
+    public init(absmax: Float) {
+        self.absmax = absmax
+        if absmax == 0 {
+            reciprocal = 0; divides = false
+        } else {
+            let r = 1 / absmax
+            reciprocal = r
+            divides = !r.isFinite
+        }
+    }
+
+    @inline(__always)
+    public func scaled(_ x: Float) -> Float {
+        let v = divides ? x / absmax : x * reciprocal
+        return Swift.min(Swift.max(v, -1), 1)
+    }
+}

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs what qembed's build and tests need when it is missing:
+# Debian packages (libffi-dev for ctypes, pkg-config, a C compiler) and the
+# Python packages the binding and its tests use (numpy, pytest).
+set -e
+need_apt=""
+[ -e /usr/include/ffi.h ] || [ -e /usr/include/x86_64-linux-gnu/ffi.h ] || need_apt="$need_apt libffi-dev"
+command -v pkg-config >/dev/null 2>&1 || need_apt="$need_apt pkg-config"
+command -v cc >/dev/null 2>&1 || need_apt="$need_apt gcc"
+command -v c++ >/dev/null 2>&1 || need_apt="$need_apt g++"
+command -v make >/dev/null 2>&1 || need_apt="$need_apt make"
+if [ -n "$need_apt" ]; then
+  echo "deps: apt-get install$need_apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq $need_apt >/dev/null
+fi
+PY=${PYTHON:-python3}
+$PY -c "import numpy" 2>/dev/null || { echo "deps: pip install numpy"; $PY -m pip install -q numpy; }
+$PY -c "import pytest" 2>/dev/null || { echo "deps: pip install pytest"; $PY -m pip install -q pytest; }
+$PY -c "import ml_dtypes" 2>/dev/null || { echo "deps: pip install ml_dtypes"; $PY -m pip install -q ml_dtypes || true; }
+exit 0
