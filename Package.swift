@@ -18,6 +18,7 @@ let package = Package(
     products: [
         // MARK: - Products
         .library(name: "qembed", type: .dynamic, targets: ["Qembed"]),
+        .executable(name: "qembed-bench", targets: ["QembedBench"]),
     ],
     targets: [
         // MARK: - C support: the public header and the thread-local error buffer
@@ -27,7 +28,7 @@ let package = Package(
         .target(
             name: "QembedCore",
             path: "Sources/QembedCore",
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"])]
+            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
 
         // MARK: - The export layer: only @c @implementation thunks
@@ -36,6 +37,14 @@ let package = Package(
             dependencies: ["CQembed", "QembedCore"],
             path: "Sources/Qembed",
             linkerSettings: libraryLinkerSettings
+        ),
+
+        // MARK: - Benchmarks (make bench)
+        .executableTarget(
+            name: "QembedBench",
+            dependencies: ["QembedCore"],
+            path: "Sources/QembedBench",
+            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
 
         // MARK: - Tests

@@ -57,11 +57,14 @@ public enum Absmax {
         var i = 0
         let raw = UnsafeRawPointer(p)
         while i + 32 <= count {
-            acc0 = pointwiseMax(acc0, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<UInt32>.self) & mask)
-            acc1 = pointwiseMax(acc1, raw.loadUnaligned(fromByteOffset: i * 4 + 64, as: SIMD16<UInt32>.self) & mask)
+            let v0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<UInt32>.self) & mask
+            acc0 = acc0.replacing(with: v0, where: v0 .> acc0)
+            let v1 = raw.loadUnaligned(fromByteOffset: i * 4 + 64, as: SIMD16<UInt32>.self) & mask
+            acc1 = acc1.replacing(with: v1, where: v1 .> acc1)
             i += 32
         }
-        var m = pointwiseMax(acc0, acc1).max()
+        acc0 = acc0.replacing(with: acc1, where: acc1 .> acc0)
+        var m = acc0.max()
         while i < count { m = Swift.max(m, p[i] & 0x7FFF_FFFF); i += 1 }
         return m
     }
@@ -73,7 +76,8 @@ public enum Absmax {
         var i = 0
         let raw = UnsafeRawPointer(p)
         while i + 32 <= count {
-            acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 2, as: SIMD32<UInt16>.self) & mask)
+            let v = raw.loadUnaligned(fromByteOffset: i * 2, as: SIMD32<UInt16>.self) & mask
+            acc = acc.replacing(with: v, where: v .> acc)
             i += 32
         }
         var m = acc.max()

@@ -33,19 +33,17 @@ public enum Blockwise8 {
     static func quantizeBlock<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int,
                                                _ scale: BlockScale, _ search: CodeSearch,
                                                _ out: UnsafeMutablePointer<UInt8>) {
-        if search.span == 1 && !scale.divides {
-            // The hot path: one bucket load and one compare per element.
-            let r = scale.reciprocal
-            let lo = search.lo, mids = search.mids
-            for i in 0..<count {
-                let s = Swift.min(Swift.max(E.load(src, i) * r, -1), 1)
-                let bucket = Int((CodeSearch.key(s) &- CodeSearch.keyMin) >> CodeSearch.shift)
-                let l = Int(lo[bucket])
-                out[i] = UInt8(truncatingIfNeeded: l &+ (mids[l] < s ? 1 : 0))
+        var i = 0
+        if let table = search.packed, !scale.divides {
+            // The hot path: 8 lanes, one table load per element.
+            let r = SIMD8<Float>(repeating: scale.reciprocal)
+            while i + 8 <= count {
+                let q = CodeSearch.index8(clampUnit(E.load8(src, i) * r), table)
+                UnsafeMutableRawPointer(out + i).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: q), as: SIMD8<UInt8>.self)
+                i += 8
             }
-        } else {
-            for i in 0..<count { out[i] = search.index(scale.scaled(E.load(src, i))) }
         }
+        while i < count { out[i] = search.index(scale.scaled(E.load(src, i))); i += 1 }
     }
 
     /// out[i] = code[A[i]] * absmax[i / blocksize] in float32, stored as `dtype`.

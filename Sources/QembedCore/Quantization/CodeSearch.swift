@@ -16,16 +16,22 @@ public struct CodeSearch: @unchecked Sendable {
     let lo: UnsafeMutablePointer<UInt8>
     public let span: Int
     let bucketCount: Int
+    /// When span <= 1: per bucket, `lo << 16 | t`, where t is the offset of the
+    /// bucket's one midpoint key inside the bucket (65535 when none), so that
+    /// index = lo + (offset of key(s) > t). One table load per element.
+    let packed: UnsafeMutablePointer<UInt32>?
     private let storage: Storage
 
     final class Storage {
         let mids: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<UInt8>
-        init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>) { mids = m; lo = l }
-        deinit { mids.deallocate(); lo.deallocate() }
+        let packed: UnsafeMutablePointer<UInt32>?
+        init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>, _ p: UnsafeMutablePointer<UInt32>?) { mids = m; lo = l; packed = p }
+        deinit { mids.deallocate(); lo.deallocate(); packed?.deallocate() }
     }
 
-    static let shift: UInt32 = 16
-    static let keyMin: UInt32 = key(-1)
+    static var shift: UInt32 { 16 }
+    /// key(-1.0); a literal so hot loops see a constant, not a lazy global.
+    static var keyMin: UInt32 { 0x407F_FFFF }
 
     /// A monotone map of floats to UInt32 (-0 sorts just below +0).
     @inline(__always)
@@ -53,7 +59,8 @@ public struct CodeSearch: @unchecked Sendable {
         precondition(code.count == 256)
         self.code = code
         var m = [Float](repeating: 0, count: 255)
-        for i in 0..<255 { m[i] = (code[i] + code[i + 1]) / 2 }
+        // -0 midpoints become +0: the same value, and a key consistent with it.
+        for i in 0..<255 { m[i] = (code[i] + code[i + 1]) / 2 + 0 }
         func countBelow(_ v: Float) -> Int {  // number of m < v
             var lo = 0, hi = 255
             while lo < hi { let mid = (lo + hi) / 2; if m[mid] < v { lo = mid + 1 } else { hi = mid } }
@@ -74,11 +81,27 @@ public struct CodeSearch: @unchecked Sendable {
         let midPtr = UnsafeMutablePointer<Float>.allocate(capacity: 255 + span + 1)
         for i in 0..<255 { midPtr[i] = m[i] }
         for i in 255..<(255 + span + 1) { midPtr[i] = .infinity }
+        var packed: UnsafeMutablePointer<UInt32>? = nil
+        if span <= 1 {
+            let p = UnsafeMutablePointer<UInt32>.allocate(capacity: buckets)
+            for b in 0..<buckets {
+                let start = CodeSearch.keyMin &+ (UInt32(b) << CodeSearch.shift)
+                let l = Int(loPtr[b])
+                var t: UInt32 = 0xFFFF
+                if l < 255 {
+                    let mk = CodeSearch.key(m[l])
+                    if mk >= start && mk &- start < 0xFFFF { t = mk &- start }
+                }
+                p[b] = UInt32(l) << 16 | t
+            }
+            packed = p
+        }
+        self.packed = packed
         self.mids = midPtr
         self.lo = loPtr
         self.span = span
         self.bucketCount = buckets
-        self.storage = Storage(midPtr, loPtr)
+        self.storage = Storage(midPtr, loPtr, packed)
     }
 
     /// The code index of a scaled value s in [-1, 1].
@@ -93,6 +116,21 @@ public struct CodeSearch: @unchecked Sendable {
             for j in 0..<span { q &+= mids[l &+ j] < s ? 1 : 0 }
         }
         return UInt8(truncatingIfNeeded: q)
+    }
+
+    /// Indices of 8 scaled values (each in [-1, 1]); requires `packed`.
+    @inline(__always)
+    static func index8(_ s: SIMD8<Float>, _ table: UnsafePointer<UInt32>) -> SIMD8<UInt32> {
+        let b = unsafeBitCast(s, to: SIMD8<Int32>.self)
+        let sign = b &>> 31  // all ones for negative values
+        let key = unsafeBitCast(b ^ (sign | Int32(bitPattern: 0x8000_0000)), to: SIMD8<UInt32>.self)
+        let rel = key &- 0x407F_FFFF
+        let bucket = rel &>> 16
+        let pos = rel & 0xFFFF
+        let e = SIMD8<UInt32>(table[Int(bucket[0])], table[Int(bucket[1])], table[Int(bucket[2])], table[Int(bucket[3])],
+                              table[Int(bucket[4])], table[Int(bucket[5])], table[Int(bucket[6])], table[Int(bucket[7])])
+        let above = unsafeBitCast(pos .> (e & 0xFFFF), to: SIMD8<UInt32>.self)  // all ones when above
+        return (e &>> 16) &- above
     }
 
     /// Cached searches for the two dynamic maps.

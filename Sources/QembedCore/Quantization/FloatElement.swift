@@ -10,6 +10,8 @@ public protocol FloatElement {
     static func float(fromMagnitudeBits b: UInt32) -> Float
     static func load(_ p: UnsafePointer<Storage>, _ i: Int) -> Float
     static func store(_ v: Float, _ p: UnsafeMutablePointer<Storage>, _ i: Int)
+    /// Elements i..<i+8 as float32.
+    static func load8(_ p: UnsafePointer<Storage>, _ i: Int) -> SIMD8<Float>
 }
 
 public enum F32: FloatElement {
@@ -19,6 +21,9 @@ public enum F32: FloatElement {
     @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { Float(bitPattern: b) }
     @inline(__always) public static func load(_ p: UnsafePointer<Float>, _ i: Int) -> Float { p[i] }
     @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<Float>, _ i: Int) { p[i] = v }
+    @inline(__always) public static func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
+        UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
+    }
 }
 
 public enum F16: FloatElement {
@@ -28,6 +33,9 @@ public enum F16: FloatElement {
     @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: b))) }
     @inline(__always) public static func load(_ p: UnsafePointer<UInt16>, _ i: Int) -> Float { Float(Float16(bitPattern: p[i])) }
     @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) { p[i] = Float16(v).bitPattern }
+    @inline(__always) public static func load8(_ p: UnsafePointer<UInt16>, _ i: Int) -> SIMD8<Float> {
+        SIMD8<Float>(UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float16>.self))
+    }
 }
 
 public enum BF16: FloatElement {
@@ -37,6 +45,10 @@ public enum BF16: FloatElement {
     @inline(__always) public static func float(fromMagnitudeBits b: UInt32) -> Float { bf16ToFloat(UInt16(truncatingIfNeeded: b)) }
     @inline(__always) public static func load(_ p: UnsafePointer<UInt16>, _ i: Int) -> Float { bf16ToFloat(p[i]) }
     @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) { p[i] = floatToBF16(v) }
+    @inline(__always) public static func load8(_ p: UnsafePointer<UInt16>, _ i: Int) -> SIMD8<Float> {
+        let b = SIMD8<UInt32>(truncatingIfNeeded: UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<UInt16>.self))
+        return unsafeBitCast(b &<< 16, to: SIMD8<Float>.self)
+    }
 }
 
 /// Calls `body` with the element type matching `dtype` (f32, f16 or bf16).

@@ -10,13 +10,23 @@ public enum FourBit {
         public let code: [Float]       // 16 levels in nibble order
         public let sortedMids: [Float] // 15 midpoints
         public let order: [UInt8]      // sorted position -> nibble
+        let mids16: SIMD16<Float>      // sortedMids, padded with +inf
+        let order16: SIMD16<UInt8>
+        let identityOrder: Bool
 
         init(_ type: FourBitType) {
             let c = QuantMap.fourBit(type)
             let idx = (0..<16).sorted { c[$0] < c[$1] || (c[$0] == c[$1] && $0 < $1) }
             code = c
             order = idx.map { UInt8($0) }
-            sortedMids = (0..<15).map { (c[idx[$0]] + c[idx[$0 + 1]]) / 2 }
+            let mids = (0..<15).map { (c[idx[$0]] + c[idx[$0 + 1]]) / 2 }
+            sortedMids = mids
+            var m16 = SIMD16<Float>(repeating: .infinity), o16 = SIMD16<UInt8>()
+            for j in 0..<15 { m16[j] = mids[j] }
+            for j in 0..<16 { o16[j] = UInt8(idx[j]) }
+            mids16 = m16
+            order16 = o16
+            identityOrder = idx == Array(0..<16)
         }
 
         /// Nibble of a scaled value: order[#midpoints < s].
@@ -66,24 +76,24 @@ public enum FourBit {
         var i = 0
         if !scale.divides {
             let r = SIMD8<Float>(repeating: scale.reciprocal)
-            let one = SIMD8<Float>(repeating: 1)
-            let mids = lv.sortedMids
-            let order = lv.order
-            let identity = order == Array(0..<16)
+            let m = lv.mids16
+            let identity = lv.identityOrder
             while i + 8 <= count {
-                var x = SIMD8<Float>()
-                for k in 0..<8 { x[k] = E.load(src, i + k) }
-                let s = (x * r).clamped(lowerBound: -one, upperBound: one)
+                let s = clampUnit(E.load8(src, i) * r)
                 var cnt = SIMD8<Int32>(repeating: 0)
                 for j in 0..<15 {
-                    cnt &-= unsafeBitCast(SIMD8<Float>(repeating: mids[j]) .< s, to: SIMD8<Int32>.self)
+                    cnt &-= unsafeBitCast(SIMD8<Float>(repeating: m[j]) .< s, to: SIMD8<Int32>.self)
                 }
-                var q = SIMD8<UInt8>(truncatingIfNeeded: cnt)
-                if !identity { for k in 0..<8 { q[k] = order[Int(q[k])] } }
-                out[i / 2] = q[0] << 4 | q[1]
-                out[i / 2 + 1] = q[2] << 4 | q[3]
-                out[i / 2 + 2] = q[4] << 4 | q[5]
-                out[i / 2 + 3] = q[6] << 4 | q[7]
+                var q = SIMD8<UInt32>(truncatingIfNeeded: cnt)
+                if !identity {
+                    let o = lv.order16
+                    q = SIMD8<UInt32>(UInt32(o[Int(q[0])]), UInt32(o[Int(q[1])]), UInt32(o[Int(q[2])]), UInt32(o[Int(q[3])]),
+                                      UInt32(o[Int(q[4])]), UInt32(o[Int(q[5])]), UInt32(o[Int(q[6])]), UInt32(o[Int(q[7])]))
+                }
+                // Pair lanes (2k, 2k+1) into bytes: high nibble first.
+                let even = SIMD4<UInt32>(q[0], q[2], q[4], q[6]), odd = SIMD4<UInt32>(q[1], q[3], q[5], q[7])
+                let bytes = SIMD4<UInt8>(truncatingIfNeeded: (even &<< 4) | odd)
+                UnsafeMutableRawPointer(out + i / 2).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
                 i += 8
             }
         }

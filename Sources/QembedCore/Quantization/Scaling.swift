@@ -25,3 +25,13 @@ public struct BlockScale {
         return Swift.min(Swift.max(v, -1), 1)
     }
 }
+
+/// clamp(v, -1, 1) lane-wise. (`pointwiseMin`/`pointwiseMax`/`clamped` compile
+/// to out-of-line generic calls in Swift 6.3; masked `replacing` inlines to
+/// compare + blend.)
+@inline(__always)
+public func clampUnit(_ v: SIMD8<Float>) -> SIMD8<Float> {
+    var r = v.replacing(with: SIMD8(repeating: -1), where: v .< -1)
+    r = r.replacing(with: SIMD8(repeating: 1), where: r .> 1)
+    return r
+}

@@ -1,0 +1,149 @@
+import XCTest
+@testable import QembedCore
+
+/// The optimized kernels must equal the scalar reference byte for byte.
+final class ReferenceParityTests: XCTestCase {
+    let dtypes: [DType] = [.f32, .f16, .bf16]
+
+    func quantize8(_ x: [Float], _ dtype: DType, code: [Float], blocksize: Int) throws -> ([UInt8], [Float]) {
+        let (_, bytes) = storage(x, dtype)
+        var q = [UInt8](repeating: 0xAB, count: x.count)
+        var am = [Float](repeating: -1, count: ceilDiv(x.count, blocksize))
+        let search = CodeSearch(code: code)
+        try bytes.withUnsafeBytes { src in
+            try Blockwise8.quantize(src.baseAddress!, dtype: dtype, n: x.count, search: search,
+                                    blocksize: blocksize, out: &q, absmax: &am)
+        }
+        return (q, am)
+    }
+
+    func checkBlockwise(_ x: [Float], code: [Float], blocksize: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        for dtype in dtypes {
+            let values = storage(x, dtype).values
+            let ref = Blockwise8Reference.quantize(values, code: code, blocksize: blocksize)
+            let (q, am) = try quantize8(x, dtype, code: code, blocksize: blocksize)
+            XCTAssertEqual(am, ref.absmax, "absmax \(dtype) n=\(x.count) bs=\(blocksize)", file: file, line: line)
+            if q != ref.q {
+                let i = zip(q, ref.q).enumerated().first { $0.element.0 != $0.element.1 }!.offset
+                XCTFail("codes differ \(dtype) n=\(x.count) bs=\(blocksize) at \(i): x=\(values[i]) got \(q[i]) want \(ref.q[i])", file: file, line: line)
+            }
+            // Dequantize: code[q] * absmax to the bit, in every output dtype.
+            let want = Blockwise8Reference.dequantize(q, absmax: am, code: code, blocksize: blocksize)
+            var out = [Float](repeating: .nan, count: x.count)
+            try code.withUnsafeBufferPointer { c in
+                try Blockwise8.dequantize(q, n: x.count, absmax: am, code: c.baseAddress!, blocksize: blocksize, out: &out, dtype: .f32)
+            }
+            XCTAssertEqual(out.map(\.bitPattern), want.map(\.bitPattern), file: file, line: line)
+            var half = [UInt16](repeating: 0, count: x.count)
+            try code.withUnsafeBufferPointer { c in
+                try Blockwise8.dequantize(q, n: x.count, absmax: am, code: c.baseAddress!, blocksize: blocksize, out: &half, dtype: .bf16)
+            }
+            XCTAssertEqual(half, want.map(floatToBF16), file: file, line: line)
+        }
+    }
+
+    func testBlockwiseRandom() throws {
+        var rng = Rng(1)
+        for bs in [64, 128, 256, 1000, 4096] {
+            for n in [1, 2, 3, 7, bs - 1, bs, bs + 1, 3 * bs + 17] where n >= 1 {
+                for scale: Float in [1e-3, 1, 50] {
+                    try checkBlockwise(rng.floats(n, scale: scale), code: QuantMap.signedDynamic, blocksize: bs)
+                }
+            }
+        }
+    }
+
+    func testBlockwiseEdgeCases() throws {
+        for bs in [64, 256] {
+            for x in edgeCases(code: QuantMap.signedDynamic, blocksize: bs) {
+                try checkBlockwise(x, code: QuantMap.signedDynamic, blocksize: bs)
+            }
+        }
+    }
+
+    func testMidpointsTakeTheLowerIndex() throws {
+        let code = QuantMap.signedDynamic
+        var x: [Float] = [1]
+        for i in 0..<255 { x.append((code[i] + code[i + 1]) / 2) }
+        let (q, _) = try quantize8(x, .f32, code: code, blocksize: 256)
+        for i in 0..<255 { XCTAssertEqual(q[i + 1], UInt8(i), "midpoint \(i)") }
+    }
+
+    func testCallerCodes() throws {
+        var rng = Rng(2)
+        // Unsigned dynamic map on signed data (values below 0 clamp to code[0]).
+        try checkBlockwise(rng.floats(777, scale: 3), code: QuantMap.unsignedDynamic, blocksize: 64)
+        // The linear map holds two zeros: buckets with several midpoints (span > 1 path).
+        let linear = try QuantMap.linear()
+        XCTAssertGreaterThan(CodeSearch(code: linear).span, 0)
+        try checkBlockwise(rng.floats(1500, scale: 1), code: linear, blocksize: 256)
+        // A code with clustered entries forces span > 1.
+        var clustered = (0..<256).map { Float($0 - 128) / 128 }
+        for i in 100..<140 { clustered[i] = 0.5 + Float(i - 100) * 1e-4 }
+        clustered.sort()
+        XCTAssertGreaterThan(CodeSearch(code: clustered).span, 1)
+        try checkBlockwise(rng.floats(2000, scale: 1e-3).map { $0 + 0.502 } + rng.floats(100, scale: 1), code: clustered, blocksize: 128)
+    }
+
+    func check4bit(_ x: [Float], blocksize: Int, type: FourBitType, file: StaticString = #filePath, line: UInt = #line) throws {
+        for dtype in dtypes {
+            let (values, bytes) = storage(x, dtype)
+            let ref = FourBitReference.quantize(values, blocksize: blocksize, type: type)
+            var packed = [UInt8](repeating: 0xAB, count: FourBit.packedBytes(x.count))
+            var am = [Float](repeating: -1, count: ceilDiv(x.count, blocksize))
+            try bytes.withUnsafeBytes { src in
+                try FourBit.quantize(src.baseAddress!, dtype: dtype, n: x.count, blocksize: blocksize, type: type, packed: &packed, absmax: &am)
+            }
+            XCTAssertEqual(am, ref.absmax, file: file, line: line)
+            XCTAssertEqual(packed, ref.packed, "\(type.name) \(dtype) n=\(x.count) bs=\(blocksize)", file: file, line: line)
+            var out = [Float](repeating: .nan, count: x.count)
+            try FourBit.dequantize(packed, n: x.count, absmax: am, blocksize: blocksize, type: type, out: &out, dtype: .f32)
+            let code = QuantMap.fourBit(type)
+            for i in 0..<x.count {
+                let nib = i % 2 == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15
+                XCTAssertEqual(out[i].bitPattern, (code[Int(nib)] * am[i / blocksize]).bitPattern, file: file, line: line)
+            }
+        }
+    }
+
+    func testFourBitRandom() throws {
+        var rng = Rng(3)
+        for type in FourBitType.allCases {
+            for bs in [32, 64, 128, 256, 512, 1024, 2048, 4096] {
+                for n in [1, 2, 3, 9, bs - 1, bs, bs + 1, 5 * bs + 3] {
+                    try check4bit(rng.floats(n, scale: [1e-3, 1, 50][n % 3]), blocksize: bs, type: type)
+                }
+            }
+        }
+    }
+
+    func testFourBitEdgeCases() throws {
+        for type in FourBitType.allCases {
+            let lv = FourBit.levels(type)
+            var onMids: [Float] = [1]
+            for _ in 0..<4 { onMids += lv.sortedMids }
+            try check4bit(onMids + [-1], blocksize: 64, type: type)
+            for x in edgeCases(code: QuantMap.signedDynamic, blocksize: 64) { try check4bit(x, blocksize: 64, type: type) }
+        }
+    }
+
+    func testNonFiniteIsRejectedAndNothingWritten() throws {
+        for bad: Float in [.nan, .infinity, -.infinity] {
+            var rng = Rng(4)
+            var x = rng.floats(300, scale: 1)
+            x[217] = bad
+            var q = [UInt8](repeating: 7, count: 300)
+            var am = [Float](repeating: 9, count: 5)
+            XCTAssertThrowsError(try Blockwise8.quantize(x, dtype: .f32, n: 300, search: .signedDynamic, blocksize: 64, out: &q, absmax: &am)) {
+                let e = $0 as! QembedError
+                XCTAssertEqual(e.status, .nonFinite)
+                XCTAssertTrue(e.message.contains("A[217]"), e.message)
+            }
+            XCTAssertEqual(q, [UInt8](repeating: 7, count: 300))
+            XCTAssertEqual(am, [Float](repeating: 9, count: 5))
+            var packed = [UInt8](repeating: 7, count: 150)
+            XCTAssertThrowsError(try FourBit.quantize(x, dtype: .f32, n: 300, blocksize: 64, type: .nf4, packed: &packed, absmax: &am))
+            XCTAssertEqual(packed, [UInt8](repeating: 7, count: 150))
+        }
+    }
+}
