@@ -339,6 +339,178 @@ QEMBED_API qembed_status qembed_int8_vectorwise_dequant(const int8_t *A, int64_t
                                                         int64_t cols, const float *row_stats,
                                                         int out_dtype, void *out);
 
+/* ======================================================================== */
+/*  Parameters                                                              */
+/* ======================================================================== */
+/* A parameter is a tensor owned by a layer: its data (f32, f16 or bf16), a
+ * float32 dense gradient (allocated by the first dense backward), a sparse
+ * gradient (sorted distinct row ids + summed rows) for sparse layers, a name
+ * ("weight", "norm.weight", "norm.bias") and per-parameter optimizer
+ * overrides. Parameter handles are borrowed from their layer: valid until the
+ * layer is freed, never freed by the caller. */
+
+typedef struct qembed_param qembed_param;
+
+/* Optimizer settings a parameter may override (GlobalOptimManager.override_config). */
+typedef enum qembed_override_key {
+    QEMBED_OVERRIDE_OPTIM_BITS = 0,   /* 8 or 32 */
+    QEMBED_OVERRIDE_LR = 1,
+    QEMBED_OVERRIDE_BETA1 = 2,
+    QEMBED_OVERRIDE_BETA2 = 3,
+    QEMBED_OVERRIDE_EPS = 4,
+    QEMBED_OVERRIDE_WEIGHT_DECAY = 5,
+    QEMBED_OVERRIDE_COUNT
+} qembed_override_key;
+
+typedef struct qembed_param_info {
+    uint32_t struct_size;   /* set to sizeof(qembed_param_info) before the call */
+    const char *name;       /* owned by the parameter */
+    int dtype;              /* qembed_dtype of data */
+    int ndim;               /* 1 or 2 */
+    int64_t shape[2];       /* shape[1] is 1 when ndim == 1 */
+    int64_t numel;
+    void *data;             /* numel elements of dtype, 64-byte aligned */
+    float *grad;            /* numel floats, or NULL before the first dense backward */
+    bool requires_grad;     /* false for a frozen pretrained weight */
+    bool sparse;            /* the gradient is sparse (qembed_param_sparse_grad) */
+} qembed_param_info;
+
+/*! qembed_param_info_get() :
+ *  Fills *info (info->struct_size must be set). Pointers stay valid while the
+ *  layer lives; `grad` may change from NULL to a buffer on the first backward.
+ *  Thread-safe. Since 0.1. */
+QEMBED_API qembed_status qembed_param_info_get(const qembed_param *param, qembed_param_info *info);
+
+/*! qembed_param_sparse_grad() :
+ *  The coalesced sparse gradient of a sparse parameter: *nnz_rows sorted,
+ *  distinct row ids and, for each, a row of shape[1] floats (summed
+ *  contributions). Copies into caller buffers: rows (rows_cap entries) and
+ *  values (values_cap floats); call first with rows = values = NULL to get
+ *  *nnz_rows only. *nnz_rows is 0 after zero_grad. Since 0.1. */
+QEMBED_API qembed_status qembed_param_sparse_grad(const qembed_param *param, int64_t *nnz_rows,
+                                                  int64_t *rows, int64_t rows_cap,
+                                                  float *values, int64_t values_cap);
+
+/*! qembed_param_set_override() / qembed_param_get_override() / qembed_param_clear_override() :
+ *  Per-parameter optimizer settings that win over an optimizer's defaults.
+ *  optim_bits must be 8 or 32; lr, eps, weight_decay finite and >= 0; betas
+ *  in [0, 1). get sets *is_set false (and *value 0) when no override exists.
+ *  Embedding and StableEmbedding set optim_bits = 32 on their weight.
+ *  Not synchronized with a concurrent optimizer step on the same parameter. Since 0.1. */
+QEMBED_API qembed_status qembed_param_set_override(qembed_param *param, int key, double value);
+QEMBED_API qembed_status qembed_param_get_override(const qembed_param *param, int key, double *value,
+                                                   bool *is_set);
+QEMBED_API qembed_status qembed_param_clear_override(qembed_param *param, int key);
+
+/*! qembed_param_load() :
+ *  Copies numel elements of `dtype` (f32/f16/bf16, converted to the
+ *  parameter's dtype with round to nearest even) into the parameter's data.
+ *  Validates everything (size, dtype, finiteness) before writing; on failure
+ *  the parameter is unchanged. Serialized with the owning layer's other
+ *  mutating calls. Since 0.1. */
+QEMBED_API qembed_status qembed_param_load(qembed_param *param, const void *src, int dtype, int64_t numel);
+
+/* ======================================================================== */
+/*  Embedding and StableEmbedding                                           */
+/* ======================================================================== */
+/* bitsandbytes.nn.Embedding (torch.nn.Embedding with Xavier-uniform init) and
+ * bitsandbytes.nn.StableEmbedding (Embedding + LayerNorm(eps 1e-5) computed in
+ * float32, output cast to the weight dtype).
+ *
+ * Thread safety: every call on one layer may run concurrently with any other.
+ * forward without max_norm takes a shared lock and runs in parallel with other
+ * such forwards; forward with max_norm (it renormalizes rows in place),
+ * backward, zero_grad, reset_parameters and qembed_param_load take the layer's
+ * exclusive lock and are serialized. Results of concurrent forwards equal
+ * those of sequential ones. Reading parameter data through
+ * qembed_param_info_get pointers while a mutating call runs is a data race. */
+
+typedef struct qembed_embedding qembed_embedding;
+
+#define QEMBED_NO_PADDING INT64_MIN
+
+typedef struct qembed_embedding_params {
+    uint32_t struct_size;      /* sizeof(qembed_embedding_params) */
+    int64_t num_embeddings;    /* >= 1 */
+    int64_t embedding_dim;     /* >= 1 */
+    int64_t padding_idx;       /* QEMBED_NO_PADDING, or in [-num_embeddings, num_embeddings) */
+    double max_norm;           /* renormalize looked-up rows to this norm; 0 = none */
+    double norm_type;          /* p of the p-norm for max_norm, > 0 (default 2; INFINITY allowed) */
+    bool scale_grad_by_freq;
+    bool sparse;               /* backward produces a sparse gradient */
+    int dtype;                 /* weight dtype: QEMBED_DTYPE_F32 (default), F16 or BF16 */
+    uint64_t seed;             /* seed of the Xavier-uniform init (default 0) */
+    const void *weight;        /* optional pretrained num_embeddings x embedding_dim table (copied) */
+    int weight_dtype;          /* dtype of `weight` */
+    bool freeze;               /* with `weight`: requires_grad = false (from_pretrained(freeze=True)) */
+} qembed_embedding_params;
+
+/*! qembed_embedding_params_init() :
+ *  Fills *p with bitsandbytes' defaults (padding none, max_norm none,
+ *  norm_type 2, f32, seed 0, no pretrained weight). Since 0.1. */
+QEMBED_API void qembed_embedding_params_init(qembed_embedding_params *p);
+
+/*! qembed_embedding_create() / qembed_stable_embedding_create() :
+ *  Creates a layer. Without `weight`, the table is Xavier-uniform
+ *  U(-a, a), a = sqrt(6 / (num_embeddings + embedding_dim)), drawn from a
+ *  deterministic generator seeded by p->seed, and the padding row is zero.
+ *  With `weight`, the table is a copy (the padding row is kept as given, as
+ *  torch's from_pretrained). StableEmbedding adds "norm.weight" (ones) and
+ *  "norm.bias" (zeros), float32. *out is NULL on failure. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_create(const qembed_embedding_params *p, qembed_embedding **out);
+QEMBED_API qembed_status qembed_stable_embedding_create(const qembed_embedding_params *p,
+                                                        qembed_embedding **out);
+
+/*! qembed_embedding_free() : frees the layer and its parameters; NULL is a no-op.
+ *  No other call on the layer may be running. Since 0.1. */
+QEMBED_API void qembed_embedding_free(qembed_embedding *e);
+
+/*! qembed_embedding_get_params() :
+ *  Copies the layer's configuration into *p (p->struct_size must be set;
+ *  p->weight is NULL, padding_idx normalized to [0, num_embeddings) or
+ *  QEMBED_NO_PADDING). *is_stable tells StableEmbedding. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_get_params(const qembed_embedding *e, qembed_embedding_params *p,
+                                                     bool *is_stable);
+
+/*! qembed_embedding_forward() :
+ *  out[k, :] = row indices[k] (StableEmbedding: its LayerNorm), k < count, as
+ *  out_dtype (F32, F16, BF16). indices are I32 or I64, each in
+ *  [0, num_embeddings); all are validated before anything is written. With
+ *  max_norm, each distinct referenced row whose norm exceeds max_norm is first
+ *  rescaled in place by max_norm / (norm + 1e-7), as torch.
+ *  @param out_len capacity of out in elements: >= count * embedding_dim.
+ *  count may be 0. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_forward(qembed_embedding *e, const void *indices, int index_dtype,
+                                                  int64_t count, void *out, int out_dtype, int64_t out_len);
+
+/*! qembed_embedding_backward() :
+ *  Accumulates the gradient of the last forward's output for these indices:
+ *  grad_output is count x embedding_dim of grad_dtype (F32, F16, BF16).
+ *  Dense: weight.grad[i] += sum of the grad rows looked up as i (divided by
+ *  the count of i in this batch with scale_grad_by_freq); the padding row gets
+ *  nothing. Sparse: the same sums, merged into the coalesced sparse gradient.
+ *  StableEmbedding: the gradient flows through the LayerNorm (recomputed from
+ *  the current weight) into the rows, "norm.weight" and "norm.bias".
+ *  A frozen weight receives nothing. Validates all inputs (indices in range,
+ *  grad_output finite) before any write. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_backward(qembed_embedding *e, const void *indices, int index_dtype,
+                                                   int64_t count, const void *grad_output, int grad_dtype,
+                                                   int64_t grad_len);
+
+/*! qembed_embedding_zero_grad() : dense gradients to 0, sparse gradient emptied. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_zero_grad(qembed_embedding *e);
+
+/*! qembed_embedding_reset_parameters() :
+ *  Re-draws the Xavier-uniform table from `seed` (padding row zero) and resets
+ *  the LayerNorm to ones/zeros. Gradients are kept. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_reset_parameters(qembed_embedding *e, uint64_t seed);
+
+/*! qembed_embedding_num_params() / qembed_embedding_param() :
+ *  The layer's parameters in upstream's order: "weight" (and for
+ *  StableEmbedding "norm.weight", "norm.bias"). *param is borrowed. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_num_params(const qembed_embedding *e, int64_t *n);
+QEMBED_API qembed_status qembed_embedding_param(qembed_embedding *e, int64_t i, qembed_param **param);
+
 #ifdef __cplusplus
 }
 #endif

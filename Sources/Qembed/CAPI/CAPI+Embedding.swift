@@ -1,0 +1,265 @@
+import CQembed
+import QembedCore
+
+// MARK: - Handles
+
+func handle(_ e: Embedding) -> OpaquePointer { OpaquePointer(Unmanaged.passRetained(e).toOpaque()) }
+
+func embedding(_ p: OpaquePointer?) throws(QembedError) -> Embedding {
+    guard let p else { throw QembedError(.nullPointer, "embedding handle is NULL") }
+    return Unmanaged<Embedding>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+func parameter(_ p: OpaquePointer?) throws(QembedError) -> Parameter {
+    guard let p else { throw QembedError(.nullPointer, "param handle is NULL") }
+    return Unmanaged<Parameter>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+func borrowed(_ p: Parameter) -> OpaquePointer { OpaquePointer(Unmanaged.passUnretained(p).toOpaque()) }
+
+func checkStructSize(_ have: UInt32, _ want: Int, _ name: StaticString) throws(QembedError) {
+    guard Int(have) == want else {
+        throw .invalid("\(name)->struct_size is \(have), expected \(want) (initialize it with sizeof)")
+    }
+}
+
+// MARK: - Parameters
+
+@c @implementation
+public func qembed_param_info_get(_ param: OpaquePointer!, _ info: UnsafeMutablePointer<qembed_param_info>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try parameter(param)
+        let out = try need(info, "info")
+        try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_param_info>.size, "info")
+        var i = qembed_param_info()
+        i.struct_size = out.pointee.struct_size
+        i.name = p.cName
+        i.dtype = p.dtype.rawValue
+        i.ndim = Int32(p.shape.count)
+        i.shape = (Int64(p.rows), Int64(p.cols))
+        i.numel = Int64(p.numel)
+        i.data = p.data.raw
+        i.grad = p.grad?.floats()
+        i.requires_grad = p.requiresGrad
+        i.sparse = p.sparse
+        out.pointee = i
+    }
+}
+
+@c @implementation
+public func qembed_param_sparse_grad(_ param: OpaquePointer!, _ nnz_rows: UnsafeMutablePointer<Int64>!,
+                                     _ rows: UnsafeMutablePointer<Int64>!, _ rows_cap: Int64,
+                                     _ values: UnsafeMutablePointer<Float>!, _ values_cap: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try parameter(param)
+        let nnz = try need(nnz_rows, "nnz_rows")
+        try p.lock.withShared { () throws(QembedError) in
+            let r = p.sparseRows, v = p.sparseValues
+            if rows != nil || values != nil {
+                let ro = try need(rows, "rows"), vo = try need(values, "values")
+                try capacity(rows_cap, r.count, "rows")
+                try capacity(values_cap, v.count, "values")
+                for (k, x) in r.enumerated() { ro[k] = Int64(x) }
+                v.withUnsafeBufferPointer { if let b = $0.baseAddress { vo.update(from: b, count: $0.count) } }
+            }
+            nnz.pointee = Int64(r.count)
+        }
+    }
+}
+
+private func overrideKey(_ key: CInt) throws(QembedError) -> OverrideKey {
+    guard let k = OverrideKey(rawValue: key) else { throw .invalid("key: unknown override key \(key)") }
+    return k
+}
+
+@c @implementation
+public func qembed_param_set_override(_ param: OpaquePointer!, _ key: CInt, _ value: Double) -> qembed_status {
+    capi { () throws(QembedError) in try parameter(param).setOverride(try overrideKey(key), value) }
+}
+
+@c @implementation
+public func qembed_param_get_override(_ param: OpaquePointer!, _ key: CInt, _ value: UnsafeMutablePointer<Double>!,
+                                      _ is_set: UnsafeMutablePointer<Bool>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try parameter(param), k = try overrideKey(key)
+        let v = try need(value, "value"), s = try need(is_set, "is_set")
+        let o = p.overrides[k]
+        v.pointee = o ?? 0
+        s.pointee = o != nil
+    }
+}
+
+@c @implementation
+public func qembed_param_clear_override(_ param: OpaquePointer!, _ key: CInt) -> qembed_status {
+    capi { () throws(QembedError) in try parameter(param).clearOverride(try overrideKey(key)) }
+}
+
+@c @implementation
+public func qembed_param_load(_ param: OpaquePointer!, _ src: UnsafeRawPointer!, _ dtype: CInt, _ numel: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try parameter(param)
+        let s = try need(src, "src")
+        let d = try DType.float(dtype, argument: "dtype")
+        try p.load(s, dtype: d, count: try count(numel, "numel"))
+    }
+}
+
+// MARK: - Embedding
+
+@c @implementation
+public func qembed_embedding_params_init(_ p: UnsafeMutablePointer<qembed_embedding_params>!) {
+    guard let p else { return }
+    var d = qembed_embedding_params()
+    d.struct_size = UInt32(MemoryLayout<qembed_embedding_params>.size)
+    d.num_embeddings = 0
+    d.embedding_dim = 0
+    d.padding_idx = Int64.min
+    d.max_norm = 0
+    d.norm_type = 2
+    d.scale_grad_by_freq = false
+    d.sparse = false
+    d.dtype = DType.f32.rawValue
+    d.seed = 0
+    d.weight = nil
+    d.weight_dtype = DType.f32.rawValue
+    d.freeze = false
+    p.pointee = d
+}
+
+private func create(_ p: UnsafePointer<qembed_embedding_params>?, stable: Bool,
+                    _ out: UnsafeMutablePointer<OpaquePointer?>?) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let params = try need(p, "p").pointee
+        try checkStructSize(params.struct_size, MemoryLayout<qembed_embedding_params>.size, "p")
+        let rows = try count(params.num_embeddings, "num_embeddings")
+        let dim = try count(params.embedding_dim, "embedding_dim")
+        guard !params.max_norm.isNaN && params.max_norm >= 0 else {
+            throw .invalid("max_norm must be >= 0 (0 = none), got \(params.max_norm)")
+        }
+        let config = try EmbeddingConfig(
+            numEmbeddings: rows, embeddingDim: dim,
+            paddingIdx: params.padding_idx == Int64.min ? nil : Int(params.padding_idx),
+            maxNorm: params.max_norm > 0 ? params.max_norm : nil, normType: params.norm_type,
+            scaleGradByFreq: params.scale_grad_by_freq, sparse: params.sparse,
+            dtype: try DType.float(params.dtype, argument: "dtype"))
+        let wd = params.weight != nil ? try DType.float(params.weight_dtype, argument: "weight_dtype") : .f32
+        let e = try Embedding(config, stable: stable, seed: params.seed, pretrained: params.weight,
+                              pretrainedDtype: wd, freeze: params.freeze)
+        o.pointee = handle(e)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_create(_ p: UnsafePointer<qembed_embedding_params>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    create(p, stable: false, out)
+}
+
+@c @implementation
+public func qembed_stable_embedding_create(_ p: UnsafePointer<qembed_embedding_params>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    create(p, stable: true, out)
+}
+
+@c @implementation
+public func qembed_embedding_free(_ e: OpaquePointer!) {
+    guard let e else { return }
+    Unmanaged<Embedding>.fromOpaque(UnsafeRawPointer(e)).release()
+}
+
+@c @implementation
+public func qembed_embedding_get_params(_ e: OpaquePointer!, _ p: UnsafeMutablePointer<qembed_embedding_params>!,
+                                        _ is_stable: UnsafeMutablePointer<Bool>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        let out = try need(p, "p")
+        try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_embedding_params>.size, "p")
+        let c = layer.config
+        var d = qembed_embedding_params()
+        d.struct_size = out.pointee.struct_size
+        d.num_embeddings = Int64(c.numEmbeddings)
+        d.embedding_dim = Int64(c.embeddingDim)
+        d.padding_idx = c.paddingIdx.map { Int64($0) } ?? Int64.min
+        d.max_norm = c.maxNorm ?? 0
+        d.norm_type = c.normType
+        d.scale_grad_by_freq = c.scaleGradByFreq
+        d.sparse = c.sparse
+        d.dtype = c.dtype.rawValue
+        d.weight = nil
+        d.weight_dtype = c.dtype.rawValue
+        d.freeze = !layer.weight.requiresGrad
+        out.pointee = d
+        is_stable?.pointee = layer.isStable
+    }
+}
+
+private func indexArg(_ indices: UnsafeRawPointer?, _ dtype: CInt, _ n: Int64) throws(QembedError) -> Indices {
+    let c = try count(n, "count", minimum: 0)
+    let d = try DType.from(dtype, argument: "index_dtype")
+    let base = c == 0 ? (indices ?? UnsafeRawPointer(bitPattern: 8)!) : try need(indices, "indices")
+    _ = try bytes(c, d.size, "indices")
+    return try Indices(base, dtype: d, count: c)
+}
+
+@c @implementation
+public func qembed_embedding_forward(_ e: OpaquePointer!, _ indices: UnsafeRawPointer!, _ index_dtype: CInt, _ count_: Int64,
+                                     _ out: UnsafeMutableRawPointer!, _ out_dtype: CInt, _ out_len: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        let idx = try indexArg(indices, index_dtype, count_)
+        let od = try DType.float(out_dtype, argument: "out_dtype")
+        let needed = try checkedMul(idx.count, layer.config.embeddingDim, "count x embedding_dim")
+        _ = try bytes(needed, od.size, "out")
+        try capacity(out_len, needed, "out")
+        if idx.count == 0 { return }
+        try layer.forward(idx, out: try need(out, "out"), outDtype: od)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_backward(_ e: OpaquePointer!, _ indices: UnsafeRawPointer!, _ index_dtype: CInt, _ count_: Int64,
+                                      _ grad_output: UnsafeRawPointer!, _ grad_dtype: CInt, _ grad_len: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        let idx = try indexArg(indices, index_dtype, count_)
+        let gd = try DType.float(grad_dtype, argument: "grad_dtype")
+        let needed = try checkedMul(idx.count, layer.config.embeddingDim, "count x embedding_dim")
+        _ = try bytes(needed, gd.size, "grad_output")
+        guard grad_len == Int64(needed) else {
+            throw .shape("grad_output holds \(grad_len) elements but count x embedding_dim = \(needed)")
+        }
+        if idx.count == 0 { return }
+        try layer.backward(idx, gradOutput: try need(grad_output, "grad_output"), gradDtype: gd)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_zero_grad(_ e: OpaquePointer!) -> qembed_status {
+    capi { () throws(QembedError) in try embedding(e).zeroGrad() }
+}
+
+@c @implementation
+public func qembed_embedding_reset_parameters(_ e: OpaquePointer!, _ seed: UInt64) -> qembed_status {
+    capi { () throws(QembedError) in try embedding(e).resetParameters(seed: seed) }
+}
+
+@c @implementation
+public func qembed_embedding_num_params(_ e: OpaquePointer!, _ n: UnsafeMutablePointer<Int64>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        try need(n, "n").pointee = Int64(layer.parameters.count)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_param(_ e: OpaquePointer!, _ i: Int64, _ param: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        let out = try need(param, "param")
+        let ps = layer.parameters
+        guard i >= 0 && i < Int64(ps.count) else {
+            throw QembedError(.outOfRange, "i = \(i) is out of range: the layer has \(ps.count) parameters")
+        }
+        out.pointee = borrowed(ps[Int(i)])
+    }
+}

@@ -1,0 +1,273 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Configuration of an Embedding / StableEmbedding (bitsandbytes' constructor).
+public struct EmbeddingConfig: Sendable {
+    public var numEmbeddings: Int
+    public var embeddingDim: Int
+    /// Normalized to [0, numEmbeddings), or nil.
+    public var paddingIdx: Int?
+    public var maxNorm: Double?
+    public var normType: Double = 2
+    public var scaleGradByFreq = false
+    public var sparse = false
+    public var dtype: DType = .f32
+
+    public init(numEmbeddings: Int, embeddingDim: Int, paddingIdx: Int? = nil, maxNorm: Double? = nil,
+                normType: Double = 2, scaleGradByFreq: Bool = false, sparse: Bool = false, dtype: DType = .f32) throws(QembedError) {
+        guard numEmbeddings >= 1 else { throw .invalid("num_embeddings must be >= 1, got \(numEmbeddings)") }
+        guard embeddingDim >= 1 else { throw .invalid("embedding_dim must be >= 1, got \(embeddingDim)") }
+        _ = try checkedMul(try checkedMul(numEmbeddings, embeddingDim, "num_embeddings x embedding_dim"), 4,
+                           "num_embeddings x embedding_dim x 4 bytes")
+        guard dtype.isFloat else { throw .unsupported("dtype: \(dtype.name) is not a float type (use f32, f16 or bf16)") }
+        if var p = paddingIdx {
+            guard p >= -numEmbeddings && p < numEmbeddings else {
+                throw QembedError(.outOfRange, "padding_idx \(p) must be within [-\(numEmbeddings), \(numEmbeddings))")
+            }
+            if p < 0 { p += numEmbeddings }
+            self.paddingIdx = p
+        }
+        if let m = maxNorm {
+            guard m > 0 && m.isFinite else { throw .invalid("max_norm must be finite and > 0, got \(m)") }
+            guard normType > 0 && !normType.isNaN else { throw .invalid("norm_type must be > 0, got \(normType)") }
+        }
+        self.numEmbeddings = numEmbeddings
+        self.embeddingDim = embeddingDim
+        self.maxNorm = maxNorm
+        self.normType = normType
+        self.scaleGradByFreq = scaleGradByFreq
+        self.sparse = sparse
+        self.dtype = dtype
+    }
+}
+
+/// bitsandbytes.nn.Embedding (torch.nn.Embedding with Xavier-uniform init)
+/// and, with `stable`, StableEmbedding (+ LayerNorm in float32).
+///
+/// Thread safety: forward without max_norm takes the shared lock; every
+/// mutating call (forward with max_norm, backward, zero_grad, reset, loads)
+/// takes the exclusive lock.
+public final class Embedding: @unchecked Sendable {
+    public let config: EmbeddingConfig
+    public let weight: Parameter
+    public let norm: LayerNorm?
+    public let lock = RWLock()
+
+    public var isStable: Bool { norm != nil }
+    public var parameters: [Parameter] { norm.map { [weight, $0.weight, $0.bias] } ?? [weight] }
+
+    /// A new layer; `pretrained` (rows x dim of `pretrainedDtype`) is copied,
+    /// otherwise the table is Xavier-uniform from `seed`.
+    public init(_ config: EmbeddingConfig, stable: Bool = false, seed: UInt64 = 0,
+                pretrained: UnsafeRawPointer? = nil, pretrainedDtype: DType = .f32, freeze: Bool = false) throws(QembedError) {
+        self.config = config
+        weight = try Parameter(name: "weight", dtype: config.dtype, shape: [config.numEmbeddings, config.embeddingDim],
+                               requiresGrad: !(pretrained != nil && freeze), sparse: config.sparse, lock: lock)
+        norm = stable ? try LayerNorm(dim: config.embeddingDim, lock: lock) : nil
+        // Both upstream layers register their weight for 32-bit optimizer state.
+        try weight.setOverride(.optimBits, 32)
+        if let pretrained {
+            try weight.load(pretrained, dtype: pretrainedDtype, count: weight.numel)
+        } else {
+            resetTable(seed: seed)
+        }
+    }
+
+    private func resetTable(seed: UInt64) {
+        Xavier.fill(weight, fanIn: config.numEmbeddings, fanOut: config.embeddingDim, seed: seed)
+        if let p = config.paddingIdx {
+            memsetZero(weight.data.raw + p * config.embeddingDim * weight.dtype.size, config.embeddingDim * weight.dtype.size)
+        }
+    }
+
+    /// reset_parameters(): Xavier table (padding row zero), LayerNorm ones/zeros.
+    public func resetParameters(seed: UInt64) {
+        lock.withExclusive {
+            resetTable(seed: seed)
+            norm?.reset()
+        }
+    }
+
+    // MARK: Forward
+
+    /// out[k] = row indices[k] (StableEmbedding: LayerNorm of it) as `outDtype`.
+    public func forward(_ indices: Indices, out: UnsafeMutableRawPointer, outDtype: DType) throws(QembedError) {
+        guard outDtype.isFloat else { throw .unsupported("out_dtype: \(outDtype.name) is not a float type (use f32, f16 or bf16)") }
+        try indices.validate(rows: config.numEmbeddings)
+        if config.maxNorm != nil {
+            lock.withExclusive {
+                renorm(indices)
+                gather(indices, out: out, outDtype: outDtype)
+            }
+        } else {
+            lock.withShared { gather(indices, out: out, outDtype: outDtype) }
+        }
+    }
+
+    /// torch's embedding_renorm_: each distinct referenced row whose p-norm
+    /// exceeds max_norm is scaled by max_norm / (norm + 1e-7).
+    private func renorm(_ indices: Indices) {
+        guard let maxNorm = config.maxNorm else { return }
+        let rows = indices.distinct()
+        let dim = config.embeddingDim, p = config.normType
+        let w = weight
+        rows.withUnsafeBufferPointer { rb in
+            Parallel.forEachChunk(rb.count, grain: max(1, 8192 / dim)) { range in
+                for r in range {
+                    let base = rb[r] * dim
+                    var acc = 0.0
+                    for j in 0..<dim {
+                        let v = Double(abs(w.value(base + j)))
+                        if p == 2 { acc += v * v } else if p == 1 { acc += v } else if p.isInfinite { acc = max(acc, v) } else { acc += pow(v, p) }
+                    }
+                    let norm = p == 2 ? acc.squareRoot() : (p == 1 || p.isInfinite ? acc : pow(acc, 1 / p))
+                    if norm > maxNorm {
+                        let scale = Float(maxNorm / (norm + 1e-7))
+                        for j in 0..<dim { storeFloat(w.value(base + j) * scale, w.data.raw, w.dtype, base + j) }
+                    }
+                }
+            }
+        }
+    }
+
+    private func gather(_ indices: Indices, out: UnsafeMutableRawPointer, outDtype: DType) {
+        let dim = config.embeddingDim
+        let w = weight
+        if let norm {
+            Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in
+                let x = UnsafeMutablePointer<Float>.allocate(capacity: dim)
+                defer { x.deallocate() }
+                for k in range {
+                    loadFloats(w.data.raw + indices[k] * dim * w.dtype.size, w.dtype, dim, x)
+                    norm.forwardRow(x)
+                    if w.dtype != .f32 && w.dtype != outDtype {  // upstream casts to the weight dtype first
+                        for j in 0..<dim { x[j] = loadRounded(x[j], w.dtype) }
+                    }
+                    storeFloats(x, dim, out + k * dim * outDtype.size, outDtype)
+                }
+            }
+            return
+        }
+        let rowBytes = dim * w.dtype.size
+        if outDtype == w.dtype {
+            Parallel.forEachChunk(indices.count, grain: max(1, 16384 / rowBytes)) { range in
+                for k in range { memcpy(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes) }
+            }
+        } else {
+            Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in
+                for k in range {
+                    let src = w.data.raw + indices[k] * rowBytes
+                    let dst = out + k * dim * outDtype.size
+                    for j in 0..<dim { storeFloat(loadFloat(src, w.dtype, j), dst, outDtype, j) }
+                }
+            }
+        }
+    }
+
+    // MARK: Backward
+
+    /// Accumulates gradients for `indices` given grad_output (count x dim of gradDtype).
+    public func backward(_ indices: Indices, gradOutput: UnsafeRawPointer, gradDtype: DType) throws(QembedError) {
+        guard gradDtype.isFloat else { throw .unsupported("grad_dtype: \(gradDtype.name) is not a float type (use f32, f16 or bf16)") }
+        try indices.validate(rows: config.numEmbeddings)
+        let dim = config.embeddingDim
+        let total = try checkedMul(indices.count, dim, "count x embedding_dim")
+        try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
+        if indices.count == 0 { return }
+        try lock.withExclusive { () throws(QembedError) in
+            // Gradient rows as float32.
+            let g = try AlignedBuffer(byteCount: total * 4)
+            loadFloats(gradOutput, gradDtype, total, g.floats())
+            if let norm {
+                let w = weight
+                norm.backwardRows(count: indices.count, g: g.floats()) { k, x in
+                    loadFloats(w.data.raw + indices[k] * dim * w.dtype.size, w.dtype, dim, x)
+                }
+            }
+            guard weight.requiresGrad else { return }
+            if config.sparse {
+                accumulateSparse(indices, g.floats())
+            } else {
+                accumulateDense(indices, g.floats(), into: try weight.denseGrad())
+            }
+        }
+    }
+
+    /// Per-index scale: 1, or 1 / (count of the index in this batch).
+    private func frequencyScale(_ indices: Indices) -> [Int: Float]? {
+        guard config.scaleGradByFreq else { return nil }
+        var counts: [Int: Int] = [:]
+        for k in 0..<indices.count { counts[indices[k], default: 0] += 1 }
+        return counts.mapValues { 1 / Float($0) }
+    }
+
+    /// grad[i] += g[k] * scale for indices[k] == i, in batch order per row;
+    /// threads own disjoint row ranges, so no two write the same row.
+    private func accumulateDense(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>) {
+        let dim = config.embeddingDim, rows = config.numEmbeddings
+        let pad = config.paddingIdx ?? -1
+        let scales = frequencyScale(indices)
+        let parts = min(Parallel.threadCount, max(1, indices.count * dim / 32768))
+        Parallel.forEachChunk(parts, grain: 1) { pr in
+            for part in pr {
+                let lo = rows * part / parts, hi = rows * (part + 1) / parts
+                for k in 0..<indices.count {
+                    let i = indices[k]
+                    if i < lo || i >= hi || i == pad { continue }
+                    let s = scales?[i] ?? 1
+                    let dst = grad + i * dim, src = g + k * dim
+                    if s == 1 { for j in 0..<dim { dst[j] += src[j] } } else { for j in 0..<dim { dst[j] += src[j] * s } }
+                }
+            }
+        }
+    }
+
+    /// Coalesces this batch's rows and merges them into the sparse gradient.
+    private func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>) {
+        let dim = config.embeddingDim
+        let pad = config.paddingIdx ?? -1
+        let scales = frequencyScale(indices)
+        var order = (0..<indices.count).filter { indices[$0] != pad }
+        order.sort { (indices[$0], $0) < (indices[$1], $1) }
+        var rows: [Int] = []
+        var values: [Float] = []
+        for k in order {
+            let i = indices[k]
+            if rows.last != i { rows.append(i); values.append(contentsOf: repeatElement(0, count: dim)) }
+            let base = values.count - dim, s = scales?[i] ?? 1
+            for j in 0..<dim { values[base + j] += s == 1 ? g[k * dim + j] : g[k * dim + j] * s }
+        }
+        // Merge with the existing coalesced gradient.
+        let oldRows = weight.sparseRows, oldValues = weight.sparseValues
+        if oldRows.isEmpty { weight.sparseRows = rows; weight.sparseValues = values; return }
+        var mRows: [Int] = [], mValues: [Float] = []
+        var a = 0, b = 0
+        while a < oldRows.count || b < rows.count {
+            if b == rows.count || (a < oldRows.count && oldRows[a] < rows[b]) {
+                mRows.append(oldRows[a]); mValues += oldValues[(a * dim)..<((a + 1) * dim)]; a += 1
+            } else if a == oldRows.count || rows[b] < oldRows[a] {
+                mRows.append(rows[b]); mValues += values[(b * dim)..<((b + 1) * dim)]; b += 1
+            } else {
+                mRows.append(rows[b])
+                for j in 0..<dim { mValues.append(oldValues[a * dim + j] + values[b * dim + j]) }
+                a += 1; b += 1
+            }
+        }
+        weight.sparseRows = mRows
+        weight.sparseValues = mValues
+    }
+
+    public func zeroGrad() {
+        lock.withExclusive { for p in parameters { p.zeroGrad() } }
+    }
+}
+
+/// v rounded to `dtype` and back to Float.
+@inline(__always) func loadRounded(_ v: Float, _ dtype: DType) -> Float {
+    switch dtype {
+    case .f16: return Float(Float16(v))
+    case .bf16: return bf16ToFloat(floatToBF16(v))
+    default: return v
+    }
+}

@@ -1,0 +1,40 @@
+/// A caller's index array: int32 or int64 values, validated against a table size.
+public struct Indices {
+    public let base: UnsafeRawPointer
+    public let is64: Bool
+    public let count: Int
+
+    public init(_ base: UnsafeRawPointer, dtype: DType, count: Int) throws(QembedError) {
+        guard dtype == .i32 || dtype == .i64 else {
+            throw .unsupported("index_dtype: \(dtype.name) is not supported (use i32 or i64)")
+        }
+        self.base = base
+        self.is64 = dtype == .i64
+        self.count = count
+    }
+
+    @inline(__always)
+    public subscript(_ k: Int) -> Int {
+        is64 ? Int(base.load(fromByteOffset: k * 8, as: Int64.self)) : Int(base.load(fromByteOffset: k * 4, as: Int32.self))
+    }
+
+    /// Throws `.outOfRange` naming the first index outside [0, rows).
+    public func validate(rows: Int) throws(QembedError) {
+        for k in 0..<count {
+            let i = self[k]
+            if i < 0 || i >= rows {
+                throw QembedError(.outOfRange, "indices[\(k)] = \(i) is out of range for an embedding table of \(rows) rows")
+            }
+        }
+    }
+
+    /// Sorted distinct indices.
+    public func distinct() -> [Int] {
+        var v = (0..<count).map { self[$0] }
+        v.sort()
+        var out: [Int] = []
+        out.reserveCapacity(v.count)
+        for x in v where out.last != x { out.append(x) }
+        return out
+    }
+}
