@@ -4,14 +4,17 @@ import Glibc
 #endif
 
 // qembed-bench: prints throughput of every kernel and layer next to a memcpy
-// bandwidth probe measured in the same run. Usage: qembed-bench [--quick]
+// bandwidth probe measured in the same run.
+// Usage: qembed-bench [quantize|embedding] [--quick]
 let quick = CommandLine.arguments.contains("--quick")
 let n = quick ? 1 << 22 : 64 << 20
 print("qembed-bench: \(Parallel.threadCount) threads (set QEMBED_NUM_THREADS to change)")
 Bench.memcpyRate = Bench.memcpyGBs(bytes: n * 4)
 print("memcpy probe: \(Bench.fmt(Bench.memcpyRate, 1)) GB/s (read + write, \((n * 4) >> 20) MiB)")
 do {
-    try QuantizeBench.run(n: n)
+    let only = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("--") }
+    if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }
+    if only == nil || only == "embedding" { try EmbeddingBench.run(quick: quick) }
 } catch {
     fputs("qembed-bench: \(error)\n", stderr)
     exit(1)

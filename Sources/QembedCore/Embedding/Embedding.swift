@@ -139,8 +139,13 @@ public final class Embedding: @unchecked Sendable {
                 let x = UnsafeMutablePointer<Float>.allocate(capacity: dim)
                 defer { x.deallocate() }
                 for k in range {
-                    loadFloats(w.data.raw + indices[k] * dim * w.dtype.size, w.dtype, dim, x)
-                    norm.forwardRow(x)
+                    let src = w.data.raw + indices[k] * dim * w.dtype.size
+                    if outDtype == .f32 && w.dtype == .f32 {
+                        norm.forwardRow(src.assumingMemoryBound(to: Float.self), into: out.assumingMemoryBound(to: Float.self) + k * dim)
+                        continue
+                    }
+                    loadFloats(src, w.dtype, dim, x)
+                    norm.forwardRow(x, into: x)
                     if w.dtype != .f32 && w.dtype != outDtype {  // upstream casts to the weight dtype first
                         for j in 0..<dim { x[j] = loadRounded(x[j], w.dtype) }
                     }
@@ -176,20 +181,28 @@ public final class Embedding: @unchecked Sendable {
         try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
         if indices.count == 0 { return }
         try lock.withExclusive { () throws(QembedError) in
-            // Gradient rows as float32.
-            let g = try AlignedBuffer(byteCount: total * 4)
-            loadFloats(gradOutput, gradDtype, total, g.floats())
+            // Gradient rows as float32: the caller's buffer when it already is
+            // f32 and nothing transforms it, else a scratch copy.
+            var scratch: AlignedBuffer? = nil
+            var g = UnsafeMutablePointer(mutating: gradOutput.assumingMemoryBound(to: Float.self))
+            if gradDtype != .f32 || norm != nil {
+                let s = try AlignedBuffer(byteCount: total * 4, zeroed: false)
+                loadFloats(gradOutput, gradDtype, total, s.floats())
+                scratch = s
+                g = s.floats()
+            }
+            defer { withExtendedLifetime(scratch) {} }
             if let norm {
                 let w = weight
-                norm.backwardRows(count: indices.count, g: g.floats()) { k, x in
+                norm.backwardRows(count: indices.count, g: g) { k, x in
                     loadFloats(w.data.raw + indices[k] * dim * w.dtype.size, w.dtype, dim, x)
                 }
             }
             guard weight.requiresGrad else { return }
             if config.sparse {
-                accumulateSparse(indices, g.floats())
+                accumulateSparse(indices, g)
             } else {
-                accumulateDense(indices, g.floats(), into: try weight.denseGrad())
+                accumulateDense(indices, g, into: try weight.denseGrad())
             }
         }
     }
@@ -228,20 +241,32 @@ public final class Embedding: @unchecked Sendable {
         let dim = config.embeddingDim
         let pad = config.paddingIdx ?? -1
         let scales = frequencyScale(indices)
-        var order = (0..<indices.count).filter { indices[$0] != pad }
-        order.sort { (indices[$0], $0) < (indices[$1], $1) }
+        // Sort (row, position) pairs packed in one integer: rows in order,
+        // positions in batch order within a row.
+        var keys: [UInt64] = []
+        keys.reserveCapacity(indices.count)
+        for k in 0..<indices.count where indices[k] != pad { keys.append(UInt64(indices[k]) << 32 | UInt64(k)) }
+        keys.sort()
         var rows: [Int] = []
-        var values: [Float] = []
-        for k in order {
-            let i = indices[k]
-            if rows.last != i { rows.append(i); values.append(contentsOf: repeatElement(0, count: dim)) }
-            let base = values.count - dim, s = scales?[i] ?? 1
-            for j in 0..<dim { values[base + j] += s == 1 ? g[k * dim + j] : g[k * dim + j] * s }
+        rows.reserveCapacity(keys.count)
+        for key in keys where rows.last != Int(key >> 32) { rows.append(Int(key >> 32)) }
+        var values = [Float](repeating: 0, count: rows.count * dim)
+        values.withUnsafeMutableBufferPointer { vb in
+            var r = -1, last = -1
+            for key in keys {
+                let i = Int(key >> 32), k = Int(key & 0xFFFF_FFFF)
+                if i != last { r += 1; last = i }
+                let dst = vb.baseAddress! + r * dim, src = g + k * dim
+                if let s = scales?[i] { for j in 0..<dim { dst[j] += src[j] * s } } else { for j in 0..<dim { dst[j] += src[j] } }
+            }
         }
         // Merge with the existing coalesced gradient.
-        let oldRows = weight.sparseRows, oldValues = weight.sparseValues
+        let oldRows = weight.sparseRows
         if oldRows.isEmpty { weight.sparseRows = rows; weight.sparseValues = values; return }
+        let oldValues = weight.sparseValues
         var mRows: [Int] = [], mValues: [Float] = []
+        mRows.reserveCapacity(oldRows.count + rows.count)
+        mValues.reserveCapacity((oldRows.count + rows.count) * dim)
         var a = 0, b = 0
         while a < oldRows.count || b < rows.count {
             if b == rows.count || (a < oldRows.count && oldRows[a] < rows[b]) {

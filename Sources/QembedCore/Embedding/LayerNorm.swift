@@ -35,12 +35,21 @@ public final class LayerNorm: @unchecked Sendable {
         return (mean, 1 / (sq / Float(dim) + eps).squareRoot())
     }
 
-    /// x <- (x - mean) * rstd * weight + bias, in place.
+    /// y = (x - mean) * rstd * weight + bias (y may be x).
     @inline(__always)
-    func forwardRow(_ x: UnsafeMutablePointer<Float>) {
+    func forwardRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
         let (mean, rstd) = moments(x)
         let w = weight.data.floats(), b = bias.data.floats()
-        for j in 0..<dim { x[j] = (x[j] - mean) * rstd * w[j] + b[j] }
+        let m8 = SIMD8<Float>(repeating: mean), r8 = SIMD8<Float>(repeating: rstd)
+        var j = 0
+        while j + 8 <= dim {
+            let v = (UnsafeRawPointer(x + j).loadUnaligned(as: SIMD8<Float>.self) - m8) * r8
+                * UnsafeRawPointer(w + j).loadUnaligned(as: SIMD8<Float>.self)
+                + UnsafeRawPointer(b + j).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(y + j).storeBytes(of: v, as: SIMD8<Float>.self)
+            j += 8
+        }
+        while j < dim { y[j] = (x[j] - mean) * rstd * w[j] + b[j]; j += 1 }
     }
 
     /// Backward of `count` rows: g (count x dim) holds dL/dy on entry and
@@ -63,8 +72,20 @@ public final class LayerNorm: @unchecked Sendable {
                     loadRow(k, x)
                     let (mean, rstd) = moments(x)
                     let gk = g + k * dim
-                    var sumDx = 0 as Float, sumDxXhat = 0 as Float
-                    for j in 0..<dim {
+                    var s1 = SIMD8<Float>(), s2 = SIMD8<Float>()
+                    let m8 = SIMD8<Float>(repeating: mean), r8 = SIMD8<Float>(repeating: rstd)
+                    var j = 0
+                    while j + 8 <= dim {
+                        let xh = (load8(x + j) - m8) * r8, gv = load8(gk + j), dxh = gv * load8(w + j)
+                        store8(xh, x + j)
+                        store8(load8(db + j) + gv, db + j)
+                        store8(load8(dw + j) + gv * xh, dw + j)
+                        s1 += dxh
+                        s2 += dxh * xh
+                        j += 8
+                    }
+                    var sumDx = s1.sum(), sumDxXhat = s2.sum()
+                    while j < dim {
                         let xhat = (x[j] - mean) * rstd
                         x[j] = xhat
                         db[j] += gk[j]
@@ -72,6 +93,7 @@ public final class LayerNorm: @unchecked Sendable {
                         let dxhat = gk[j] * w[j]
                         sumDx += dxhat
                         sumDxXhat += dxhat * xhat
+                        j += 1
                     }
                     let a = sumDx / Float(dim), b = sumDxXhat / Float(dim)
                     for j in 0..<dim { gk[j] = rstd * (gk[j] * w[j] - a - x[j] * b) }
@@ -85,3 +107,7 @@ public final class LayerNorm: @unchecked Sendable {
         }
     }
 }
+
+@inline(__always) func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+@inline(__always) func load8(_ p: UnsafeMutablePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+@inline(__always) func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self) }
