@@ -511,6 +511,116 @@ QEMBED_API qembed_status qembed_embedding_reset_parameters(qembed_embedding *e, 
 QEMBED_API qembed_status qembed_embedding_num_params(const qembed_embedding *e, int64_t *n);
 QEMBED_API qembed_status qembed_embedding_param(qembed_embedding *e, int64_t i, qembed_param **param);
 
+/* ======================================================================== */
+/*  Optimizers (32-bit and blockwise 8-bit state)                           */
+/* ======================================================================== */
+/* bitsandbytes' optimizers over qembed parameters. 8-bit state is blockwise
+ * (256 elements per block, float32 absmax per block; state1 with the signed
+ * dynamic map, state2 with the unsigned one); a parameter with fewer than
+ * min_8bit_size elements, or whose optim_bits override is 32 (Embedding and
+ * StableEmbedding weights), keeps 32-bit state. Overrides are read from each
+ * parameter (qembed_param_set_override), so they never leak to another
+ * parameter or optimizer.
+ *
+ * qembed_optimizer_step(): updates every parameter that has a gradient. All
+ * gradients are validated first; a NaN/Inf gradient skips the whole step
+ * (no parameter or state changes) and returns QEMBED_ERR_NON_FINITE naming the
+ * parameter and element. Sparse gradients update only their rows; untouched
+ * rows' state is not decayed (as torch.optim.SparseAdam), and 8-bit state of a
+ * sparse parameter uses blocks that never straddle rows (ceil(cols/256) per
+ * row). skip_zeros skips elements whose gradient is exactly 0.
+ *
+ * Thread safety: an optimizer's calls are serialized internally; a step takes
+ * each parameter's layer lock while updating it, so it may run concurrently
+ * with forwards (which then see rows before or after the update). */
+
+typedef struct qembed_optimizer qembed_optimizer;
+
+typedef enum qembed_optimizer_kind {
+    QEMBED_OPTIM_ADAM = 0,
+    QEMBED_OPTIM_ADAMW = 1,     /* Adam with decoupled weight decay (default 1e-2) */
+    QEMBED_OPTIM_MOMENTUM = 2,  /* SGD with momentum (beta1 = momentum, > 0) */
+    QEMBED_OPTIM_LION = 3,
+    QEMBED_OPTIM_RMSPROP = 4,   /* beta1 = alpha */
+    QEMBED_OPTIM_ADAGRAD = 5,
+    QEMBED_OPTIM_COUNT
+} qembed_optimizer_kind;
+
+typedef struct qembed_optimizer_params {
+    uint32_t struct_size;   /* sizeof(qembed_optimizer_params) */
+    int kind;               /* qembed_optimizer_kind */
+    double lr;
+    double beta1;           /* Adam/Lion beta1, SGD momentum, RMSprop alpha */
+    double beta2;
+    double eps;
+    double weight_decay;
+    int optim_bits;         /* 8 or 32 */
+    int64_t min_8bit_size;  /* default 4096 */
+    double max_unorm;       /* 0 = off; 32-bit adam/momentum/rmsprop only */
+    bool skip_zeros;
+} qembed_optimizer_params;
+
+/*! qembed_optimizer_params_init() :
+ *  Fills *p with bitsandbytes' defaults for `kind` and optim_bits (8 for the
+ *  *8bit classes, else 32). Returns QEMBED_ERR_INVALID_ARGUMENT for an
+ *  unknown kind or bits. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_params_init(qembed_optimizer_params *p, int kind, int optim_bits);
+
+/*! qembed_optimizer_create() :
+ *  An optimizer over n_params distinct parameters (borrowed handles; the
+ *  optimizer keeps them alive). State is allocated at the first step that
+ *  sees a gradient. *out is NULL on failure. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_create(const qembed_optimizer_params *p, qembed_param *const *params,
+                                                 int64_t n_params, qembed_optimizer **out);
+
+/*! qembed_optimizer_free() : NULL is a no-op. Since 0.1. */
+QEMBED_API void qembed_optimizer_free(qembed_optimizer *o);
+
+/*! qembed_optimizer_step() : one update of every parameter with a gradient. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_step(qembed_optimizer *o);
+
+/*! qembed_optimizer_zero_grad() : zero_grad() of every parameter. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_zero_grad(qembed_optimizer *o);
+
+typedef struct qembed_optimizer_state_info {
+    uint32_t struct_size;   /* sizeof(qembed_optimizer_state_info) */
+    bool initialized;       /* false until the first step that updated the parameter */
+    int64_t step;
+    int bits;               /* 8 or 32 (what it has, or will get) */
+    int num_states;         /* 1 or 2 */
+    int64_t numel;
+    int64_t num_blocks;     /* absmax entries per state (8-bit), else 0 */
+    bool row_aligned;       /* 8-bit blocks never straddle rows (sparse parameters) */
+    int64_t state_bytes;    /* bytes held for this parameter */
+} qembed_optimizer_state_info;
+
+/*! qembed_optimizer_state_info_get() : state of parameter i (0-based). Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_state_info_get(const qembed_optimizer *o, int64_t i,
+                                                         qembed_optimizer_state_info *info);
+
+/*! qembed_optimizer_state_export() :
+ *  Copies parameter i's state (bitsandbytes' state_dict entries) into caller
+ *  buffers: state1/state2 (numel floats for 32-bit, numel bytes for 8-bit;
+ *  state2 only for 2-state optimizers) and absmax1/absmax2 (num_blocks floats,
+ *  8-bit only). Pass NULL for buffers not wanted; sizes are in bytes.
+ *  Requires an initialized state. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_state_export(const qembed_optimizer *o, int64_t i,
+                                                       void *state1, int64_t state1_bytes,
+                                                       void *state2, int64_t state2_bytes,
+                                                       float *absmax1, int64_t absmax1_len,
+                                                       float *absmax2, int64_t absmax2_len);
+
+/*! qembed_optimizer_state_import() :
+ *  Replaces parameter i's state with `bits` (8 or 32) state at `step`; every
+ *  buffer's size is checked against the parameter (and the values for
+ *  finiteness) before anything changes. Resuming continues the same
+ *  trajectory. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_state_import(qembed_optimizer *o, int64_t i, int64_t step, int bits,
+                                                       const void *state1, int64_t state1_bytes,
+                                                       const void *state2, int64_t state2_bytes,
+                                                       const float *absmax1, int64_t absmax1_len,
+                                                       const float *absmax2, int64_t absmax2_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,148 @@
+/// The optimizers of bitsandbytes (adam, adamw, momentum, lion, rmsprop,
+/// adagrad) with 32-bit or blockwise 8-bit state, per-parameter overrides
+/// (read from each Parameter, so an override never leaks to another
+/// parameter or optimizer), sparse row updates, and state save/load.
+///
+/// step(): every parameter that has a gradient is updated. All gradients are
+/// checked first: a NaN/Inf gradient skips the whole step (nothing changes)
+/// and is reported as `.nonFinite`. Sparse gradients update only the touched
+/// rows; untouched rows' state is not decayed (as torch's SparseAdam). The
+/// 8-bit step is one fused pass per block: dequantize the block's state,
+/// update the parameter, requantize with the exact nearest rule.
+public final class Optimizer: @unchecked Sendable {
+    public let config: OptimizerConfig
+    public let params: [Parameter]
+    public private(set) var states: [OptimizerState?]
+    private let lock = RWLock()
+
+    public init(_ config: OptimizerConfig, params: [Parameter]) throws(QembedError) {
+        try config.validate()
+        guard !params.isEmpty else { throw .invalid("params: an optimizer needs at least one parameter") }
+        for (i, p) in params.enumerated() where params[..<i].contains(where: { $0 === p }) {
+            throw .invalid("params[\(i)] (\(p.name)) appears twice")
+        }
+        self.config = config
+        self.params = params
+        states = Array(repeating: nil, count: params.count)
+    }
+
+    /// The config in force for parameter i (overrides applied).
+    public func config(for i: Int) -> OptimizerConfig { config.resolved(for: params[i]) }
+
+    /// 8 or 32: the state width parameter i gets (or has).
+    public func bits(for i: Int) -> Int {
+        if let s = states[i] { return s.bits }
+        let c = config(for: i)
+        return c.optimBits == 8 && params[i].numel >= c.min8bitSize ? 8 : 32
+    }
+
+    private func makeState(_ i: Int) throws(QembedError) -> OptimizerState {
+        if let s = states[i] { return s }
+        let p = params[i]
+        let s = try OptimizerState(bits: bits(for: i), numel: p.numel, cols: p.cols,
+                                   rowAligned: p.sparse && p.shape.count == 2, states: config.kind.stateCount)
+        states[i] = s
+        return s
+    }
+
+    public func step() throws(QembedError) {
+        try lock.withExclusive { () throws(QembedError) in
+            // Validate every gradient before changing anything.
+            var work: [Int] = []
+            for (i, p) in params.enumerated() {
+                let c = config(for: i)
+                try c.validate()
+                if p.sparse {
+                    if p.sparseRows.isEmpty { continue }
+                    try checkFinite(F32.self, p.sparseValues, p.sparseValues.count, argument: "\(p.name).grad")
+                } else {
+                    guard let g = p.grad else { continue }
+                    try checkFinite(F32.self, g.raw, p.numel, argument: "\(p.name).grad")
+                }
+                work.append(i)
+            }
+            for i in work { _ = try makeState(i) }
+            for i in work {
+                let p = params[i], s = states[i]!
+                try p.lock.withExclusive { () throws(QembedError) in
+                    s.step += 1
+                    let k = UpdateScalars(config(for: i), step: s.step)
+                    let c = config(for: i)
+                    if p.sparse {
+                        try SparseStep.run(k, c, p, s)
+                    } else if s.bits == 8 {
+                        EightBitStep.dense(k, c, p, s)
+                    } else {
+                        try DenseStep32.run(k, c, p, s)
+                    }
+                }
+            }
+        }
+    }
+
+    public func zeroGrad() {
+        for p in params { p.lock.withExclusive { p.zeroGrad() } }
+    }
+
+    /// Total bytes of optimizer state held.
+    public var stateBytes: Int { states.reduce(0) { $0 + ($1?.bytes ?? 0) } }
+
+    // MARK: State save/load
+
+    public struct SavedState {
+        public var step: Int
+        public var bits: Int
+        public var state1: [UInt8]   // raw bytes (floats for 32-bit)
+        public var state2: [UInt8]?
+        public var absmax1: [Float]?
+        public var absmax2: [Float]?
+        public init(step: Int, bits: Int, state1: [UInt8], state2: [UInt8]?, absmax1: [Float]?, absmax2: [Float]?) {
+            self.step = step; self.bits = bits; self.state1 = state1; self.state2 = state2; self.absmax1 = absmax1; self.absmax2 = absmax2
+        }
+    }
+
+    public func savedState(_ i: Int) -> SavedState? {
+        lock.withShared {
+            guard let s = states[i] else { return nil }
+            func bytes(_ b: AlignedBuffer) -> [UInt8] { Array(UnsafeRawBufferPointer(start: b.raw, count: b.byteCount)) }
+            func floats(_ b: AlignedBuffer?) -> [Float]? { b.map { Array(UnsafeBufferPointer(start: $0.floats(), count: $0.byteCount / 4)) } }
+            return SavedState(step: s.step, bits: s.bits, state1: bytes(s.state1), state2: s.state2.map(bytes),
+                              absmax1: floats(s.absmax1), absmax2: floats(s.absmax2))
+        }
+    }
+
+    /// Replaces parameter i's state; every size is checked first, and on
+    /// failure nothing changes.
+    public func load(_ i: Int, _ saved: SavedState) throws(QembedError) {
+        try lock.withExclusive { () throws(QembedError) in
+            let p = params[i]
+            guard saved.bits == 8 || saved.bits == 32 else { throw .invalid("bits must be 8 or 32, got \(saved.bits)") }
+            guard saved.step >= 0 else { throw .invalid("step must be >= 0, got \(saved.step)") }
+            let s = try OptimizerState(bits: saved.bits, numel: p.numel, cols: p.cols,
+                                       rowAligned: p.sparse && p.shape.count == 2, states: config.kind.stateCount)
+            func fill(_ dst: AlignedBuffer?, _ src: [UInt8]?, _ what: String) throws(QembedError) {
+                guard let dst else {
+                    if src != nil { throw .shape("\(what) given but \(config.kind.name) keeps no such state") }
+                    return
+                }
+                guard let src, src.count == dst.byteCount else {
+                    throw .shape("\(what) of \(p.name) must hold \(dst.byteCount) bytes, got \(src?.count ?? 0)")
+                }
+                src.withUnsafeBytes { dst.raw.copyMemory(from: $0.baseAddress!, byteCount: src.count) }
+            }
+            try fill(s.state1, saved.state1, "state1")
+            try fill(s.state2, saved.state2, "state2")
+            try fill(s.absmax1, saved.absmax1.map { $0.withUnsafeBytes { Array($0) } }, "absmax1")
+            try fill(s.absmax2, saved.absmax2.map { $0.withUnsafeBytes { Array($0) } }, "absmax2")
+            if saved.bits == 32 {
+                try checkFinite(F32.self, s.state1.raw, p.numel, argument: "state1")
+                if let s2 = s.state2 { try checkFinite(F32.self, s2.raw, p.numel, argument: "state2") }
+            } else {
+                try checkFinite(F32.self, s.absmax1!.raw, s.blocks, argument: "absmax1")
+                if let a2 = s.absmax2 { try checkFinite(F32.self, a2.raw, s.blocks, argument: "absmax2") }
+            }
+            s.step = saved.step
+            states[i] = s
+        }
+    }
+}
