@@ -1,0 +1,127 @@
+#!/bin/sh
+# install_test.sh - `make install` into a fresh prefix, then use qembed the way
+# a user would: a C program built with nothing but
+#   pkg-config --cflags --libs qembed  (+ -Wl,-rpath,$prefix/lib)
+# and `import qembed` from the installed Python package.
+# Prints "install_test: P passed, F failed"; exits 1 on any failure.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+CC=${CC:-cc}
+PYTHON=${PYTHON:-python3}
+passed=0
+failed=0
+prefix=$(mktemp -d "${TMPDIR:-/tmp}/qembed-prefix.XXXXXX")
+work=$(mktemp -d "${TMPDIR:-/tmp}/qembed-install-test.XXXXXX")
+trap 'rm -rf "$prefix" "$work"' EXIT
+
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "install_test: FAILED: $*" >&2; }
+finish() {
+    echo "install_test: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+
+hdr=$root/include/qembed.h
+major=$(sed -n 's/^#define QEMBED_VERSION_MAJOR \([0-9]*\).*/\1/p' "$hdr")
+minor=$(sed -n 's/^#define QEMBED_VERSION_MINOR \([0-9]*\).*/\1/p' "$hdr")
+patch=$(sed -n 's/^#define QEMBED_VERSION_PATCH \([0-9]*\).*/\1/p' "$hdr")
+version=$major.$minor.$patch
+
+# 1. make install
+if make -C "$root" install PREFIX="$prefix" > "$work/install.log" 2>&1; then
+    ok
+else
+    fail "make install PREFIX=$prefix failed:"
+    tail -n 20 "$work/install.log" | sed 's/^/    /' >&2
+    finish
+fi
+
+# 2. the installed layout
+missing=""
+for f in "lib/libqembed.so.$version" "lib/libqembed.so.$major" lib/libqembed.so include/qembed.h lib/pkgconfig/qembed.pc; do
+    [ -e "$prefix/$f" ] || missing="$missing $f"
+done
+if [ -z "$missing" ] && [ -L "$prefix/lib/libqembed.so" ] && [ -L "$prefix/lib/libqembed.so.$major" ]; then
+    ok
+else
+    fail "installed layout: missing or not symlinks:$missing"
+fi
+
+# 3. pkg-config
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+pc_version=$(pkg-config --modversion qembed 2>&1)
+flags=$(pkg-config --cflags --libs qembed 2>&1)
+if [ "$pc_version" = "$version" ] && pkg-config --exists qembed; then
+    ok
+else
+    fail "pkg-config --modversion qembed: '$pc_version', want $version"
+fi
+case "$flags" in
+*"-I$prefix/include"*"-L$prefix/lib"*"-lqembed"*) ok ;;
+*) fail "pkg-config --cflags --libs qembed: '$flags'" ;;
+esac
+
+# 4. build and run the quickstart with those flags only
+# shellcheck disable=SC2086
+if $CC -std=c11 -Wall -Wextra -Werror -pedantic "$here/examples/quickstart.c" $flags -Wl,-rpath,"$prefix/lib" \
+    -o "$work/quickstart" > "$work/cc.log" 2>&1; then
+    ok
+else
+    fail "building examples/quickstart.c with pkg-config flags:"
+    sed 's/^/    /' "$work/cc.log" >&2
+fi
+if [ -x "$work/quickstart" ]; then
+    if (cd "$work" && env -u LD_LIBRARY_PATH ./quickstart) > "$work/run.log" 2>&1; then
+        ok
+        sed 's/^/install_test: /' "$work/run.log"
+    else
+        fail "quickstart failed:"
+        sed 's/^/    /' "$work/run.log" >&2
+    fi
+    # the installed library is the one it loads
+    if env -u LD_LIBRARY_PATH ldd "$work/quickstart" | grep -q "libqembed.so.$major => $prefix/lib/"; then
+        ok
+    else
+        fail "quickstart does not load libqembed.so.$major from $prefix/lib:"
+        env -u LD_LIBRARY_PATH ldd "$work/quickstart" | sed 's/^/    /' >&2
+    fi
+fi
+
+# 5. the Python package
+site="$prefix/lib/python3/site-packages"
+if [ -f "$site/qembed/__init__.py" ]; then
+    if (cd "$work" && env -u LD_LIBRARY_PATH PYTHONPATH="$site" "$PYTHON" -c \
+        "import qembed, sys; sys.stdout.write('python: qembed from %s\n' % qembed.__file__)") > "$work/py.log" 2>&1; then
+        ok
+        sed 's/^/install_test: /' "$work/py.log"
+    else
+        fail "PYTHONPATH=$site $PYTHON -c 'import qembed':"
+        tail -n 15 "$work/py.log" | sed 's/^/    /' >&2
+    fi
+else
+    echo "install_test: skipped the Python check: $site/qembed/__init__.py was not installed (no Python package yet)"
+fi
+
+# 6. DESTDIR staging puts everything under DESTDIR/PREFIX
+if make -C "$root" install DESTDIR="$work/stage" PREFIX=/opt/qembed > "$work/stage.log" 2>&1 &&
+    [ -e "$work/stage/opt/qembed/lib/libqembed.so.$version" ] &&
+    grep -q '^prefix=/opt/qembed$' "$work/stage/opt/qembed/lib/pkgconfig/qembed.pc"; then
+    ok
+else
+    fail "make install DESTDIR=... PREFIX=/opt/qembed did not stage under DESTDIR:"
+    tail -n 10 "$work/stage.log" | sed 's/^/    /' >&2
+fi
+
+# 7. uninstall removes what install wrote
+if make -C "$root" uninstall PREFIX="$prefix" > "$work/uninstall.log" 2>&1 &&
+    [ ! -e "$prefix/lib/libqembed.so" ] && [ ! -e "$prefix/include/qembed.h" ] &&
+    [ ! -e "$prefix/lib/pkgconfig/qembed.pc" ] && [ ! -e "$prefix/lib/libqembed.so.$version" ]; then
+    ok
+else
+    fail "make uninstall PREFIX=$prefix left files behind:"
+    (cd "$prefix" && find . -type f -o -type l) | sed 's/^/    /' >&2
+fi
+
+finish
