@@ -39,14 +39,18 @@ $(LIB): $(SWIFT_SOURCES)
 	rm -f $(LIB)
 	swift build $(SWIFT_RELEASE) --product qembed
 	@touch $(LIB)
+	ln -sf libqembed.so $(BUILD)/libqembed.so.$(MAJOR)
 
 demo: build
 	$(MAKE) -C bindings/c demo
 
 test: deps build test-swift test-c test-python
 
+# swift test's own summary lines are printed; the log keeps the rest.
 test-swift:
-	swift test 2>&1 | tail -n 40
+	@mkdir -p .build
+	@swift test > .build/swift-test.log 2>&1; s=$$?; \
+	  grep -E "error:|failed|Executed [0-9]+ tests?" .build/swift-test.log | tail -n 25; exit $$s
 
 test-c: build
 	$(MAKE) -C bindings/c test
@@ -75,8 +79,9 @@ install: build
 	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc
 	@mkdir -p $(DESTDIR)$(LIBDIR)/python3/site-packages
 	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
-	cp -r bindings/python/qembed $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
-	find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} +
+	if [ -d bindings/python/qembed ]; then \
+	  cp -r bindings/python/qembed $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed && \
+	  find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} +; fi
 	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX)"
 
 uninstall:

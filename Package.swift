@@ -24,9 +24,13 @@ let package = Package(
         // MARK: - C support: the public header and the thread-local error buffer
         .target(name: "CQembed", path: "Sources/CQembed"),
 
+        // MARK: - Header-only vector helpers for the core (not API)
+        .target(name: "CQembedSIMD", path: "Sources/CQembedSIMD"),
+
         // MARK: - Swift core: kernels and layers, no C-ABI concerns
         .target(
             name: "QembedCore",
+            dependencies: ["CQembedSIMD"],
             path: "Sources/QembedCore",
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),

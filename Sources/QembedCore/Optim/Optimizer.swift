@@ -71,7 +71,7 @@ public final class Optimizer: @unchecked Sendable {
                     if p.sparse {
                         try SparseStep.run(k, c, p, s)
                     } else if s.bits == 8 {
-                        EightBitStep.dense(k, c, p, s)
+                        try EightBitStep.dense(k, c, p, s)
                     } else {
                         try DenseStep32.run(k, c, p, s)
                     }

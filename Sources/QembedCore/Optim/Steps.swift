@@ -1,117 +1,190 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+/// The element loops of an optimizer step, specialized per rule R and
+/// parameter element type E (both generic, so each combination compiles to
+/// its own branch-free loop).
+enum StepKernels {
+    /// 32-bit state over `count` elements; 8 lanes at a time, then a
+    /// 1-lane tail. With skip_zeros, lanes whose gradient is exactly 0 keep
+    /// their parameter and state.
+    @inline(__always)
+    static func run32<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, alpha: Float, skipZeros: Bool,
+                                                      p: UnsafeMutablePointer<E.Storage>, g: UnsafePointer<Float>,
+                                                      s1: UnsafeMutablePointer<Float>, s2: UnsafeMutablePointer<Float>?,
+                                                      count: Int) {
+        var i = 0
+        while i + 8 <= count {
+            let gv = load8(g + i)
+            let p0 = E.load8(p, i), a0 = load8(s1 + i), b0 = s2.map { load8($0 + i) } ?? SIMD8()
+            var pv = p0, a = a0, b = b0
+            let u = R.update32(k, gv, &pv, &a, &b)
+            pv = pv + alpha * u
+            if skipZeros {
+                let z = gv .== 0
+                pv.replace(with: p0, where: z); a.replace(with: a0, where: z); b.replace(with: b0, where: z)
+            }
+            E.store8(pv, p, i)
+            store8(a, s1 + i)
+            if let s2 { store8(b, s2 + i) }
+            i += 8
+        }
+        while i < count {
+            if !(skipZeros && g[i] == 0) {
+                var pv = SIMD2(repeating: E.load(p, i)), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? 0)
+                let u = R.update32(k, SIMD2(repeating: g[i]), &pv, &a, &b)
+                E.store((pv + alpha * u)[0], p, i)
+                s1[i] = a[0]
+                s2?[i] = b[0]
+            }
+            i += 1
+        }
+    }
+
+    /// The fused 8-bit step of one block: dequantize, update, requantize.
+    /// `t1`/`t2` are scratch for >= count floats.
+    @inline(__always)
+    static func block8<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, skipZeros: Bool,
+                                                       p: UnsafeMutablePointer<E.Storage>, g: UnsafePointer<Float>,
+                                                       q1: UnsafeMutablePointer<UInt8>, a1: UnsafeMutablePointer<Float>,
+                                                       q2: UnsafeMutablePointer<UInt8>?, a2: UnsafeMutablePointer<Float>?,
+                                                       t1: UnsafeMutablePointer<Float>, t2: UnsafeMutablePointer<Float>, count: Int) {
+        let c1 = QuantMap.signedDynamicPointer, c2 = QuantMap.unsignedDynamicPointer
+        let m1 = a1.pointee
+        for j in 0..<count { t1[j] = c1[Int(q1[j])] * m1 }
+        if let q2, let a2 {
+            let m2 = a2.pointee
+            for j in 0..<count { t2[j] = c2[Int(q2[j])] * m2 }
+        }
+        var j = 0
+        while j + 8 <= count {
+            let gv = load8(g + j)
+            let p0 = E.load8(p, j), a0 = load8(t1 + j), b0 = load8(t2 + j)
+            var pv = p0, a = a0, b = b0
+            R.update8(k, gv, &pv, &a, &b)
+            if skipZeros {
+                let z = gv .== 0
+                pv.replace(with: p0, where: z); a.replace(with: a0, where: z); b.replace(with: b0, where: z)
+            }
+            E.store8(pv, p, j)
+            store8(a, t1 + j)
+            store8(b, t2 + j)
+            j += 8
+        }
+        while j < count {
+            if !(skipZeros && g[j] == 0) {
+                var pv = SIMD2(repeating: E.load(p, j)), a = SIMD2(repeating: t1[j]), b = SIMD2(repeating: t2[j])
+                R.update8(k, SIMD2(repeating: g[j]), &pv, &a, &b)
+                E.store(pv[0], p, j)
+                t1[j] = a[0]
+                t2[j] = b[0]
+            }
+            j += 1
+        }
+        requantize(t1, count, CodeSearch.signedDynamic, q1, a1)
+        if let q2, let a2 { requantize(t2, count, CodeSearch.unsignedDynamic, q2, a2) }
+    }
+
+    /// absmax and exact nearest codes of count floats.
+    @inline(__always)
+    static func requantize(_ t: UnsafeMutablePointer<Float>, _ count: Int, _ search: CodeSearch,
+                           _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>) {
+        let m = Float(bitPattern: Absmax.maxMagnitudeBits(F32.self, t, count))
+        absmax.pointee = m
+        let scale = BlockScale(absmax: m)
+        var j = 0
+        if let table = search.packed, !scale.divides {
+            let r = SIMD8<Float>(repeating: scale.reciprocal)
+            while j + 8 <= count {
+                let v = CodeSearch.index8(clampUnit(load8(t + j) * r), table)
+                for l in 0..<8 { q[j + l] = UInt8(truncatingIfNeeded: v[l]) }
+                j += 8
+            }
+        }
+        while j < count { q[j] = search.index(scale.scaled(t[j])); j += 1 }
+    }
+}
 
 /// Dense 32-bit step: one pass (two with max_unorm, which needs the update norm).
 enum DenseStep32 {
     static func run(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState) throws(QembedError) {
+        try withRule(c.kind) { (r) throws(QembedError) in
+            try withFloatElement(p.dtype) { (e) throws(QembedError) in try run(r, e, k, c, p, s) }
+        }
+    }
+
+    static func run<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, _ c: OptimizerConfig,
+                                                    _ p: Parameter, _ s: OptimizerState) throws(QembedError) {
         let n = p.numel
         let g = p.grad!.floats()
         let s1 = s.state1.floats(), s2 = s.state2?.floats()
-        let dtype = p.dtype, data = p.data.raw
-        let alpha = UpdateRules.alpha32(k)
-        let usesUnorm = c.maxUnorm > 0 && (k.kind == .adam || k.kind == .adamw || k.kind == .momentum || k.kind == .rmsprop)
+        let data = p.data.raw.assumingMemoryBound(to: E.Storage.self)
+        let usesUnorm = c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad
         if !usesUnorm {
-            Parallel.forEachChunk(n, grain: 1 << 14) { r in
-                var dummy: Float = 0
-                for i in r {
-                    let gi = g[i]
-                    if c.skipZeros && gi == 0 { continue }
-                    var pi = loadFloat(data, dtype, i)
-                    let u: Float
-                    if let s2 { u = UpdateRules.update32(k, g: gi, p: &pi, s1: &s1[i], s2: &s2[i]) }
-                    else { u = UpdateRules.update32(k, g: gi, p: &pi, s1: &s1[i], s2: &dummy) }
-                    storeFloat(pi + alpha * u, data, dtype, i)
-                }
+            Parallel.forEachChunk(n, grain: 1 << 14) { rg in
+                let o = rg.lowerBound
+                StepKernels.run32(r, e, k, alpha: R.alpha32(k), skipZeros: c.skipZeros, p: data + o, g: g + o,
+                                  s1: s1 + o, s2: s2.map { $0 + o }, count: rg.count)
             }
             return
         }
         // max_unorm: scale = min(1, max_unorm * ||p|| / ||update||) over the whole tensor.
         var pn = 0.0
-        for i in 0..<n { let v = Double(loadFloat(data, dtype, i)); pn += v * v }
+        for i in 0..<n { let v = Double(E.load(data, i)); pn += v * v }
         let paramNorm = pn.squareRoot()
-        let upd = try AlignedBuffer(byteCount: n * 4, zeroed: false)
-        let u = upd.floats()
-        let pf = try AlignedBuffer(byteCount: n * 4, zeroed: false)
-        let pv = pf.floats()
-        var un = 0.0
-        var dummy: Float = 0
+        let upd = try AlignedBuffer(byteCount: n * 4, zeroed: false), pf = try AlignedBuffer(byteCount: n * 4, zeroed: false)
+        let u = upd.floats(), pv = pf.floats()
+        var un = 0.0, dummy: Float = 0
         for i in 0..<n {
-            var pi = loadFloat(data, dtype, i)
+            var pi = E.load(data, i)
             if c.skipZeros && g[i] == 0 { u[i] = 0; pv[i] = pi; continue }
-            if let s2 { u[i] = UpdateRules.update32(k, g: g[i], p: &pi, s1: &s1[i], s2: &s2[i]) }
-            else { u[i] = UpdateRules.update32(k, g: g[i], p: &pi, s1: &s1[i], s2: &dummy) }
+            var pvv = SIMD2(repeating: pi), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? dummy)
+            u[i] = R.update32(k, SIMD2(repeating: g[i]), &pvv, &a, &b)[0]
+            s1[i] = a[0]
+            s2?[i] = b[0]
+            pi = pvv[0]
             pv[i] = pi
             un += Double(u[i]) * Double(u[i])
         }
         let unorm = un.squareRoot()
-        let scale: Float = unorm > c.maxUnorm * paramNorm ? Float(c.maxUnorm * paramNorm / unorm) : 1
-        let a = Float(Double(alpha) * Double(scale))
-        for i in 0..<n { storeFloat(pv[i] + a * u[i], data, dtype, i) }
+        let scale = unorm > c.maxUnorm * paramNorm ? c.maxUnorm * paramNorm / unorm : 1
+        let a = Float(Double(R.alpha32(k)) * scale)
+        for i in 0..<n { E.store(pv[i] + a * u[i], data, i) }
     }
 }
 
-/// The fused 8-bit step over blocks: dequantize state, update, requantize.
+/// 8-bit steps: dense over all blocks, or sparse over the touched rows' blocks.
 enum EightBitStep {
-    static let search1 = CodeSearch.signedDynamic
-    static let search2 = CodeSearch.unsignedDynamic
-
-    static func dense(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState) {
+    static func dense(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState) throws(QembedError) {
         let g = p.grad!.floats()
-        Parallel.forEachChunk(s.blocks, grain: 16) { r in
-            for b in r { block(k, c, p, s, b, grad: g + s.range(ofBlock: b).lowerBound) }
+        try run(k, c, p, s, blocks: s.blocks) { b in (b, UnsafePointer(g + s.range(ofBlock: b).lowerBound)) }
+    }
+
+    /// Runs the fused block update over `blocks` work items; `item(w)` gives
+    /// the block index and its gradient values.
+    static func run(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState, blocks: Int,
+                    item: @escaping (Int) -> (Int, UnsafePointer<Float>)) throws(QembedError) {
+        try withRule(c.kind) { (r) throws(QembedError) in
+            try withFloatElement(p.dtype) { (e) throws(QembedError) in run(r, e, k, c, p, s, blocks: blocks, item: item) }
         }
     }
 
-    /// Updates block b given its gradient values (g[0..<count]).
-    @inline(__always)
-    static func block(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState, _ b: Int, grad g: UnsafePointer<Float>) {
-        let range = s.range(ofBlock: b)
-        let lo = range.lowerBound, count = range.count
-        let q1 = s.state1.raw.assumingMemoryBound(to: UInt8.self) + lo
-        let q2 = s.state2.map { $0.raw.assumingMemoryBound(to: UInt8.self) + lo }
+    static func run<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, _ c: OptimizerConfig,
+                                                    _ p: Parameter, _ s: OptimizerState, blocks: Int,
+                                                    item: (Int) -> (Int, UnsafePointer<Float>)) {
+        let data = p.data.raw.assumingMemoryBound(to: E.Storage.self)
+        let q1 = s.state1.raw.assumingMemoryBound(to: UInt8.self)
+        let q2 = s.state2.map { $0.raw.assumingMemoryBound(to: UInt8.self) }
         let a1 = s.absmax1!.floats(), a2 = s.absmax2?.floats()
-        let code1 = search1.code, code2 = search2.code
-        var v1 = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(),
-                  SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
-        var v2 = v1
-        withUnsafeMutableBytes(of: &v1) { b1 in
-            withUnsafeMutableBytes(of: &v2) { b2 in
-                let t1 = b1.baseAddress!.assumingMemoryBound(to: Float.self)
-                let t2 = b2.baseAddress!.assumingMemoryBound(to: Float.self)
-                code1.withUnsafeBufferPointer { c1 in
-                    code2.withUnsafeBufferPointer { c2 in
-                        // Dequantize.
-                        let m1 = a1[b]
-                        for j in 0..<count { t1[j] = c1[Int(q1[j])] * m1 }
-                        if let q2, let a2 {
-                            let m2 = a2[b]
-                            for j in 0..<count { t2[j] = c2[Int(q2[j])] * m2 }
-                        }
-                        // Update.
-                        let dtype = p.dtype, data = p.data.raw
-                        for j in 0..<count {
-                            if c.skipZeros && g[j] == 0 { continue }
-                            var pj = loadFloat(data, dtype, lo + j)
-                            UpdateRules.update8(k, g: g[j], p: &pj, s1: &t1[j], s2: &t2[j])
-                            storeFloat(pj, data, dtype, lo + j)
-                        }
-                        // Requantize with the exact nearest rule.
-                        requantize(t1, count, search1, q1, &a1[b])
-                        if let q2, let a2 { requantize(t2, count, search2, q2, &a2[b]) }
-                    }
-                }
+        Parallel.forEachChunk(blocks, grain: 64) { rg in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * OptimizerState.blocksize)
+            defer { scratch.deallocate() }
+            for w in rg {
+                let (b, g) = item(w)
+                let range = s.range(ofBlock: b)
+                let lo = range.lowerBound
+                StepKernels.block8(r, e, k, skipZeros: c.skipZeros, p: data + lo, g: g, q1: q1 + lo, a1: a1 + b,
+                                   q2: q2.map { $0 + lo }, a2: a2.map { $0 + b },
+                                   t1: scratch, t2: scratch + OptimizerState.blocksize, count: range.count)
             }
         }
-    }
-
-    @inline(__always)
-    static func requantize(_ t: UnsafePointer<Float>, _ count: Int, _ search: CodeSearch, _ q: UnsafeMutablePointer<UInt8>, _ absmax: inout Float) {
-        var m: Float = 0
-        for j in 0..<count { m = max(m, abs(t[j])) }
-        absmax = m
-        let scale = BlockScale(absmax: m)
-        for j in 0..<count { q[j] = search.index(scale.scaled(t[j])) }
     }
 }
 
@@ -124,36 +197,33 @@ enum SparseStep {
             let v = vb.baseAddress!
             if s.bits == 8 {
                 let bpr = s.blocksPerRow
-                Parallel.forEachChunk(rows.count, grain: max(1, 4096 / cols)) { r in
-                    for t in r {
-                        for j in 0..<bpr {
-                            let b = rows[t] * bpr + j
-                            EightBitStep.block(k, c, p, s, b, grad: v + t * cols + j * OptimizerState.blocksize)
-                        }
-                    }
+                try EightBitStep.run(k, c, p, s, blocks: rows.count * bpr) { w in
+                    let t = w / bpr, j = w % bpr
+                    return (rows[t] * bpr + j, v + t * cols + j * OptimizerState.blocksize)
                 }
                 return
             }
-            if c.maxUnorm > 0 && k.kind != .lion && k.kind != .adagrad {
+            if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad {
                 throw .unsupported("max_unorm is not supported with sparse gradients")
             }
-            let s1 = s.state1.floats(), s2 = s.state2?.floats()
-            let alpha = UpdateRules.alpha32(k)
-            let dtype = p.dtype, data = p.data.raw
-            Parallel.forEachChunk(rows.count, grain: max(1, 4096 / cols)) { r in
-                var dummy: Float = 0
-                for t in r {
-                    let base = rows[t] * cols
-                    for j in 0..<cols {
-                        let gi = v[t * cols + j], i = base + j
-                        if c.skipZeros && gi == 0 { continue }
-                        var pi = loadFloat(data, dtype, i)
-                        let u: Float
-                        if let s2 { u = UpdateRules.update32(k, g: gi, p: &pi, s1: &s1[i], s2: &s2[i]) }
-                        else { u = UpdateRules.update32(k, g: gi, p: &pi, s1: &s1[i], s2: &dummy) }
-                        storeFloat(pi + alpha * u, data, dtype, i)
-                    }
+            try withRule(c.kind) { (r) throws(QembedError) in
+                try withFloatElement(p.dtype) { (e) throws(QembedError) in
+                    sparse32(r, e, k, c, p, s, rows: rows, values: v)
                 }
+            }
+        }
+    }
+
+    static func sparse32<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, _ c: OptimizerConfig,
+                                                         _ p: Parameter, _ s: OptimizerState, rows: [Int], values: UnsafePointer<Float>) {
+        let cols = p.cols
+        let data = p.data.raw.assumingMemoryBound(to: E.Storage.self)
+        let s1 = s.state1.floats(), s2 = s.state2?.floats()
+        Parallel.forEachChunk(rows.count, grain: max(1, 4096 / cols)) { rg in
+            for t in rg {
+                let o = rows[t] * cols
+                StepKernels.run32(r, e, k, alpha: R.alpha32(k), skipZeros: c.skipZeros, p: data + o, g: values + t * cols,
+                                  s1: s1 + o, s2: s2.map { $0 + o }, count: cols)
             }
         }
     }

@@ -12,6 +12,8 @@ public protocol FloatElement {
     static func store(_ v: Float, _ p: UnsafeMutablePointer<Storage>, _ i: Int)
     /// Elements i..<i+8 as float32.
     static func load8(_ p: UnsafePointer<Storage>, _ i: Int) -> SIMD8<Float>
+    /// Stores 8 floats as elements i..<i+8 (round to nearest even).
+    static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Storage>, _ i: Int)
 }
 
 public enum F32: FloatElement {
@@ -23,6 +25,9 @@ public enum F32: FloatElement {
     @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<Float>, _ i: Int) { p[i] = v }
     @inline(__always) public static func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
         UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) public static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, _ i: Int) {
+        UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: SIMD8<Float>.self)
     }
 }
 
@@ -36,6 +41,9 @@ public enum F16: FloatElement {
     @inline(__always) public static func load8(_ p: UnsafePointer<UInt16>, _ i: Int) -> SIMD8<Float> {
         SIMD8<Float>(UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float16>.self))
     }
+    @inline(__always) public static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) {
+        UnsafeMutableRawPointer(p + i).storeBytes(of: SIMD8<Float16>(v), as: SIMD8<Float16>.self)
+    }
 }
 
 public enum BF16: FloatElement {
@@ -48,6 +56,9 @@ public enum BF16: FloatElement {
     @inline(__always) public static func load8(_ p: UnsafePointer<UInt16>, _ i: Int) -> SIMD8<Float> {
         let b = SIMD8<UInt32>(truncatingIfNeeded: UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<UInt16>.self))
         return unsafeBitCast(b &<< 16, to: SIMD8<Float>.self)
+    }
+    @inline(__always) public static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) {
+        for k in 0..<8 { p[i + k] = floatToBF16(v[k]) }
     }
 }
 

@@ -127,7 +127,8 @@ public enum QuantMap {
     ]
 
     static let fp4Levels: [Float] = {
-        let raw: [Float] = [0, 0.0625, 8, 12, 4, 6, 2, 3, -0.0, -0.0625, -8, -12, -4, -6, -2, -3]
+        // Index 8 is +0 as in bitsandbytes (its table holds the integer -0).
+        let raw: [Float] = [0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3]
         return raw.map { $0 / 12 }
     }()
 
@@ -183,6 +184,13 @@ extension QuantMap {
     public static let signedDynamicPointer: UnsafePointer<Float> = {
         let p = UnsafeMutablePointer<Float>.allocate(capacity: 256)
         for i in 0..<256 { p[i] = signedDynamic[i] }
+        return UnsafePointer(p)
+    }()
+
+    /// The unsigned dynamic map in stable storage.
+    public static let unsignedDynamicPointer: UnsafePointer<Float> = {
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: 256)
+        for i in 0..<256 { p[i] = unsignedDynamic[i] }
         return UnsafePointer(p)
     }()
 }

@@ -1,0 +1,1 @@
+/* Empty: CQembedSIMD is header-only. */
