@@ -1,0 +1,163 @@
+/// Embedding8bit (int8 rows + one float32 scale per row, bitsandbytes' SCB)
+/// and Embedding4bit (FP4/NF4, any blocksize, optional nested statistics).
+/// Lookups dequantize only the referenced rows. Tables live in owned buffers
+/// or inside a mapped safetensors file (zero copy). Immutable after creation,
+/// so every call may run concurrently.
+public final class QuantizedEmbedding: @unchecked Sendable {
+    public enum Kind: Int32, Sendable { case int8 = 0, fp4 = 1, nf4 = 2
+        public var fourBit: FourBitType? { self == .int8 ? nil : (self == .fp4 ? .fp4 : .nf4) }
+        public var name: String { self == .int8 ? "int8" : (self == .fp4 ? "fp4" : "nf4") }
+    }
+
+    public let kind: Kind
+    public let numEmbeddings: Int
+    public let embeddingDim: Int
+    /// The dtype of the float weight it was made from (forward's default output).
+    public let dtype: DType
+    public let blocksize: Int
+    // int8: q (rows x dim int8) and scb (rows floats).
+    // 4-bit: q ((n+1)/2 packed bytes) and absmax (blocks floats), or nested:
+    // qabsmax (blocks bytes), nestedAbsmax, nestedCode (256 floats), offset.
+    public let q: UnsafeRawPointer
+    public let scales: UnsafePointer<Float>?          // SCB or absmax (not nested)
+    public let qabsmax: UnsafePointer<UInt8>?
+    public let nestedAbsmax: UnsafePointer<Float>?
+    public let nestedCode: UnsafePointer<Float>?
+    public let nestedBlocksize: Int
+    public let offset: Float
+    private let keepAlive: [AnyObject]
+
+    public var nested: Bool { qabsmax != nil }
+    public var numel: Int { numEmbeddings * embeddingDim }
+    public var blocks: Int { ceilDiv(numel, blocksize) }
+
+    /// Bytes of the quantized table and its statistics.
+    public var tableBytes: Int {
+        if kind == .int8 { return numel + 4 * numEmbeddings }
+        var b = FourBit.packedBytes(numel) + 16 * 4
+        if nested { b += blocks + 4 * ceilDiv(blocks, nestedBlocksize) + 256 * 4 + 4 } else { b += 4 * blocks }
+        return b
+    }
+
+    init(kind: Kind, rows: Int, dim: Int, dtype: DType, blocksize: Int, q: UnsafeRawPointer, scales: UnsafePointer<Float>?,
+         qabsmax: UnsafePointer<UInt8>? = nil, nestedAbsmax: UnsafePointer<Float>? = nil, nestedCode: UnsafePointer<Float>? = nil,
+         nestedBlocksize: Int = 256, offset: Float = 0, keepAlive: [AnyObject]) {
+        self.kind = kind; numEmbeddings = rows; embeddingDim = dim; self.dtype = dtype; self.blocksize = blocksize
+        self.q = q; self.scales = scales; self.qabsmax = qabsmax; self.nestedAbsmax = nestedAbsmax; self.nestedCode = nestedCode
+        self.nestedBlocksize = nestedBlocksize; self.offset = offset; self.keepAlive = keepAlive
+    }
+
+    // MARK: Quantize
+
+    /// Quantizes a rows x dim float table (f32, f16 or bf16) directly (no
+    /// detour through float16, so values above 65504 survive).
+    public static func quantize(_ w: UnsafeRawPointer, dtype: DType, rows: Int, dim: Int, kind: Kind,
+                                blocksize: Int = 64, compressStatistics: Bool = false) throws(QembedError) -> QuantizedEmbedding {
+        guard dtype.isFloat else { throw .unsupported("weight dtype \(dtype.name) is not a float type") }
+        guard rows >= 1, dim >= 1 else { throw .invalid("num_embeddings and embedding_dim must be >= 1, got \(rows) x \(dim)") }
+        let n = try checkedMul(rows, dim, "num_embeddings x embedding_dim")
+        _ = try checkedMul(n, 4, "table bytes")
+        if kind == .int8 {
+            let qb = try AlignedBuffer(byteCount: n, zeroed: false), sb = try AlignedBuffer(byteCount: rows * 4, zeroed: false)
+            try Int8Rowwise.quantize(w, dtype: dtype, rows: rows, cols: dim, threshold: 0,
+                                     out: qb.raw.assumingMemoryBound(to: Int8.self), rowStats: sb.floats())
+            return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: dim, q: qb.raw,
+                                      scales: sb.floats(), keepAlive: [qb, sb])
+        }
+        guard FourBit.blocksizes.contains(blocksize) else {
+            throw .unsupported("blocksize: \(blocksize) is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096")
+        }
+        let blocks = ceilDiv(n, blocksize)
+        let qb = try AlignedBuffer(byteCount: FourBit.packedBytes(n), zeroed: false)
+        let ab = try AlignedBuffer(byteCount: blocks * 4, zeroed: false)
+        try FourBit.quantize(w, dtype: dtype, n: n, blocksize: blocksize, type: kind.fourBit!,
+                             packed: qb.raw.assumingMemoryBound(to: UInt8.self), absmax: ab.floats())
+        if !compressStatistics {
+            return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: blocksize, q: qb.raw,
+                                      scales: ab.floats(), keepAlive: [qb, ab])
+        }
+        let qa = try AlignedBuffer(byteCount: blocks, zeroed: false)
+        let na = try AlignedBuffer(byteCount: ceilDiv(blocks, 256) * 4, zeroed: false)
+        let offset = try Statistics.quantize(ab.floats(), count: blocks, nestedBlocksize: 256,
+                                             qabsmax: qa.raw.assumingMemoryBound(to: UInt8.self), nestedAbsmax: na.floats())
+        return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: blocksize, q: qb.raw, scales: nil,
+                                  qabsmax: UnsafePointer(qa.raw.assumingMemoryBound(to: UInt8.self)), nestedAbsmax: na.floats(),
+                                  nestedCode: QuantMap.signedDynamicPointer, offset: offset, keepAlive: [qb, qa, na])
+    }
+
+    /// From an Embedding layer's current weight.
+    public static func from(_ e: Embedding, kind: Kind, blocksize: Int = 64, compressStatistics: Bool = false) throws(QembedError) -> QuantizedEmbedding {
+        try e.lock.withShared { () throws(QembedError) in
+            try quantize(e.weight.data.raw, dtype: e.weight.dtype, rows: e.config.numEmbeddings, dim: e.config.embeddingDim,
+                         kind: kind, blocksize: blocksize, compressStatistics: compressStatistics)
+        }
+    }
+
+    // MARK: Forward
+
+    /// absmax of 4-bit block b (dequantizing nested statistics on the fly).
+    @inline(__always)
+    func absmax(_ b: Int) -> Float {
+        if let qa = qabsmax { return nestedCode![Int(qa[b])] * nestedAbsmax![b / nestedBlocksize] + offset }
+        return scales![b]
+    }
+
+    /// out[k] = dequantized row indices[k] as `outDtype`.
+    public func forward(_ indices: Indices, out: UnsafeMutableRawPointer, outDtype: DType) throws(QembedError) {
+        guard outDtype.isFloat else { throw .unsupported("out_dtype: \(outDtype.name) is not a float type (use f32, f16 or bf16)") }
+        try indices.validate(rows: numEmbeddings)
+        try withFloatElement(outDtype) { (e) throws(QembedError) in gather(e, indices, out) }
+    }
+
+    func gather<E: FloatElement>(_ e: E.Type, _ indices: Indices, _ out: UnsafeMutableRawPointer) {
+        let dim = embeddingDim
+        let dst = out.assumingMemoryBound(to: E.Storage.self)
+        let roundTo = dtype  // upstream returns .to(self.dtype): round to the weight dtype first
+        let needsRound = roundTo != .f32 && !(roundTo == .f16 && E.self == F16.self) && !(roundTo == .bf16 && E.self == BF16.self)
+        if kind == .int8 {
+            let q8 = q.assumingMemoryBound(to: Int8.self), scb = scales!
+            Parallel.forEachChunk(indices.count, grain: max(1, 8192 / dim)) { r in
+                for k in r {
+                    let i = indices[k]
+                    let s = scb[i] / 127
+                    let row = q8 + i * dim, o = k * dim
+                    for j in 0..<dim {
+                        let v = Float(row[j]) * s
+                        E.store(needsRound ? loadRounded(v, roundTo) : v, dst, o + j)
+                    }
+                }
+            }
+            return
+        }
+        let code = QuantMap.fourBit(kind.fourBit!)
+        let packed = q.assumingMemoryBound(to: UInt8.self)
+        let bs = blocksize
+        code.withUnsafeBufferPointer { cb in
+            let c = cb.baseAddress!
+            Parallel.forEachChunk(indices.count, grain: max(1, 8192 / dim)) { r in
+                for k in r {
+                    let start = indices[k] * dim, o = k * dim
+                    if start % 2 == 0 && o % 2 == 0 && !needsRound {
+                        // Runs of whole pairs inside one block: two nibbles per byte.
+                        var j = 0
+                        while j < dim {
+                            let b = (start + j) / bs
+                            let runEnd = min(dim, (b + 1) * bs - start)
+                            let count = runEnd - j
+                            FourBit.dequantizeRun(e, packed, from: start + j, count: count, absmax: absmax(b), code: c, dst: dst + (o - start))
+                            j = runEnd
+                        }
+                    } else {
+                        for j in 0..<dim {
+                            let el = start + j
+                            let byte = packed[el / 2]
+                            let nib = el % 2 == 0 ? byte >> 4 : byte & 15
+                            let v = c[Int(nib)] * absmax(el / bs)
+                            E.store(needsRound ? loadRounded(v, roundTo) : v, dst, o + j)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

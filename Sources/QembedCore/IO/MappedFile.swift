@@ -1,0 +1,82 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A whole file mapped read-only (zero copy); unmapped when released.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let base: UnsafeRawPointer
+    public let size: Int
+
+    public init(path: String) throws(QembedError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw QembedError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw QembedError(.io, "cannot stat \(path): \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw QembedError(.io, "\(path) is not a regular file") }
+        size = Int(st.st_size)
+        if size == 0 {
+            base = UnsafeRawPointer(bitPattern: 1)!  // never dereferenced: every read is bounds-checked against size
+            return
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw QembedError(.io, "cannot map \(path): \(String(cString: strerror(errno)))")
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    deinit { if size > 0 { munmap(UnsafeMutableRawPointer(mutating: base), size) } }
+}
+
+/// Writes a file atomically: a temporary file in the same directory is
+/// written, fsynced and renamed over `path`, then the directory is fsynced.
+/// On any failure the temporary file is removed and `path` is untouched.
+public enum AtomicFile {
+    /// `write(fd)` must write the whole content; chunks go through `writeAll`.
+    public static func write(_ path: String, _ body: (Int32) throws(QembedError) -> Void) throws(QembedError) {
+        guard !path.isEmpty else { throw .invalid("path is empty") }
+        let dir: String
+        if let slash = path.lastIndex(of: "/") { dir = slash == path.startIndex ? "/" : String(path[..<slash]) } else { dir = "." }
+        var template = Array((path + ".tmp-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw QembedError(.io, "cannot create a temporary file next to \(path): \(String(cString: strerror(errno)))") }
+        let tmp = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        var ok = false
+        defer { if !ok { close(fd); unlink(tmp) } }
+        try body(fd)
+        guard fsync(fd) == 0 else { throw QembedError(.io, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))") }
+        fchmod(fd, 0o644)
+        guard close(fd) == 0 else { ok = true; unlink(tmp); throw QembedError(.io, "close of \(tmp) failed") }
+        guard rename(tmp, path) == 0 else {
+            let m = String(cString: strerror(errno))
+            ok = true; unlink(tmp)
+            throw QembedError(.io, "cannot rename \(tmp) to \(path): \(m)")
+        }
+        ok = true
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    /// Writes all bytes of an array.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(QembedError) {
+        let err = bytes.withUnsafeBytes { h -> QembedError? in
+            do throws(QembedError) { try writeAll(fd, h.baseAddress!, h.count); return nil } catch { return error }
+        }
+        if let err { throw err }
+    }
+
+    /// Writes all bytes, retrying short writes and EINTR.
+    public static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) throws(QembedError) {
+        var done = 0
+        while done < n {
+            let r = Glibc.write(fd, p + done, min(n - done, 1 << 30))
+            if r < 0 {
+                if errno == EINTR { continue }
+                throw QembedError(.io, "write failed: \(String(cString: strerror(errno)))")
+            }
+            done += r
+        }
+    }
+}

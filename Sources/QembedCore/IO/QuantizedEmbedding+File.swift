@@ -1,0 +1,157 @@
+/// Safetensors layout of quantized embeddings, as transformers/bitsandbytes
+/// write 4-bit weights (`weight`, `weight.absmax`, `weight.quant_map`,
+/// `weight.nested_absmax`, `weight.nested_quant_map`,
+/// `weight.quant_state.bitsandbytes__nf4|fp4` holding JSON) and 8-bit ones
+/// (`weight` int8, `weight.SCB`).
+extension QuantizedEmbedding {
+    static func torchDtypeName(_ d: DType) -> String {
+        switch d { case .f16: "float16"; case .bf16: "bfloat16"; default: "float32" }
+    }
+
+    static func dtype(torchName: String) -> DType? {
+        switch torchName { case "float32": .f32; case "float16": .f16; case "bfloat16": .bf16; default: nil }
+    }
+
+    /// bitsandbytes' QuantState JSON (as_dict(packed=True)'s non-tensor part).
+    public var quantStateJSON: String {
+        var kv: [(String, JSON)] = [("quant_type", .string(kind.name)), ("blocksize", .number(Double(blocksize))),
+                                    ("dtype", .string(QuantizedEmbedding.torchDtypeName(dtype))),
+                                    ("shape", .array([.number(Double(numEmbeddings)), .number(Double(embeddingDim))]))]
+        if nested {
+            kv += [("nested_blocksize", .number(Double(nestedBlocksize))), ("nested_dtype", .string("float32")),
+                   ("nested_offset", .number(Double(offset)))]
+        }
+        return JSON.object(kv).serialized
+    }
+
+    /// The tensors of the file layout under `prefix` (default "weight").
+    public func tensors(prefix: String = "weight", json: [UInt8]) -> [TensorSource] {
+        if kind == .int8 {
+            return [TensorSource(name: prefix, dtypeName: "I8", shape: [numEmbeddings, embeddingDim], data: q, nbytes: numel),
+                    TensorSource(name: prefix + ".SCB", dtypeName: "F32", shape: [numEmbeddings], data: scales!, nbytes: 4 * numEmbeddings)]
+        }
+        var t = [TensorSource(name: prefix, dtypeName: "U8", shape: [FourBit.packedBytes(numel), 1], data: q, nbytes: FourBit.packedBytes(numel))]
+        if let qa = qabsmax {
+            let nb = ceilDiv(blocks, nestedBlocksize)
+            t.append(TensorSource(name: prefix + ".absmax", dtypeName: "U8", shape: [blocks], data: qa, nbytes: blocks))
+            t.append(TensorSource(name: prefix + ".nested_absmax", dtypeName: "F32", shape: [nb], data: nestedAbsmax!, nbytes: 4 * nb))
+            t.append(TensorSource(name: prefix + ".nested_quant_map", dtypeName: "F32", shape: [256], data: nestedCode!, nbytes: 1024))
+        } else {
+            t.append(TensorSource(name: prefix + ".absmax", dtypeName: "F32", shape: [blocks], data: scales!, nbytes: 4 * blocks))
+        }
+        let code = kind == .nf4 ? FourBit.nf4CodePointer : FourBit.fp4CodePointer
+        t.append(TensorSource(name: prefix + ".quant_map", dtypeName: "F32", shape: [16], data: code, nbytes: 64))
+        json.withUnsafeBytes { jb in
+            t.append(TensorSource(name: prefix + ".quant_state.bitsandbytes__" + kind.name, dtypeName: "U8", shape: [json.count],
+                                  data: jb.baseAddress!, nbytes: json.count))
+        }
+        return t
+    }
+
+    /// Saves atomically as safetensors (tensors under `prefix`).
+    public func save(_ path: String, prefix: String = "weight") throws(QembedError) {
+        let json = Array(quantStateJSON.utf8)
+        let layer = kind == .int8 ? "Embedding8bit" : (kind == .nf4 ? "EmbeddingNF4" : "EmbeddingFP4")
+        try withExtendedLifetime(json) { () throws(QembedError) in
+            try SafeTensors.write(path, tensors(prefix: prefix, json: json),
+                                  metadata: [("format", "pt"), ("qembed.layer", layer), ("qembed.prefix", prefix)])
+        }
+    }
+
+    /// Loads a quantized embedding stored under `prefix` in a safetensors
+    /// file (mapped, the table is not copied). Validates the JSON against the
+    /// tensors.
+    public static func load(_ path: String, prefix: String = "weight") throws(QembedError) -> QuantizedEmbedding {
+        let f = try TensorFile(path: path)
+        func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
+        func tensor(_ name: String, _ dtype: DType, count: Int) throws(QembedError) -> UnsafeRawPointer {
+            let (e, p) = try f.entry(named: name)
+            guard e.dtype == dtype else { throw bad("\(name) is \(e.dtypeName), expected \(TensorFile.safetensorsName(dtype))") }
+            guard e.numel == count else { throw bad("\(name) holds \(e.numel) elements, expected \(count)") }
+            return p
+        }
+        /// A float array in aligned storage (copied only when the file's is misaligned).
+        var keep: [AnyObject] = [f]
+        func floats(_ p: UnsafeRawPointer, _ count: Int, _ name: String) throws(QembedError) -> UnsafePointer<Float> {
+            var ptr = p
+            if Int(bitPattern: p) % 4 != 0 {
+                let b = try AlignedBuffer(byteCount: count * 4, zeroed: false)
+                b.raw.copyMemory(from: p, byteCount: count * 4)
+                keep.append(b)
+                ptr = UnsafeRawPointer(b.raw)
+            }
+            let fp = ptr.assumingMemoryBound(to: Float.self)
+            for i in 0..<count where !fp[i].isFinite { throw bad("\(name)[\(i)] is \(fp[i])") }
+            return fp
+        }
+        let stateKey = f.entries.first { $0.name.hasPrefix(prefix + ".quant_state.bitsandbytes__") }
+        if let sk = stateKey {
+            let suffix = String(sk.name.dropFirst((prefix + ".quant_state.bitsandbytes__").count))
+            guard let kind: Kind = suffix == "nf4" ? .nf4 : (suffix == "fp4" ? .fp4 : nil) else { throw bad("unknown quant_state key \(sk.name)") }
+            guard sk.dtype == .u8 else { throw bad("\(sk.name) must be U8 JSON bytes") }
+            let json = try JSON.parse(UnsafeBufferPointer(start: f.data(f.index(of: sk.name)!).assumingMemoryBound(to: UInt8.self), count: sk.nbytes))
+            guard case .object = json else { throw bad("the quant_state JSON is not an object") }
+            guard json["quant_type"]?.string == suffix else { throw bad("quant_state quant_type \(json["quant_type"]?.serialized ?? "missing") disagrees with the key suffix \(suffix)") }
+            guard let bs = json["blocksize"]?.index, FourBit.blocksizes.contains(bs) else { throw bad("quant_state blocksize is missing or unsupported") }
+            guard let dn = json["dtype"]?.string, let dtype = dtype(torchName: dn) else { throw bad("quant_state dtype is missing or unsupported") }
+            guard let shape = json["shape"]?.array?.compactMap(\.index), shape.count == 2, shape[0] >= 1, shape[1] >= 1 else {
+                throw bad("quant_state shape must be [num_embeddings, embedding_dim]")
+            }
+            let (rows, dim) = (shape[0], shape[1])
+            let n = try checkedMul(rows, dim, "shape")
+            let blocks = ceilDiv(n, bs)
+            let q = try tensor(prefix, .u8, count: FourBit.packedBytes(n))
+            let qm = try floats(try tensor(prefix + ".quant_map", .f32, count: 16), 16, prefix + ".quant_map")
+            let want = QuantMap.fourBit(kind.fourBit!)
+            for i in 0..<16 where abs(qm[i] - want[i]) > 1e-6 { throw QembedError(.unsupported, "\(path): \(prefix).quant_map differs from the standard \(suffix) levels at \(i)") }
+            if f.index(of: prefix + ".nested_absmax") != nil {
+                guard let nbs = json["nested_blocksize"]?.index, nbs >= 1 else { throw bad("quant_state nested_blocksize is missing") }
+                guard let off = json["nested_offset"]?.number else { throw bad("quant_state nested_offset is missing") }
+                guard json["nested_dtype"]?.string == "float32" else { throw bad("quant_state nested_dtype must be float32") }
+                let qa = try tensor(prefix + ".absmax", .u8, count: blocks)
+                let nbk = ceilDiv(blocks, nbs)
+                let na = try floats(try tensor(prefix + ".nested_absmax", .f32, count: nbk), nbk, prefix + ".nested_absmax")
+                let nc = try floats(try tensor(prefix + ".nested_quant_map", .f32, count: 256), 256, prefix + ".nested_quant_map")
+                return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: bs, q: q, scales: nil,
+                                          qabsmax: qa.assumingMemoryBound(to: UInt8.self), nestedAbsmax: na, nestedCode: nc,
+                                          nestedBlocksize: nbs, offset: Float(off), keepAlive: keep)
+            }
+            if json["nested_blocksize"] != nil { throw bad("quant_state describes nested statistics but \(prefix).nested_absmax is missing") }
+            let am = try floats(try tensor(prefix + ".absmax", .f32, count: blocks), blocks, prefix + ".absmax")
+            return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: bs, q: q, scales: am, keepAlive: keep)
+        }
+        if let si = f.index(of: prefix + ".SCB") {
+            let (w, wp) = try f.entry(named: prefix)
+            guard w.dtype == .i8, w.shape.count == 2, w.shape[0] >= 1, w.shape[1] >= 1 else { throw bad("\(prefix) must be a 2-D I8 tensor for Embedding8bit") }
+            let rows = w.shape[0]
+            guard f.entries[si].dtype == .f32, f.entries[si].numel == rows else { throw bad("\(prefix).SCB must hold \(rows) F32 values") }
+            let scb = try floats(f.data(si), rows, prefix + ".SCB")
+            return QuantizedEmbedding(kind: .int8, rows: rows, dim: w.shape[1], dtype: .f32, blocksize: w.shape[1], q: wp, scales: scb, keepAlive: keep)
+        }
+        throw QembedError(.format, "\(path): no quantized embedding under \"\(prefix)\" (expected \(prefix).quant_state.bitsandbytes__nf4|fp4 or \(prefix).SCB)")
+    }
+}
+
+extension FourBit {
+    static let nf4CodePointer: UnsafePointer<Float> = stablePointer(QuantMap.fourBit(.nf4))
+    static let fp4CodePointer: UnsafePointer<Float> = stablePointer(QuantMap.fourBit(.fp4))
+}
+
+func stablePointer(_ a: [Float]) -> UnsafePointer<Float> {
+    let p = UnsafeMutablePointer<Float>.allocate(capacity: a.count)
+    p.initialize(from: a, count: a.count)
+    return UnsafePointer(p)
+}
+
+extension Embedding {
+    /// Saves the float layer atomically as safetensors: "weight" (+ "norm.weight", "norm.bias").
+    public func save(_ path: String) throws(QembedError) {
+        try lock.withShared { () throws(QembedError) in
+            let ts = parameters.map { p in
+                TensorSource(name: p.name, dtypeName: TensorFile.safetensorsName(p.dtype), shape: p.shape,
+                             data: p.data.raw, nbytes: p.numel * p.dtype.size)
+            }
+            try SafeTensors.write(path, ts, metadata: [("format", "pt"), ("qembed.layer", isStable ? "StableEmbedding" : "Embedding")])
+        }
+    }
+}

@@ -1,0 +1,168 @@
+/// One tensor of a safetensors or .npy file: raw bytes inside the mapping.
+public struct TensorEntry: Sendable {
+    public let name: String
+    /// The file's dtype spelling ("F32", "BF16", ... / "<f4").
+    public let dtypeName: String
+    /// The qembed dtype, or nil for a dtype qembed does not compute with (F64, I16, BOOL, ...).
+    public let dtype: DType?
+    public let shape: [Int]
+    /// Byte offset of the data in the file, and its length.
+    public let offset: Int
+    public let nbytes: Int
+    public var numel: Int { shape.reduce(1, *) }
+}
+
+/// A safetensors (or .npy) file mapped read-only; tensors are views into the
+/// mapping, valid while this object lives. Everything is validated on open.
+public final class TensorFile: @unchecked Sendable {
+    public let file: MappedFile
+    public let entries: [TensorEntry]
+    public let metadata: [(String, String)]
+    /// NUL-terminated names and dtype names for the C API, owned here.
+    let cStrings: [UnsafeMutablePointer<CChar>]
+
+    public static let safetensorsDtypes: [String: (size: Int, dtype: DType?)] = [
+        "F64": (8, nil), "F32": (4, .f32), "F16": (2, .f16), "BF16": (2, .bf16),
+        "I64": (8, .i64), "I32": (4, .i32), "I16": (2, nil), "I8": (1, .i8),
+        "U64": (8, nil), "U32": (4, nil), "U16": (2, nil), "U8": (1, .u8), "BOOL": (1, nil),
+        "F8_E4M3": (1, nil), "F8_E5M2": (1, nil),
+    ]
+
+    public static func safetensorsName(_ d: DType) -> String {
+        switch d {
+        case .f32: "F32"
+        case .f16: "F16"
+        case .bf16: "BF16"
+        case .u8: "U8"
+        case .i8: "I8"
+        case .i32: "I32"
+        case .i64: "I64"
+        }
+    }
+
+    public init(path: String) throws(QembedError) {
+        file = try MappedFile(path: path)
+        if path.hasSuffix(".npy") {
+            (entries, metadata) = try Npy.parse(file)
+        } else {
+            (entries, metadata) = try TensorFile.parseSafetensors(file)
+        }
+        cStrings = entries.flatMap { [strdupSwift($0.name), strdupSwift($0.dtypeName)] }
+    }
+
+    deinit { for p in cStrings { p.deallocate() } }
+
+    public func cName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i]) }
+    public func cDtypeName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i + 1]) }
+
+    public func index(of name: String) -> Int? { entries.firstIndex { $0.name == name } }
+
+    public func data(_ i: Int) -> UnsafeRawPointer { file.base + entries[i].offset }
+
+    public func entry(named name: String) throws(QembedError) -> (TensorEntry, UnsafeRawPointer) {
+        guard let i = index(of: name) else {
+            let names = entries.prefix(8).map(\.name).joined(separator: ", ")
+            throw QembedError(.invalidArgument, "tensor \"\(name)\" is not in \(file.path) (it holds: \(names)\(entries.count > 8 ? ", ..." : ""))")
+        }
+        return (entries[i], data(i))
+    }
+
+    static func parseSafetensors(_ f: MappedFile) throws(QembedError) -> ([TensorEntry], [(String, String)]) {
+        let path = f.path
+        func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
+        guard f.size >= 8 else { throw bad("too short for a safetensors file (\(f.size) bytes)") }
+        let headerLen = f.base.loadUnaligned(as: UInt64.self).littleEndian
+        guard headerLen <= UInt64(f.size - 8) else { throw bad("header length \(headerLen) exceeds the file size \(f.size)") }
+        guard headerLen <= 100_000_000 else { throw bad("header length \(headerLen) is larger than 100 MB") }
+        let hl = Int(headerLen)
+        let json = try JSON.parse(UnsafeBufferPointer(start: (f.base + 8).assumingMemoryBound(to: UInt8.self), count: hl))
+        guard case let .object(kv) = json else { throw bad("the header is not a JSON object") }
+        let dataStart = 8 + hl, dataSize = f.size - dataStart
+        var entries: [TensorEntry] = []
+        var metadata: [(String, String)] = []
+        for (name, v) in kv {
+            if name == "__metadata__" {
+                guard case let .object(m) = v else { throw bad("__metadata__ is not an object") }
+                for (k, x) in m {
+                    guard let s = x.string else { throw bad("__metadata__[\"\(k)\"] is not a string") }
+                    metadata.append((k, s))
+                }
+                continue
+            }
+            guard let dn = v["dtype"]?.string else { throw bad("tensor \"\(name)\" has no dtype string") }
+            guard let info = safetensorsDtypes[dn] else { throw bad("tensor \"\(name)\" has unknown dtype \"\(dn)\"") }
+            guard let sh = v["shape"]?.array else { throw bad("tensor \"\(name)\" has no shape array") }
+            var shape: [Int] = []
+            var numel = 1
+            for d in sh {
+                guard let x = d.index else { throw bad("tensor \"\(name)\" has a shape entry that is not a non-negative integer") }
+                let (m, o) = numel.multipliedReportingOverflow(by: x)
+                guard !o && m <= Int(Int64.max / 16) else { throw bad("tensor \"\(name)\": shape product overflows") }
+                numel = m
+                shape.append(x)
+            }
+            guard let offs = v["data_offsets"]?.array, offs.count == 2, let b = offs[0].index, let e = offs[1].index else {
+                throw bad("tensor \"\(name)\" has no valid data_offsets [begin, end]")
+            }
+            guard b <= e, e <= dataSize else { throw bad("tensor \"\(name)\": data_offsets [\(b), \(e)] lie outside the \(dataSize) data bytes") }
+            guard e - b == numel * info.size else {
+                throw bad("tensor \"\(name)\": \(e - b) bytes for shape \(shape) of \(dn) (expected \(numel * info.size))")
+            }
+            entries.append(TensorEntry(name: name, dtypeName: dn, dtype: info.dtype, shape: shape, offset: dataStart + b, nbytes: e - b))
+        }
+        let sorted = entries.sorted { ($0.offset, $0.nbytes) < ($1.offset, $1.nbytes) }
+        for k in sorted.indices.dropFirst() where sorted[k].offset < sorted[k - 1].offset + sorted[k - 1].nbytes {
+            throw bad("tensors \"\(sorted[k - 1].name)\" and \"\(sorted[k].name)\" overlap")
+        }
+        return (entries, metadata)
+    }
+}
+
+func strdupSwift(_ s: String) -> UnsafeMutablePointer<CChar> {
+    let u = Array(s.utf8CString)
+    let p = UnsafeMutablePointer<CChar>.allocate(capacity: u.count)
+    p.initialize(from: u, count: u.count)
+    return p
+}
+
+/// A tensor to write: name, dtype (safetensors spelling), shape, bytes.
+public struct TensorSource {
+    public var name: String
+    public var dtypeName: String
+    public var shape: [Int]
+    public var data: UnsafeRawPointer
+    public var nbytes: Int
+    public init(name: String, dtypeName: String, shape: [Int], data: UnsafeRawPointer, nbytes: Int) {
+        self.name = name; self.dtypeName = dtypeName; self.shape = shape; self.data = data; self.nbytes = nbytes
+    }
+}
+
+public enum SafeTensors {
+    /// Writes `tensors` (in order) and string metadata atomically.
+    public static func write(_ path: String, _ tensors: [TensorSource], metadata: [(String, String)] = []) throws(QembedError) {
+        var names = Set<String>()
+        var kv: [(String, JSON)] = []
+        if !metadata.isEmpty { kv.append(("__metadata__", .object(metadata.map { ($0.0, .string($0.1)) }))) }
+        var offset = 0
+        for t in tensors {
+            guard !t.name.isEmpty, t.name != "__metadata__", names.insert(t.name).inserted else {
+                throw .invalid("tensor name \"\(t.name)\" is empty, reserved or repeated")
+            }
+            guard let info = TensorFile.safetensorsDtypes[t.dtypeName] else { throw .unsupported("tensor \"\(t.name)\": unknown dtype \(t.dtypeName)") }
+            guard t.shape.allSatisfy({ $0 >= 0 }), t.shape.reduce(1, *) * info.size == t.nbytes else {
+                throw .shape("tensor \"\(t.name)\": \(t.nbytes) bytes do not match shape \(t.shape) of \(t.dtypeName)")
+            }
+            kv.append((t.name, .object([("dtype", .string(t.dtypeName)), ("shape", .array(t.shape.map { .number(Double($0)) })),
+                                        ("data_offsets", .array([.number(Double(offset)), .number(Double(offset + t.nbytes))]))])))
+            offset += t.nbytes
+        }
+        var header = Array(JSON.object(kv).serialized.utf8)
+        while header.count % 8 != 0 { header.append(0x20) }
+        try AtomicFile.write(path) { (fd) throws(QembedError) in
+            var len = UInt64(header.count).littleEndian
+            try AtomicFile.writeAll(fd, &len, 8)
+            try AtomicFile.writeAll(fd, header)
+            for t in tensors where t.nbytes > 0 { try AtomicFile.writeAll(fd, t.data, t.nbytes) }
+        }
+    }
+}
