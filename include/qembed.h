@@ -621,6 +621,144 @@ QEMBED_API qembed_status qembed_optimizer_state_import(qembed_optimizer *o, int6
                                                        const float *absmax1, int64_t absmax1_len,
                                                        const float *absmax2, int64_t absmax2_len);
 
+/* ======================================================================== */
+/*  Tensor files: safetensors and .npy                                      */
+/* ======================================================================== */
+/* A tensor file is mapped read-only and validated on open (header length,
+ * JSON object, dtypes, shapes, byte counts, offsets inside the data and not
+ * overlapping); tensor data pointers point into the mapping (no copy) and stay
+ * valid until qembed_tensor_file_close(). A .npy file (by extension) holds one
+ * tensor named "array". Writes are atomic: a temporary file in the same
+ * directory is written, fsynced and renamed over the path, so a failed or
+ * interrupted save leaves the previous file intact. Open files are read-only
+ * and may be used from many threads. */
+
+typedef struct qembed_tensor_file qembed_tensor_file;
+
+#define QEMBED_MAX_DIMS 8
+
+typedef struct qembed_tensor_info {
+    uint32_t struct_size;      /* sizeof(qembed_tensor_info) */
+    const char *name;          /* owned by the file */
+    const char *dtype_name;    /* the file's spelling: "F32", "BF16", "I8", "F64", ... */
+    int dtype;                 /* qembed_dtype, or -1 for dtypes qembed does not compute with */
+    int ndim;                  /* <= QEMBED_MAX_DIMS */
+    int64_t shape[QEMBED_MAX_DIMS];
+    int64_t numel;
+    int64_t nbytes;
+    const void *data;          /* inside the mapping; may be unaligned for its dtype */
+} qembed_tensor_info;
+
+/*! qembed_tensor_file_open() : maps and validates a .safetensors or .npy file.
+ *  Errors: QEMBED_ERR_IO (cannot open/map), QEMBED_ERR_FORMAT (malformed). Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_open(const char *path, qembed_tensor_file **out);
+
+/*! qembed_tensor_file_close() : unmaps; NULL is a no-op. Since 0.1. */
+QEMBED_API void qembed_tensor_file_close(qembed_tensor_file *f);
+
+/*! qembed_tensor_file_count() : number of tensors. Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_count(const qembed_tensor_file *f, int64_t *n);
+
+/*! qembed_tensor_file_info() : tensor i (0-based, in the file's header order). Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_info(const qembed_tensor_file *f, int64_t i, qembed_tensor_info *info);
+
+/*! qembed_tensor_file_find() : *index of the tensor called `name`;
+ *  QEMBED_ERR_INVALID_ARGUMENT naming the tensor when absent. Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_find(const qembed_tensor_file *f, const char *name, int64_t *index);
+
+/*! qembed_tensor_file_metadata() : the "__metadata__" value for `key`, or
+ *  *value = NULL when absent (status OK). Owned by the file. Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_metadata(const qembed_tensor_file *f, const char *key, const char **value);
+
+typedef struct qembed_tensor_desc {
+    const char *name;
+    int dtype;                 /* qembed_dtype */
+    int ndim;
+    int64_t shape[QEMBED_MAX_DIMS];
+    const void *data;          /* numel * dtype size bytes */
+} qembed_tensor_desc;
+
+/*! qembed_save_safetensors() : writes n tensors (and n_meta string pairs of
+ *  metadata, may be 0) atomically. Names must be distinct. Since 0.1. */
+QEMBED_API qembed_status qembed_save_safetensors(const char *path, const qembed_tensor_desc *tensors, int64_t n,
+                                                 const char *const *meta_keys, const char *const *meta_values,
+                                                 int64_t n_meta);
+
+/*! qembed_save_npy() : writes one tensor atomically as .npy (not bf16). Since 0.1. */
+QEMBED_API qembed_status qembed_save_npy(const char *path, const qembed_tensor_desc *tensor);
+
+/*! qembed_embedding_save() : saves a float layer's parameters ("weight", and
+ *  "norm.weight", "norm.bias" for StableEmbedding) atomically as safetensors.
+ *  Takes the layer's shared lock. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_save(qembed_embedding *e, const char *path);
+
+/* ======================================================================== */
+/*  Quantized embeddings: Embedding8bit, Embedding4bit (FP4 / NF4)          */
+/* ======================================================================== */
+/* bitsandbytes.nn.Embedding8bit (int8 rows + float32 SCB per row; forward
+ * row * (SCB / 127)) and Embedding4bit / EmbeddingFP4 / EmbeddingNF4 (any
+ * 4-bit blocksize, optional nested statistics). A lookup dequantizes only the
+ * referenced rows, to out_dtype; values are first rounded to the dtype of the
+ * weight the layer was made from, as upstream's .to(self.dtype). Quantized
+ * layers are immutable: every call may run concurrently. Unlike upstream,
+ * they save and load (safetensors, bitsandbytes' keys and QuantState JSON). */
+
+typedef struct qembed_qembedding qembed_qembedding;
+
+typedef enum qembed_qembedding_kind {
+    QEMBED_QEMB_INT8 = 0,
+    QEMBED_QEMB_FP4 = 1,
+    QEMBED_QEMB_NF4 = 2,
+    QEMBED_QEMB_COUNT
+} qembed_qembedding_kind;
+
+/*! qembed_qembedding_quantize() :
+ *  Quantizes a rows x dim float table (F32, F16, BF16; finite) directly,
+ *  without upstream's detour through float16. blocksize (4-bit only) is one of
+ *  32..4096; compress_statistics (4-bit only) quantizes the absmax with the
+ *  signed dynamic map in blocks of 256. Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_quantize(const void *weight, int dtype, int64_t rows, int64_t dim,
+                                                    int kind, int64_t blocksize, bool compress_statistics,
+                                                    qembed_qembedding **out);
+
+/*! qembed_qembedding_from_embedding() : the same from a layer's current weight. Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_from_embedding(qembed_embedding *e, int kind, int64_t blocksize,
+                                                          bool compress_statistics, qembed_qembedding **out);
+
+/*! qembed_qembedding_free() : NULL is a no-op. Since 0.1. */
+QEMBED_API void qembed_qembedding_free(qembed_qembedding *q);
+
+typedef struct qembed_qembedding_info {
+    uint32_t struct_size;      /* sizeof(qembed_qembedding_info) */
+    int kind;
+    int64_t num_embeddings;
+    int64_t embedding_dim;
+    int dtype;                 /* dtype of the original weight */
+    int64_t blocksize;         /* 4-bit blocksize (embedding_dim for int8) */
+    bool nested;               /* compressed statistics */
+    int64_t table_bytes;       /* bytes of the quantized table and its statistics */
+} qembed_qembedding_info;
+
+/*! qembed_qembedding_info_get() : Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_info_get(const qembed_qembedding *q, qembed_qembedding_info *info);
+
+/*! qembed_qembedding_forward() : out[k, :] = dequantized row indices[k]
+ *  (I32 or I64, validated first), out_len >= count * embedding_dim. Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_forward(const qembed_qembedding *q, const void *indices, int index_dtype,
+                                                   int64_t count, void *out, int out_dtype, int64_t out_len);
+
+/*! qembed_qembedding_save() : safetensors, atomically, under tensor names
+ *  `prefix` (NULL: "weight"), `prefix`.SCB for int8; for 4-bit `prefix`,
+ *  .absmax, .quant_map, [.nested_absmax, .nested_quant_map],
+ *  .quant_state.bitsandbytes__nf4|fp4 (bitsandbytes' QuantState JSON). Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_save(const qembed_qembedding *q, const char *path, const char *prefix);
+
+/*! qembed_qembedding_load() : loads the layer stored under `prefix` (NULL:
+ *  "weight") of a safetensors file written by qembed or bitsandbytes/
+ *  transformers; the packed table stays in the mapped file (no copy). The JSON
+ *  is checked against the tensors. Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_load(const char *path, const char *prefix, qembed_qembedding **out);
+
 #ifdef __cplusplus
 }
 #endif

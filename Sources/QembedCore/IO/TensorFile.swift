@@ -48,9 +48,20 @@ public final class TensorFile: @unchecked Sendable {
             (entries, metadata) = try TensorFile.parseSafetensors(file)
         }
         cStrings = entries.flatMap { [strdupSwift($0.name), strdupSwift($0.dtypeName)] }
+        cMetadata = metadata.map { ($0.0, strdupSwift($0.1)) }
     }
 
-    deinit { for p in cStrings { p.deallocate() } }
+    /// Metadata values as C strings, owned here.
+    let cMetadata: [(String, UnsafeMutablePointer<CChar>)]
+
+    deinit {
+        for p in cStrings { p.deallocate() }
+        for (_, p) in cMetadata { p.deallocate() }
+    }
+
+    public func metadataCString(_ key: String) -> UnsafePointer<CChar>? {
+        cMetadata.first { $0.0 == key }.map { UnsafePointer($0.1) }
+    }
 
     public func cName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i]) }
     public func cDtypeName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i + 1]) }

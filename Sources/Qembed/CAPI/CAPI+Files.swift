@@ -1,0 +1,250 @@
+import CQembed
+import QembedCore
+
+func tensorFile(_ p: OpaquePointer?) throws(QembedError) -> TensorFile {
+    guard let p else { throw QembedError(.nullPointer, "file handle is NULL") }
+    return Unmanaged<TensorFile>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(QembedError) -> String {
+    guard let p else { throw QembedError(.nullPointer, "\(name) is NULL") }
+    return String(cString: p)
+}
+
+@c @implementation
+public func qembed_tensor_file_open(_ path: UnsafePointer<CChar>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let f = try TensorFile(path: try cString(path, "path"))
+        o.pointee = OpaquePointer(Unmanaged.passRetained(f).toOpaque())
+    }
+}
+
+@c @implementation
+public func qembed_tensor_file_close(_ f: OpaquePointer!) {
+    guard let f else { return }
+    Unmanaged<TensorFile>.fromOpaque(UnsafeRawPointer(f)).release()
+}
+
+@c @implementation
+public func qembed_tensor_file_count(_ f: OpaquePointer!, _ n: UnsafeMutablePointer<Int64>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let file = try tensorFile(f)
+        try need(n, "n").pointee = Int64(file.entries.count)
+    }
+}
+
+@c @implementation
+public func qembed_tensor_file_info(_ f: OpaquePointer!, _ i: Int64, _ info: UnsafeMutablePointer<qembed_tensor_info>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let file = try tensorFile(f)
+        let out = try need(info, "info")
+        try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_tensor_info>.size, "info")
+        guard i >= 0 && i < Int64(file.entries.count) else {
+            throw QembedError(.outOfRange, "i = \(i) is out of range: the file holds \(file.entries.count) tensors")
+        }
+        let e = file.entries[Int(i)]
+        guard e.shape.count <= Int(QEMBED_MAX_DIMS) else { throw .unsupported("tensor \"\(e.name)\" has \(e.shape.count) dimensions (at most 8)") }
+        var d = qembed_tensor_info()
+        d.struct_size = out.pointee.struct_size
+        d.name = file.cName(Int(i))
+        d.dtype_name = file.cDtypeName(Int(i))
+        d.dtype = e.dtype?.rawValue ?? -1
+        d.ndim = CInt(e.shape.count)
+        withUnsafeMutableBytes(of: &d.shape) { b in
+            let s = b.baseAddress!.assumingMemoryBound(to: Int64.self)
+            for (k, v) in e.shape.enumerated() { s[k] = Int64(v) }
+        }
+        d.numel = Int64(e.numel)
+        d.nbytes = Int64(e.nbytes)
+        d.data = file.data(Int(i))
+        out.pointee = d
+    }
+}
+
+@c @implementation
+public func qembed_tensor_file_find(_ f: OpaquePointer!, _ name: UnsafePointer<CChar>!, _ index: UnsafeMutablePointer<Int64>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let file = try tensorFile(f)
+        let n = try cString(name, "name")
+        let o = try need(index, "index")
+        guard let i = file.index(of: n) else {
+            throw .invalid("tensor \"\(n)\" is not in \(file.file.path)")
+        }
+        o.pointee = Int64(i)
+    }
+}
+
+@c @implementation
+public func qembed_tensor_file_metadata(_ f: OpaquePointer!, _ key: UnsafePointer<CChar>!, _ value: UnsafeMutablePointer<UnsafePointer<CChar>?>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let file = try tensorFile(f)
+        let k = try cString(key, "key")
+        let o = try need(value, "value")
+        o.pointee = file.metadataCString(k)
+    }
+}
+
+private func describe(_ t: qembed_tensor_desc, _ i: Int) throws(QembedError) -> TensorSource {
+    let name = try cString(t.name, "tensors[i].name")
+    let d = try DType.from(t.dtype, argument: "tensors[\(i)].dtype")
+    guard t.ndim >= 0 && t.ndim <= QEMBED_MAX_DIMS else { throw .invalid("tensors[\(i)].ndim = \(t.ndim) is outside 0...8") }
+    var shape: [Int] = []
+    var shapeTuple = t.shape
+    let dims = withUnsafeBytes(of: &shapeTuple) { Array($0.bindMemory(to: Int64.self).prefix(Int(t.ndim))) }
+    var numel = 1
+    for v in dims {
+        guard v >= 0 else { throw .invalid("tensors[\(i)].shape has a negative entry \(v)") }
+        numel = try checkedMul(numel, Int(v), "tensors[\(i)].shape")
+        shape.append(Int(v))
+    }
+    let nbytes = try checkedMul(numel, d.size, "tensors[\(i)] bytes")
+    let data: UnsafeRawPointer
+    if nbytes == 0 { data = t.data ?? UnsafeRawPointer(bitPattern: 8)! } else {
+        guard let p = t.data else { throw QembedError(.nullPointer, "tensors[\(i)].data is NULL") }
+        data = p
+    }
+    return TensorSource(name: name, dtypeName: TensorFile.safetensorsName(d), shape: shape, data: data, nbytes: nbytes)
+}
+
+@c @implementation
+public func qembed_save_safetensors(_ path: UnsafePointer<CChar>!, _ tensors: UnsafePointer<qembed_tensor_desc>!, _ n: Int64,
+                                    _ meta_keys: UnsafePointer<UnsafePointer<CChar>?>!, _ meta_values: UnsafePointer<UnsafePointer<CChar>?>!,
+                                    _ n_meta: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try cString(path, "path")
+        let count_ = try count(n, "n", minimum: 0)
+        let m = try count(n_meta, "n_meta", minimum: 0)
+        var ts: [TensorSource] = []
+        if count_ > 0 {
+            let list = try need(tensors, "tensors")
+            for i in 0..<count_ { ts.append(try describe(list[i], i)) }
+        }
+        var meta: [(String, String)] = []
+        if m > 0 {
+            let ks = try need(meta_keys, "meta_keys"), vs = try need(meta_values, "meta_values")
+            for i in 0..<m { meta.append((try cString(ks[i], "meta_keys[i]"), try cString(vs[i], "meta_values[i]"))) }
+        }
+        try SafeTensors.write(p, ts, metadata: meta)
+    }
+}
+
+@c @implementation
+public func qembed_save_npy(_ path: UnsafePointer<CChar>!, _ tensor: UnsafePointer<qembed_tensor_desc>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let p = try cString(path, "path")
+        let t = try need(tensor, "tensor").pointee
+        let s = try describe(t, 0)
+        try Npy.write(p, dtype: try DType.from(t.dtype, argument: "tensor.dtype"), shape: s.shape, data: s.data)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_save(_ e: OpaquePointer!, _ path: UnsafePointer<CChar>!) -> qembed_status {
+    capi { () throws(QembedError) in try embedding(e).save(try cString(path, "path")) }
+}
+
+// MARK: - Quantized embeddings
+
+func qembedding(_ p: OpaquePointer?) throws(QembedError) -> QuantizedEmbedding {
+    guard let p else { throw QembedError(.nullPointer, "quantized embedding handle is NULL") }
+    return Unmanaged<QuantizedEmbedding>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+private func qkind(_ raw: CInt) throws(QembedError) -> QuantizedEmbedding.Kind {
+    guard let k = QuantizedEmbedding.Kind(rawValue: raw) else { throw .unsupported("kind: unknown quantized embedding kind \(raw)") }
+    return k
+}
+
+private func retained(_ q: QuantizedEmbedding) -> OpaquePointer { OpaquePointer(Unmanaged.passRetained(q).toOpaque()) }
+
+@c @implementation
+public func qembed_qembedding_quantize(_ weight: UnsafeRawPointer!, _ dtype: CInt, _ rows: Int64, _ dim: Int64, _ kind: CInt,
+                                       _ blocksize: Int64, _ compress_statistics: Bool, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let w = try need(weight, "weight")
+        let d = try DType.float(dtype, argument: "dtype")
+        let r = try count(rows, "rows"), c = try count(dim, "dim")
+        let k = try qkind(kind)
+        _ = try bytes(try checkedMul(r, c, "rows x dim"), d.size, "weight")
+        let bs = k == .int8 ? 64 : Int(clamping: blocksize)
+        o.pointee = retained(try QuantizedEmbedding.quantize(w, dtype: d, rows: r, dim: c, kind: k, blocksize: bs,
+                                                             compressStatistics: k != .int8 && compress_statistics))
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_from_embedding(_ e: OpaquePointer!, _ kind: CInt, _ blocksize: Int64, _ compress_statistics: Bool,
+                                             _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let layer = try embedding(e)
+        let k = try qkind(kind)
+        o.pointee = retained(try QuantizedEmbedding.from(layer, kind: k, blocksize: k == .int8 ? 64 : Int(clamping: blocksize),
+                                                         compressStatistics: k != .int8 && compress_statistics))
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_free(_ q: OpaquePointer!) {
+    guard let q else { return }
+    Unmanaged<QuantizedEmbedding>.fromOpaque(UnsafeRawPointer(q)).release()
+}
+
+@c @implementation
+public func qembed_qembedding_info_get(_ q: OpaquePointer!, _ info: UnsafeMutablePointer<qembed_qembedding_info>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let l = try qembedding(q)
+        let out = try need(info, "info")
+        try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_qembedding_info>.size, "info")
+        var d = qembed_qembedding_info()
+        d.struct_size = out.pointee.struct_size
+        d.kind = l.kind.rawValue
+        d.num_embeddings = Int64(l.numEmbeddings)
+        d.embedding_dim = Int64(l.embeddingDim)
+        d.dtype = l.dtype.rawValue
+        d.blocksize = Int64(l.blocksize)
+        d.nested = l.nested
+        d.table_bytes = Int64(l.tableBytes)
+        out.pointee = d
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_forward(_ q: OpaquePointer!, _ indices: UnsafeRawPointer!, _ index_dtype: CInt, _ count_: Int64,
+                                      _ out: UnsafeMutableRawPointer!, _ out_dtype: CInt, _ out_len: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let l = try qembedding(q)
+        let c = try count(count_, "count", minimum: 0)
+        let id = try DType.from(index_dtype, argument: "index_dtype")
+        let od = try DType.float(out_dtype, argument: "out_dtype")
+        let needed = try checkedMul(c, l.embeddingDim, "count x embedding_dim")
+        _ = try bytes(needed, od.size, "out")
+        try capacity(out_len, needed, "out")
+        if c == 0 { _ = try Indices(UnsafeRawPointer(bitPattern: 8)!, dtype: id, count: 0); return }
+        let idx = try Indices(try need(indices, "indices"), dtype: id, count: c)
+        try l.forward(idx, out: try need(out, "out"), outDtype: od)
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_save(_ q: OpaquePointer!, _ path: UnsafePointer<CChar>!, _ prefix: UnsafePointer<CChar>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let l = try qembedding(q)
+        try l.save(try cString(path, "path"), prefix: prefix.map { String(cString: $0) } ?? "weight")
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_load(_ path: UnsafePointer<CChar>!, _ prefix: UnsafePointer<CChar>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let l = try QuantizedEmbedding.load(try cString(path, "path"), prefix: prefix.map { String(cString: $0) } ?? "weight")
+        o.pointee = retained(l)
+    }
+}
