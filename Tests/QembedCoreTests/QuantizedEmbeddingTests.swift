@@ -104,9 +104,9 @@ final class QuantizedEmbeddingTests: XCTestCase {
         let plain = try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 16384, dim: 128, kind: .nf4)
         XCTAssertLessThanOrEqual(Double(plain.tableBytes) / Double(w.count), 0.5626)
         let nested64 = try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 16384, dim: 128, kind: .nf4, compressStatistics: true)
-        XCTAssertLessThanOrEqual(Double(nested64.tableBytes) / Double(w.count), 0.5160)
+        XCTAssertLessThanOrEqual(Double(nested64.tableBytes) / Double(w.count), 0.5165)
         let nested128 = try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 16384, dim: 128, kind: .nf4, blocksize: 128, compressStatistics: true)
-        XCTAssertLessThanOrEqual(Double(nested128.tableBytes) / Double(w.count), 0.5082)
+        XCTAssertLessThanOrEqual(Double(nested128.tableBytes) / Double(w.count), 0.5086)
     }
 
     // MARK: Malformed files
