@@ -5,7 +5,7 @@ import Glibc
 
 // qembed-bench: prints throughput of every kernel and layer next to a memcpy
 // bandwidth probe measured in the same run.
-// Usage: qembed-bench [quantize|embedding|optimizer] [--quick]
+// Usage: qembed-bench [quantize|embedding|quantized|optimizer] [--quick]
 let quick = CommandLine.arguments.contains("--quick")
 let n = quick ? 1 << 22 : 64 << 20
 print("qembed-bench: \(Parallel.threadCount) threads (set QEMBED_NUM_THREADS to change)")
@@ -15,6 +15,7 @@ do {
     let only = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("--") }
     if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }
     if only == nil || only == "embedding" { try EmbeddingBench.run(quick: quick) }
+    if only == nil || only == "quantized" { try QuantizedBench.run(quick: quick) }
     if only == nil || only == "optimizer" { try OptimizerBench.run(quick: quick) }
 } catch {
     fputs("qembed-bench: \(error)\n", stderr)
