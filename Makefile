@@ -2,7 +2,8 @@
 #   make            release build of libqembed.so
 #   make demo       build and run the main job
 #   make test       every test: Swift, C, Python
-#   make bench      the benchmark suite
+#   make bench      the benchmark suite (qembed bench)
+#   make cli        the qembed command (.build/release/qembed-cli, installed as qembed)
 #   make install PREFIX=/usr/local
 # QEMBED_CPU picks the instruction set (default: the build machine's, like
 # llama.cpp's GGML_NATIVE); use QEMBED_CPU=x86-64 for a portable build.
@@ -24,7 +25,7 @@ BUILD := .build/release
 LIB   := $(BUILD)/libqembed.so
 SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.c' -o -name '*.h') Package.swift include/qembed.h qembed.map
 
-.PHONY: all build deps demo test test-swift test-c test-python bench install uninstall clean pc
+.PHONY: all build cli deps demo test test-swift test-c test-python bench install uninstall clean pc
 
 all: build
 
@@ -41,8 +42,15 @@ $(LIB): $(SWIFT_SOURCES)
 	@touch $(LIB)
 	ln -sf libqembed.so $(BUILD)/libqembed.so.$(MAJOR)
 
-demo: build
-	$(MAKE) -C bindings/c demo
+CLI := $(BUILD)/qembed-cli
+cli: $(CLI)
+$(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks -name '*.swift')
+	swift build $(SWIFT_RELEASE) --product qembed-cli
+	@touch $(CLI)
+
+# The main job: train, quantize, save, reload, compare (about 15 s here).
+demo: build cli
+	$(CLI) demo
 
 test: deps build test-swift test-c test-python
 
@@ -58,9 +66,8 @@ test-c: build
 test-python: build
 	cd bindings/python && $(PYTHON) -m pytest -q tests
 
-bench: build
-	swift build $(SWIFT_RELEASE) --product qembed-bench
-	$(BUILD)/qembed-bench
+bench: build cli
+	$(CLI) bench
 
 pc: $(BUILD)/qembed.pc
 $(BUILD)/qembed.pc: pkgconfig/qembed.pc.in include/qembed.h
@@ -69,8 +76,9 @@ $(BUILD)/qembed.pc: pkgconfig/qembed.pc.in include/qembed.h
 	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $@
 
 # The .pc is regenerated for each install so that PREFIX is always the given one.
-install: build
-	@mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+install: build cli
+	@mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/qembed
 	install -m 755 $(LIB) $(DESTDIR)$(LIBDIR)/libqembed.so.$(VERSION)
 	ln -sf libqembed.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libqembed.so.$(MAJOR)
 	ln -sf libqembed.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libqembed.so
@@ -85,7 +93,7 @@ install: build
 	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX)"
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libqembed.so* $(DESTDIR)$(INCLUDEDIR)/qembed.h $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc
+	rm -f $(DESTDIR)$(LIBDIR)/libqembed.so* $(DESTDIR)$(INCLUDEDIR)/qembed.h $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc $(DESTDIR)$(PREFIX)/bin/qembed
 	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
 
 clean:

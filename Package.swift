@@ -19,6 +19,11 @@ let package = Package(
         // MARK: - Products
         .library(name: "qembed", type: .dynamic, targets: ["Qembed"]),
         .executable(name: "qembed-bench", targets: ["QembedBench"]),
+        .executable(name: "qembed-cli", targets: ["QembedCLI"]),
+    ],
+    dependencies: [
+        // Only the command-line tool uses it; the library needs nothing but the toolchain.
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // MARK: - C support: the public header and the thread-local error buffer
@@ -43,11 +48,24 @@ let package = Package(
             linkerSettings: libraryLinkerSettings
         ),
 
-        // MARK: - Benchmarks (make bench)
+        // MARK: - Benchmarks (make bench, qembed bench)
+        .target(
+            name: "QembedBenchmarks",
+            dependencies: ["QembedCore"],
+            path: "Sources/QembedBenchmarks",
+            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+        ),
         .executableTarget(
             name: "QembedBench",
-            dependencies: ["QembedCore"],
-            path: "Sources/QembedBench",
+            dependencies: ["QembedBenchmarks"],
+            path: "Sources/QembedBench"
+        ),
+
+        // MARK: - The qembed command (installed as `qembed`)
+        .executableTarget(
+            name: "QembedCLI",
+            dependencies: ["QembedCore", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/QembedCLI",
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
 

@@ -1,0 +1,19 @@
+import QembedCore
+
+/// The benchmark suite (`make bench`, `qembed bench`): every kernel and layer
+/// next to a memcpy bandwidth probe measured in the same run.
+public enum Benchmarks {
+    public static let suites = ["quantize", "embedding", "quantized", "optimizer"]
+
+    /// Runs `only` (or every suite) at full size, or small with `quick`.
+    public static func run(only: String?, quick: Bool) throws {
+        let n = quick ? 1 << 22 : 64 << 20
+        print("qembed-bench: \(Parallel.threadCount) threads (set QEMBED_NUM_THREADS to change)")
+        Bench.memcpyRate = Bench.memcpyGBs(bytes: n * 4)
+        print("memcpy probe: \(Bench.fmt(Bench.memcpyRate, 1)) GB/s (read + write, \((n * 4) >> 20) MiB)")
+        if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }
+        if only == nil || only == "embedding" { try EmbeddingBench.run(quick: quick) }
+        if only == nil || only == "quantized" { try QuantizedBench.run(quick: quick) }
+        if only == nil || only == "optimizer" { try OptimizerBench.run(quick: quick) }
+    }
+}

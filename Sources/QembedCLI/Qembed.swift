@@ -1,0 +1,100 @@
+import ArgumentParser
+import QembedCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `qembed`: quantize, inspect and look up embedding tables; benchmarks; the demo.
+/// Exit status: 0 success, 1 failure (the library's message on stderr), 2 usage error.
+@main
+struct Qembed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qembed",
+        abstract: "Quantized and trainable embedding tables (bitsandbytes-compatible) on the CPU.",
+        version: "0.1.0",
+        subcommands: [Quantize.self, Inspect.self, Lookup.self, BenchCommand.self, Demo.self]
+    )
+
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as QembedError {
+            fail(e.message, status: 1)
+        } catch let e as CLIError {
+            fail(e.message, status: e.usage ? 2 : 1)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            // ArgumentParser's usage errors (EX_USAGE) become status 2.
+            fputs(fullMessage(for: error) + "\n", stderr)
+            Glibc.exit(code == .validationFailure ? 2 : code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        fputs("qembed: \(message)\n", stderr)
+        Glibc.exit(status)
+    }
+}
+
+/// A failure of the command itself; `usage` marks a usage error (exit 2).
+struct CLIError: Error {
+    var message: String
+    var usage = false
+    static func usage(_ m: String) -> CLIError { CLIError(message: m, usage: true) }
+}
+
+/// Stderr progress: a redrawn bar on a terminal, plain lines otherwise.
+struct Progress {
+    let label: String
+    let total: Int
+    let tty = isatty(2) != 0
+    var lastPrinted = -1
+
+    init(_ label: String, total: Int) { self.label = label; self.total = max(total, 1) }
+
+    mutating func update(_ done: Int, _ extra: String = "") {
+        let pct = min(100, done * 100 / total)
+        if tty {
+            let width = 30, filled = pct * width / 100
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            fputs("\r\(label) [\(bar)] \(pct)% \(extra)   ", stderr)
+            if done >= total { fputs("\n", stderr) }
+        } else if pct / 10 != lastPrinted / 10 || done >= total {
+            fputs("\(label): \(pct)% \(extra)\n", stderr)
+        }
+        lastPrinted = pct
+    }
+}
+
+func fmt(_ v: Double, _ digits: Int = 4) -> String {
+    var buf = [CChar](repeating: 0, count: 64)
+    _ = withVaList([v]) { vsnprintf(&buf, 64, "%.\(digits)g", $0) }
+    return String(cString: buf)
+}
+
+func humanBytes(_ b: Int) -> String {
+    if b >= 1 << 30 { return fmt(Double(b) / Double(1 << 30), 3) + " GiB" }
+    if b >= 1 << 20 { return fmt(Double(b) / Double(1 << 20), 3) + " MiB" }
+    if b >= 1 << 10 { return fmt(Double(b) / Double(1 << 10), 3) + " KiB" }
+    return "\(b) B"
+}
+
+func fileSize(_ path: String) -> Int {
+    var st = stat()
+    return stat(path, &st) == 0 ? Int(st.st_size) : 0
+}
+
+/// Fails (usage-independent) when the directory of `path` does not exist.
+func checkOutputDirectory(_ path: String) throws {
+    let dir: String
+    if let slash = path.lastIndex(of: "/") { dir = slash == path.startIndex ? "/" : String(path[..<slash]) } else { dir = "." }
+    var st = stat()
+    guard stat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+        throw CLIError(message: "output directory \(dir) does not exist")
+    }
+}
