@@ -25,7 +25,7 @@ BUILD := .build/release
 LIB   := $(BUILD)/libqembed.so
 SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.c' -o -name '*.h') Package.swift include/qembed.h qembed.map
 
-.PHONY: all build cli deps demo test test-swift test-c test-python bench install uninstall clean pc
+.PHONY: all build cli deps demo test test-swift test-c test-python test-cli bench install uninstall clean pc sanitize valgrind fuzz fuzz-ci
 
 all: build
 
@@ -52,7 +52,7 @@ $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks
 demo: build cli
 	$(CLI) demo
 
-test: deps build test-swift test-c test-python
+test: deps build test-swift test-c test-python test-cli fuzz-ci
 
 # swift test's own summary lines are printed; the log keeps the rest.
 test-swift:
@@ -62,6 +62,20 @@ test-swift:
 
 test-c: build
 	$(MAKE) -C bindings/c test
+
+# The qembed command end to end (quantize -> inspect -> lookup, errors, exit codes, demo --quick).
+test-cli: build cli
+	sh Tests/cli/run.sh $(CLI)
+
+# Reliability (issue 7): sanitizers, valgrind, fuzzing. `fuzz-ci` is the short run make test does.
+sanitize:
+	sh tools/sanitize.sh
+valgrind: build
+	sh tools/valgrind.sh
+fuzz:
+	sh tools/fuzz.sh $${FUZZ_SECONDS:-300}
+fuzz-ci:
+	sh tools/fuzz.sh $${FUZZ_SECONDS:-20}
 
 test-python: build
 	cd bindings/python && $(PYTHON) -m pytest -q tests

@@ -1,0 +1,3 @@
+#!/bin/sh
+# placeholder: written by the reliability work
+echo "Tests/cli/run.sh: not written yet"

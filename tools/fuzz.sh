@@ -1,0 +1,3 @@
+#!/bin/sh
+# placeholder: written by the reliability work
+echo "tools/fuzz.sh: not written yet"
