@@ -260,23 +260,38 @@ public final class Embedding: @unchecked Sendable {
                 if let s = scales?[i] { for j in 0..<dim { dst[j] += src[j] * s } } else { for j in 0..<dim { dst[j] += src[j] } }
             }
         }
-        // Merge with the existing coalesced gradient.
+        // Merge with the existing coalesced gradient: rows first, then one
+        // exactly sized value buffer filled with row copies or sums.
         let oldRows = weight.sparseRows
         if oldRows.isEmpty { weight.sparseRows = rows; weight.sparseValues = values; return }
         let oldValues = weight.sparseValues
-        var mRows: [Int] = [], mValues: [Float] = []
+        var mRows: [Int] = []
+        var from: [(Int, Int)] = []   // (old row index or -1, new row index or -1)
         mRows.reserveCapacity(oldRows.count + rows.count)
-        mValues.reserveCapacity((oldRows.count + rows.count) * dim)
+        from.reserveCapacity(oldRows.count + rows.count)
         var a = 0, b = 0
         while a < oldRows.count || b < rows.count {
             if b == rows.count || (a < oldRows.count && oldRows[a] < rows[b]) {
-                mRows.append(oldRows[a]); mValues += oldValues[(a * dim)..<((a + 1) * dim)]; a += 1
+                mRows.append(oldRows[a]); from.append((a, -1)); a += 1
             } else if a == oldRows.count || rows[b] < oldRows[a] {
-                mRows.append(rows[b]); mValues += values[(b * dim)..<((b + 1) * dim)]; b += 1
+                mRows.append(rows[b]); from.append((-1, b)); b += 1
             } else {
-                mRows.append(rows[b])
-                for j in 0..<dim { mValues.append(oldValues[a * dim + j] + values[b * dim + j]) }
-                a += 1; b += 1
+                mRows.append(rows[b]); from.append((a, b)); a += 1; b += 1
+            }
+        }
+        var mValues = [Float](repeating: 0, count: mRows.count * dim)
+        mValues.withUnsafeMutableBufferPointer { mb in
+            oldValues.withUnsafeBufferPointer { ob in
+                values.withUnsafeBufferPointer { nb in
+                    for (r, (ia, ib)) in from.enumerated() {
+                        let dst = mb.baseAddress! + r * dim
+                        if ia >= 0 { dst.update(from: ob.baseAddress! + ia * dim, count: dim) }
+                        if ib >= 0 {
+                            let src = nb.baseAddress! + ib * dim
+                            if ia >= 0 { for j in 0..<dim { dst[j] += src[j] } } else { dst.update(from: src, count: dim) }
+                        }
+                    }
+                }
             }
         }
         weight.sparseRows = mRows
