@@ -1,0 +1,178 @@
+"""Inputs and checks for Tests/cli/run.sh (system python3 + numpy only).
+
+  python3 cli_inputs.py make DIR
+      DIR/table.npy          200 x 64 float32, N(0, 0.5), seed 1
+      DIR/multi.safetensors  a BERT-like state dict (written by hand):
+          embeddings.word_embeddings.weight       F32  300 x 64
+          embeddings.position_embeddings.weight   F16   40 x 64
+          embeddings.token_type_embeddings.weight BF16   2 x 64
+          embeddings.LayerNorm.weight             F32  64
+          position_ids                            I64  1 x 40
+        with __metadata__ {"format": "pt"}
+      DIR/ints.npy           10 x 4 int32 (not a float table)
+
+  python3 cli_inputs.py rows MODE ORIG TENSOR LOOKUP_OUT [BLOCKSIZE [QFILE]]
+      Compares the rows printed by `qembed lookup` ("id: v v v ...") with
+      the original table (tensor TENSOR of ORIG; "-" for a .npy) within
+      the error bound of MODE: exact, int8, nf4, fp4, blockwise8 (its code
+      read from QFILE). Prints one line; exit status 1 when a value is out
+      of bounds, the output is malformed, or no row was printed.
+"""
+import json
+import struct
+import sys
+
+import numpy as np
+
+# half the largest gap between neighbouring levels of each 4-bit type
+NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230731010437, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+       0.7229568362236023, 1.0]
+FP4 = [0.0, 0.0052083333, 0.6666667, 1.0, 0.3333333, 0.5, 0.1666667, 0.25]
+FP4 = sorted(FP4 + [-v for v in FP4[1:]])
+
+
+def half_gap(levels):
+    levels = sorted(levels)
+    return max(b - a for a, b in zip(levels, levels[1:])) / 2
+
+
+def bf16_bits(x):
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16)
+
+
+def write_safetensors(path, tensors, metadata):
+    header = {"__metadata__": metadata}
+    blobs = []
+    off = 0
+    for name, dtype, arr in tensors:
+        raw = arr.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        raw = data[8 + n + b:8 + n + e]
+        dt = v["dtype"]
+        if dt == "BF16":
+            a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(raw, dtype={"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                                          "U8": "u1", "I8": "i1"}[dt])
+        out[name] = a.reshape(v["shape"])
+        out[name + "/dtype"] = dt
+    return out
+
+
+def make(d):
+    rng = np.random.default_rng(1)
+    np.save(d + "/table.npy", (rng.standard_normal((200, 64)) * 0.5).astype(np.float32))
+    word = (rng.standard_normal((300, 64)) * 0.05).astype(np.float32)
+    pos = (rng.standard_normal((40, 64)) * 0.02).astype(np.float16)
+    tok = bf16_bits(rng.standard_normal((2, 64)) * 0.02)
+    ln = np.ones(64, dtype=np.float32)
+    ids = np.arange(40, dtype=np.int64).reshape(1, 40)
+    write_safetensors(d + "/multi.safetensors", [
+        ("embeddings.word_embeddings.weight", "F32", word),
+        ("embeddings.position_embeddings.weight", "F16", pos),
+        ("embeddings.token_type_embeddings.weight", "BF16", tok),
+        ("embeddings.LayerNorm.weight", "F32", ln),
+        ("position_ids", "I64", ids),
+    ], {"format": "pt"})
+    np.save(d + "/ints.npy", np.arange(40, dtype=np.int32).reshape(10, 4))
+
+
+def rows(mode, orig, tensor, lookup_out, blocksize=None, qfile=None):
+    round_rel = 0.0
+    if tensor == "-":
+        table = np.load(orig).astype(np.float64)
+    else:
+        st = read_safetensors(orig)
+        table = st[tensor].astype(np.float64)
+        # lookups round to the table's dtype (upstream's .to(self.dtype))
+        round_rel = {"F16": 2.0 ** -11, "BF16": 2.0 ** -8}.get(st[tensor + "/dtype"], 0.0)
+    if table.ndim == 1:
+        table = table.reshape(1, -1)
+    n_rows, dim = table.shape
+    flat = table.reshape(-1)
+    bs = int(blocksize) if blocksize not in (None, "-") else None
+    if mode in ("nf4", "fp4", "blockwise8"):
+        nblocks = -(-flat.size // bs)
+        padded = np.zeros(nblocks * bs)
+        padded[:flat.size] = np.abs(flat)
+        block_absmax = padded.reshape(nblocks, bs).max(axis=1)
+    if mode == "blockwise8":
+        q = read_safetensors(qfile)
+        (key,) = [k for k in q if k.endswith(".quant_map")]
+        code = q[key].astype(np.float64)
+        gap8 = half_gap(code)
+    worst = 0.0
+    count = 0
+    for line in open(lookup_out):
+        line = line.strip()
+        if not line:
+            continue
+        head, _, rest = line.partition(":")
+        r = int(head)
+        vals = [float(x) for x in rest.split()]
+        if len(vals) != dim:
+            print("row %d: %d values printed, want %d" % (r, len(vals), dim))
+            return 1
+        for j, got in enumerate(vals):
+            want = table[r, j]
+            err = abs(got - want)
+            fmt = 1e-5 * max(abs(got), abs(want))       # %.6g printing
+            if mode == "exact":
+                bound = 0.0
+            elif mode == "int8":
+                bound = np.abs(table[r]).max() / 127 * 0.5 * (1 + 1e-5)
+            elif mode == "nf4":
+                bound = block_absmax[(r * dim + j) // bs] * half_gap(NF4) * (1 + 1e-5)
+            elif mode == "fp4":
+                bound = block_absmax[(r * dim + j) // bs] * half_gap(FP4) * (1 + 1e-5)
+            elif mode == "blockwise8":
+                bound = block_absmax[(r * dim + j) // bs] * gap8 * (1 + 1e-5)
+            else:
+                print("unknown mode " + mode)
+                return 1
+            if mode != "exact":
+                bound += round_rel * abs(got) + (6e-8 if round_rel else 0.0)  # f16/bf16 output rounding
+            bound += fmt + 1e-30
+            worst = max(worst, err / bound if bound > 0 else 0)
+            if err > bound:
+                print("row %d col %d: got %r, original %r, error %.3g > bound %.3g (%s)" % (r, j, got, want, err, bound, mode))
+                return 1
+            count += 1
+    if count == 0:
+        print("no rows printed")
+        return 1
+    print("%s: %d values within bounds (worst %.2f of the bound)" % (mode, count, worst))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2])
+    elif sys.argv[1] == "rows":
+        sys.exit(rows(*sys.argv[2:]))
+    else:
+        sys.exit("unknown command " + sys.argv[1])
