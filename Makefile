@@ -103,7 +103,8 @@ install: build cli
 	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
 	if [ -d bindings/python/qembed ]; then \
 	  cp -r bindings/python/qembed $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed && \
-	  find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} +; fi
+	  find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} + && \
+	  ln -sf ../../../libqembed.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed/libqembed.so; fi
 	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX)"
 
 uninstall:

@@ -68,7 +68,7 @@ public final class Embedding: @unchecked Sendable {
         // Both upstream layers register their weight for 32-bit optimizer state.
         try weight.setOverride(.optimBits, 32)
         if let pretrained {
-            try weight.load(pretrained, dtype: pretrainedDtype, count: weight.numel)
+            try weight.load(pretrained, dtype: pretrainedDtype, count: weight.numel, argument: "weight")
         } else {
             resetTable(seed: seed)
         }

@@ -95,10 +95,11 @@ public final class Parameter: @unchecked Sendable {
 
     /// Copies `numel` elements of `srcDtype` into the data, converting.
     /// Validates size and finiteness first; unchanged on failure.
-    public func load(_ src: UnsafeRawPointer, dtype srcDtype: DType, count: Int) throws(QembedError) {
+    /// `argument` names the caller's source in error messages.
+    public func load(_ src: UnsafeRawPointer, dtype srcDtype: DType, count: Int, argument: String = "src") throws(QembedError) {
         guard srcDtype.isFloat else { throw .unsupported("dtype \(srcDtype.name) cannot be loaded into a float parameter") }
-        guard count == numel else { throw .shape("\(name) holds \(numel) elements, got \(count)") }
-        try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: "src") }
+        guard count == numel else { throw .shape("numel: \(name) holds \(numel) elements, got numel = \(count)") }
+        try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: argument) }
         lock.withExclusive {
             if srcDtype == dtype {
                 data.raw.copyMemory(from: src, byteCount: count * dtype.size)
