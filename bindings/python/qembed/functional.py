@@ -442,6 +442,7 @@ def _dequantize_statistics(qs):
     """The float32 absmax of a nested QuantState."""
     if qs.offset is None:
         raise _value_error("a nested QuantState needs an offset")
+    offset = float(qs.offset)
     qabsmax = _array(qs.absmax, np.uint8, "quant_state.absmax").reshape(-1)
     s2 = qs.state2
     nested = _array(s2.absmax, np.float32, "quant_state.state2.absmax").reshape(-1)
@@ -450,7 +451,7 @@ def _dequantize_statistics(qs):
     C._check(C.qembed_dequantize_statistics(_ptr(qabsmax, ctypes.c_uint8), qabsmax.size,
                                             _ptr(nested, ctypes.c_float), nested.size,
                                             _ptr(code, ctypes.c_float), int(s2.blocksize),
-                                            float(qs.offset), _ptr(out, ctypes.c_float)))
+                                            offset, _ptr(out, ctypes.c_float)))
     return out
 
 
@@ -522,7 +523,7 @@ def dequantize_blockwise(A, quant_state=None, absmax=None, code=None, out=None, 
     else:
         am = _array(quant_state.absmax, np.float32, "absmax").reshape(-1)
     code_arr = _code(quant_state.code if quant_state.code is not None else _dynamic_code())
-    dname = quant_state.dtype or "float32"
+    dname = _dtype_name(quant_state.dtype) or "float32"
     np_dtype = _numpy_dtype(dname, "quant_state.dtype")
     res = _out_array(out, a.shape, np_dtype)
     C._check(C.qembed_dequantize_blockwise(_ptr(a, ctypes.c_uint8), a.size, _ptr(am, ctypes.c_float), am.size,
@@ -624,7 +625,7 @@ def dequantize_4bit(A, quant_state=None, absmax=None, out=None, blocksize=None, 
                                  blocksize=64 if blocksize is None else blocksize, quant_type=quant_type)
     bs = _four_bit_blocksize(quant_state.blocksize)
     qt = _quant_type(quant_state.quant_type)
-    dname = quant_state.dtype
+    dname = _dtype_name(quant_state.dtype)
     np_dtype = _numpy_dtype(dname, "quant_state.dtype")
     if quant_state.shape is None:
         raise _value_error("quant_state.shape is required for 4-bit dequantization")

@@ -969,6 +969,9 @@ def test_bitsandbytes_quant_state_round_trip(rng, quant_type, compress, short):
     back = st2.as_dict(packed=True)
     for k, v in d.items():
         assert np.asarray(back[k]).tobytes() == v.numpy().tobytes(), k
+    # A bitsandbytes QuantState object is accepted as it is (torch tensors, torch dtype).
+    y3 = F.dequantize_4bit(bpacked, bst2)
+    assert_bits_equal(y3, y2, "dequantize_4bit with a bitsandbytes QuantState")
 
 
 @needs_bnb
@@ -982,6 +985,10 @@ def test_bitsandbytes_blockwise_compare(rng):
     report("blockwise 8-bit (live bitsandbytes, 100k normal)", np.sum(q != bq.numpy()), q.size)
     assert np.mean(q != bq.numpy()) < 0.01
     y = F.dequantize_blockwise(q, st)
+    # bitsandbytes' own state (nested too) works with qembed's dequantize.
+    bq2, bst2 = bnbF.quantize_blockwise(torch.from_numpy(x), blocksize=256, nested=True)
+    assert_bits_equal(F.dequantize_blockwise(bq2, bst2), bnbF.dequantize_blockwise(bq2, bst2).numpy(),
+                      "nested bitsandbytes state")
     by = bnbF.dequantize_blockwise(torch.from_numpy(q), bnbF.QuantState(
         absmax=torch.from_numpy(st.absmax), code=torch.from_numpy(st.code), blocksize=256, dtype=torch.float32))
     assert_bits_equal(y, by.numpy(), "dequantize vs bitsandbytes")
