@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Side-by-side timings: qembed (through its Python binding, fresh outputs as a
+user gets them) against bitsandbytes 0.50.2 and PyTorch on the CPU, plus a
+memcpy probe measured in the same run. Optional dependencies: torch,
+bitsandbytes (skipped with a note when missing).
+
+    PYTHONPATH=bindings/python python3 bench/compare.py [--quick] [--threads N]
+
+Sizes follow the issues: 64M float32 elements for the kernels, embedding
+lookups of 65536 random rows, a 16M-element optimizer step.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "python"))
+import qembed  # noqa: E402
+import qembed.functional as QF  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    torch = None
+try:
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as BF
+except Exception:
+    bnb = BF = None
+
+
+def best(fn, reps=3):
+    fn()
+    t = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        t = min(t, time.perf_counter() - t0)
+    return t
+
+
+def row(name, t, nbytes, memcpy, ref=None):
+    gbs = nbytes / t / 1e9
+    extra = f"   {ref / t:6.1f}x vs {'bitsandbytes' if ref is not None else ''}" if ref else ""
+    print(f"  {name:52s} {t * 1e3:9.2f} ms {gbs:7.1f} GB/s {100 * gbs / memcpy:5.0f}% of memcpy{extra}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    qembed.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    n = (1 << 22) if args.quick else (64 << 20)
+    x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    y = np.empty_like(x)
+    memcpy = 2 * x.nbytes / best(lambda: np.copyto(y, x)) / 1e9
+    print(f"qembed {qembed.__version__}, {args.threads} threads; numpy memcpy probe {memcpy:.1f} GB/s (read + write)")
+    print(f"torch {torch.__version__ if torch else 'not installed'}, bitsandbytes {bnb.__version__ if bnb else 'not installed'}")
+    tx = torch.from_numpy(x) if torch is not None else None
+
+    print(f"\nkernels, {n >> 20}M float32 elements (qembed calls allocate fresh outputs, as bitsandbytes' do)")
+    for bs in (256, 4096):
+        tq = best(lambda: QF.quantize_blockwise(x, blocksize=bs))
+        ref = best(lambda: BF.quantize_blockwise(tx, blocksize=bs)) if bnb else None
+        row(f"quantize_blockwise bs={bs} (exact)", tq, 5 * n, memcpy, ref)
+        if ref:
+            row(f"  bitsandbytes quantize_blockwise bs={bs} (approximate)", ref, 5 * n, memcpy)
+        q, st = QF.quantize_blockwise(x, blocksize=bs)
+        tq = best(lambda: QF.dequantize_blockwise(q, st))
+        if bnb:
+            bq, bst = BF.quantize_blockwise(tx, blocksize=bs)
+            ref = best(lambda: BF.dequantize_blockwise(bq, bst))
+        row(f"dequantize_blockwise bs={bs}", tq, 5 * n, memcpy, ref)
+    for qt in ("nf4", "fp4"):
+        tq = best(lambda: QF.quantize_4bit(x, blocksize=64, quant_type=qt))
+        ref = best(lambda: BF.quantize_4bit(tx, blocksize=64, quant_type=qt)) if bnb else None
+        row(f"quantize_4bit {qt} bs=64", tq, 4 * n + n // 2 + n // 16, memcpy, ref)
+        p, st = QF.quantize_4bit(x, blocksize=64, quant_type=qt)
+        tq = best(lambda: QF.dequantize_4bit(p, st))
+        if bnb:
+            bp, bst = BF.quantize_4bit(tx, blocksize=64, quant_type=qt)
+            ref = best(lambda: BF.dequantize_4bit(bp, bst))
+        row(f"dequantize_4bit {qt} bs=64", tq, 4 * n + n // 2 + n // 16, memcpy, ref)
+    A = x.reshape(-1, 1024)
+    tq = best(lambda: QF.int8_vectorwise_quant(A))
+    ref = best(lambda: BF.int8_vectorwise_quant(tx.view(-1, 1024).clone())) if bnb else None
+    row("int8_vectorwise_quant", tq, 5 * n, memcpy, ref)
+    q8, stats, _ = QF.int8_vectorwise_quant(A)
+    tq = best(lambda: QF.int8_vectorwise_dequant(q8, stats))
+    if bnb:
+        bq8, bst8, _ = BF.int8_vectorwise_quant(tx.view(-1, 1024).clone())
+        ref = best(lambda: BF.int8_vectorwise_dequant(bq8, bst8))
+    row("int8_vectorwise_dequant", tq, 5 * n, memcpy, ref)
+
+    nn = getattr(qembed, "nn", None)
+    if nn is None:
+        print("\n(qembed.nn not available: layer comparisons skipped)")
+        return
+    print("\nembedding lookups (65536 random rows unless noted), f32")
+    shapes = [(30522, 384)] if args.quick else [(30522, 384), (1_000_000, 128), (250_000, 1024)]
+    rng = np.random.default_rng(1)
+    for rows, dim in shapes:
+        idx = rng.integers(0, rows, 65536)
+        emb = nn.Embedding(rows, dim)
+        tq = best(lambda: emb(idx))
+        ref = None
+        if torch is not None:
+            w = torch.from_numpy(emb.weight.data.copy())
+            ti = torch.from_numpy(idx)
+            out = torch.empty(65536, dim)
+            ref = best(lambda: torch.index_select(w, 0, ti, out=out))
+            row(f"torch index_select(out=) {rows}x{dim}", ref, 2 * 65536 * dim * 4, memcpy)
+            tf = best(lambda: torch.nn.functional.embedding(ti, w))
+            row(f"torch F.embedding {rows}x{dim}", tf, 2 * 65536 * dim * 4, memcpy)
+        row(f"qembed Embedding {rows}x{dim} (fresh output)", tq, 2 * 65536 * dim * 4, memcpy, ref)
+    rows, dim = 30522, 384
+    idx = rng.integers(0, rows, 65536)
+    st = nn.StableEmbedding(rows, dim)
+    tq = best(lambda: st(idx))
+    ref = None
+    if bnb is not None:
+        bst = bnb.nn.StableEmbedding(rows, dim)
+        ti = torch.from_numpy(idx)
+        with torch.no_grad():
+            ref = best(lambda: bst(ti))
+        row(f"bitsandbytes StableEmbedding {rows}x{dim}", ref, 2 * 65536 * dim * 4, memcpy)
+    row(f"qembed StableEmbedding {rows}x{dim}", tq, 2 * 65536 * dim * 4, memcpy, ref)
+    if torch is not None:
+        emb = nn.Embedding(rows, dim, max_norm=1e-3)
+        te = torch.nn.Embedding(rows, dim, max_norm=1e-3)
+        ti = torch.from_numpy(idx)
+        with torch.no_grad():
+            ref = best(lambda: te(ti), reps=2)
+        row("torch Embedding max_norm", ref, 2 * 65536 * dim * 4, memcpy)
+        row("qembed Embedding max_norm", best(lambda: emb(idx), reps=2), 2 * 65536 * dim * 4, memcpy, ref)
+    if bnb is not None and not args.quick:
+        rows, dim = 250_000, 1024
+        idx = rng.integers(0, rows, 65536)
+        w = rng.standard_normal((rows, dim), dtype=np.float32)
+        for cls, bcls in ((nn.EmbeddingNF4, bnb.nn.EmbeddingNF4), (nn.Embedding8bit, bnb.nn.Embedding8bit)):
+            q = cls(rows, dim)
+            q.load_state_dict({"weight": w})
+            tq = best(lambda: q(idx))
+            b = bcls(rows, dim)
+            b.load_state_dict({"weight": torch.from_numpy(w)})
+            b = b.to("cpu")
+            ti = torch.from_numpy(idx)
+            try:
+                with torch.no_grad():
+                    ref = best(lambda: b(ti), reps=1)
+                row(f"bitsandbytes {bcls.__name__} {rows}x{dim}", ref, 65536 * dim * 4, memcpy)
+            except Exception as e:  # upstream may refuse on CPU
+                print(f"  bitsandbytes {bcls.__name__}: {type(e).__name__}: {e}")
+                ref = None
+            row(f"qembed {cls.__name__} {rows}x{dim}", tq, 65536 * dim * 4, memcpy, ref)
+
+    optim = getattr(qembed, "optim", None)
+    if optim is None or torch is None:
+        return
+    print("\noptimizer step, 16M float32 parameters")
+    numel = (1 << 20) if args.quick else (16 << 20)
+    layer = nn.Embedding(numel // 1024, 1024)
+    optim.GlobalOptimManager.get_instance().override_config(layer.weight, "optim_bits", 8)
+    g = rng.standard_normal((numel // 1024, 1024), dtype=np.float32) * 1e-3
+    layer.backward(np.arange(numel // 1024), g)
+    tp = torch.nn.Parameter(torch.from_numpy(layer.weight.data.copy()))
+    tp.grad = torch.from_numpy(g)
+    for name, make, bmake in (("Adam8bit", lambda: optim.Adam8bit(layer.parameters()), lambda: bnb.optim.Adam8bit([tp])),
+                              ("Adam (32-bit)", lambda: optim.Adam(layer.parameters()), lambda: torch.optim.Adam([tp], fused=True)),
+                              ("Lion8bit", lambda: optim.Lion8bit(layer.parameters()), lambda: bnb.optim.Lion8bit([tp])),
+                              ("SGD8bit", lambda: optim.SGD8bit(layer.parameters(), lr=1e-3, momentum=0.9),
+                               lambda: bnb.optim.SGD8bit([tp], lr=1e-3, momentum=0.9))):
+        o = make()
+        tq = best(lambda: o.step())
+        ref = None
+        if bnb is not None:
+            bo = bmake()
+            ref = best(lambda: bo.step(), reps=2)
+            row(f"reference {name} ({type(bo).__module__.split('.')[0]})", ref, numel * 16, memcpy)
+        row(f"qembed {name}", tq, numel * 16, memcpy, ref)
+    to = torch.optim.Adam([tp], foreach=True)
+    row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
+
+
+if __name__ == "__main__":
+    main()
