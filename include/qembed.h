@@ -314,8 +314,11 @@ QEMBED_API qembed_status qembed_dequantize_4bit(const uint8_t *packed, int64_t p
 
 /*! qembed_int8_vectorwise_quant() :
  *  bitsandbytes.functional.int8_vectorwise_quant for a rows x cols matrix:
- *  row_stats[r] = max |A[r,:]| and out = round_half_even(A * (127 / row_stats[r])).
- *  A zero row quantizes to zeros. With threshold > 0, elements with
+ *  row_stats[r] = max |A[r,:]| and out = round_half_even(A * scale[r]) with
+ *  scale[r] = (1 / row_stats[r]) * 127 in float32 (how torch evaluates
+ *  bitsandbytes' 127.0 / row_stats, so results match it to the bit). A zero
+ *  row quantizes to zeros; when 1 / row_stats overflows (subnormal rows),
+ *  A / row_stats * 127 is used. With threshold > 0, elements with
  *  |x| >= threshold are outliers: they are left out of row_stats, and every
  *  column holding one is zeroed in `out` and listed in outlier_cols.
  *  @param A             rows*cols finite elements of F32, F16 or BF16.

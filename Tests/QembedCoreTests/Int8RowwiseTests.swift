@@ -10,7 +10,7 @@ final class Int8RowwiseTests: XCTestCase {
         var q = [Int8](repeating: 0, count: a.count)
         for r in 0..<rows {
             for c in 0..<cols where threshold == 0 || abs(a[r * cols + c]) < threshold { stats[r] = max(stats[r], abs(a[r * cols + c])) }
-            let scale: Float = stats[r] == 0 ? 0 : 127 / stats[r]
+            let scale: Float = stats[r] == 0 ? 0 : (1 / stats[r]) * 127
             for c in 0..<cols where !outlier[c] { q[r * cols + c] = Int8((a[r * cols + c] * scale).rounded(.toNearestOrEven)) }
         }
         return (q, stats, (0..<cols).filter { outlier[$0] }.map(Int32.init))

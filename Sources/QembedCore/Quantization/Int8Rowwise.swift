@@ -48,10 +48,22 @@ public enum Int8Rowwise {
                     let row = src + r * cols
                     let o = out + r * cols
                     let st = stats[r]
-                    let scale: Float = st == 0 ? 0 : 127 / st
-                    for c in 0..<cols {
-                        let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
-                        o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                    // bitsandbytes writes 127.0 / row_stats, which torch evaluates as
+                    // reciprocal(row_stats) * 127 (two float32 roundings): the same here,
+                    // so results match to the bit. When 1/row_stats overflows (a row of
+                    // subnormals), x / row_stats * 127 is used instead (zeros stay zero).
+                    let recip: Float = st == 0 ? 0 : 1 / st
+                    if recip.isFinite {
+                        let scale = recip * 127
+                        for c in 0..<cols {
+                            let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
+                            o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                        }
+                    } else {
+                        for c in 0..<cols {
+                            let v = (E.load(row, c) / st * 127).rounded(.toNearestOrEven)
+                            o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                        }
                     }
                     if hasOutliers { for c in 0..<cols where mask[c] { o[c] = 0 } }
                 }

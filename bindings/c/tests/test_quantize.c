@@ -616,7 +616,7 @@ static void check_int8(const input *in, int64_t rows, int64_t cols, float thresh
         CHECKF(ok, "%s: outlier column list differs", what);
     }
     for (r = 0; r < rows && bad < 0; r++) {
-        float scale = ref_stats[r] == 0.0f ? 0.0f : 127.0f / ref_stats[r];
+        float scale = ref_stats[r] == 0.0f ? 0.0f : (1.0f / ref_stats[r]) * 127.0f; /* torch: reciprocal * 127 */
         for (c = 0; c < cols; c++) {
             float v = rintf(in->x[r * cols + c] * scale); /* round half to even */
             int want = is_out[c] ? 0 : (int)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
@@ -626,7 +626,7 @@ static void check_int8(const input *in, int64_t rows, int64_t cols, float thresh
             }
         }
     }
-    CHECKF(bad < 0, "%s: q[%lld] = %d differs from round_half_even(x * 127/row_stats)", what, (long long)bad,
+    CHECKF(bad < 0, "%s: q[%lld] = %d differs from round_half_even(x * ((1/row_stats)*127))", what, (long long)bad,
            bad < 0 ? 0 : q[bad]);
 
     for (d = 0; d < 3; d++) {
