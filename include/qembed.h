@@ -278,7 +278,12 @@ QEMBED_API qembed_status qembed_dequantize_statistics(const uint8_t *qabsmax, in
 /* ======================================================================== */
 /* Same blocks and absmax as blockwise 8-bit, 16 levels. Two values per byte:
  * element 2k in the HIGH nibble, element 2k+1 in the LOW nibble (bitsandbytes'
- * layout); an odd n is padded with a zero value. Packed size: (n + 1) / 2. */
+ * layout); an odd n is padded with a zero value. Packed size: (n + 1) / 2.
+ * The nearest level is found among the levels sorted stably (FP4's two zero
+ * levels, nibbles 0 and 8, sort as 0 then 8 with a midpoint of 0 between
+ * them), so the packed bytes equal bitsandbytes 0.50.2's CPU output: a tiny
+ * positive value takes nibble 8, zero and tiny negative values nibble 0; both
+ * dequantize to +0. */
 
 /*! qembed_4bit_packed_bytes() :
  *  @return in *bytes the packed size of n 4-bit values: ceil(n / 2). Since 0.1. */
