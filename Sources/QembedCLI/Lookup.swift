@@ -12,7 +12,7 @@ struct Lookup: ParsableCommand {
 
     func run() throws {
         let f = try TensorFile(path: file)
-        let prefix = tensor ?? (f.index(of: "weight") != nil ? "weight" : nil)
+        let prefix = tensor ?? Lookup.defaultPrefix(f)
         var rows: [[Float]] = []
         if let p = prefix, f.index(of: p + ".SCB") != nil || f.entries.contains(where: { $0.name.hasPrefix(p + ".quant_state.bitsandbytes__") }) {
             let q = try QuantizedEmbedding.load(file, prefix: p)
@@ -42,5 +42,18 @@ struct Lookup: ParsableCommand {
             }
         }
         for (id, r) in zip(ids, rows) { print("\(id): " + r.map { fmt(Double($0), 6) }.joined(separator: " ")) }
+    }
+
+    /// "weight", else the one quantized layer in the file (its prefix), else nil.
+    static func defaultPrefix(_ f: TensorFile) -> String? {
+        if f.index(of: "weight") != nil { return "weight" }
+        var prefixes: [String] = []
+        for e in f.entries {
+            if let r = e.name.range(of: ".quant_state.bitsandbytes__") { prefixes.append(String(e.name[..<r.lowerBound])) }
+            if e.name.hasSuffix(".SCB") { prefixes.append(String(e.name.dropLast(4))) }
+        }
+        if let m = f.metadata.first(where: { $0.0 == "qembed.prefix" }) { prefixes.append(m.1) }
+        let unique = Set(prefixes)
+        return unique.count == 1 ? unique.first : nil
     }
 }

@@ -16,6 +16,11 @@ struct Qembed: ParsableCommand {
     )
 
     static func main() {
+        if CommandLine.arguments.count == 1 {
+            // No subcommand: a usage error.
+            fputs(helpMessage() + "\n", stderr)
+            Glibc.exit(2)
+        }
         do {
             var command = try parseAsRoot()
             try command.run()
