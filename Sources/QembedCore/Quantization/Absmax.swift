@@ -28,6 +28,27 @@ public enum Absmax {
         }
     }
 
+    /// The skeleton every blockwise quantizer shares: validate and compute
+    /// all absmax values first (so nothing is written on failure), then run
+    /// `block(b, start, count, scale)` for every block in parallel, then
+    /// publish the absmax values.
+    @inline(__always)
+    public static func quantizeBlocks<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, n: Int, blocksize: Int,
+                                                      absmax: UnsafeMutablePointer<Float>,
+                                                      _ block: (Int, Int, Int, BlockScale) -> Void) throws(QembedError) {
+        let nblocks = ceilDiv(n, blocksize)
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: nblocks)
+        defer { tmp.deallocate() }
+        try blocks(e, src, n: n, blocksize: blocksize, absmax: tmp)
+        Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
+            for b in range {
+                let lo = b * blocksize
+                block(b, lo, min(blocksize, n - lo), BlockScale(absmax: tmp[b]))
+            }
+        }
+        absmax.update(from: tmp, count: nblocks)
+    }
+
     /// The error naming the first non-finite element of `src`.
     public static func firstNonFinite<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, n: Int, argument: String) -> QembedError {
         for i in 0..<n where E.magnitudeBits(src, i) >= E.nonFiniteBits {

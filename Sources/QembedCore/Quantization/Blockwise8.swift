@@ -16,17 +16,9 @@ public enum Blockwise8 {
                                           blocksize: Int, out: UnsafeMutablePointer<UInt8>,
                                           absmax: UnsafeMutablePointer<Float>) throws(QembedError) {
         let src = A.assumingMemoryBound(to: E.Storage.self)
-        let nblocks = ceilDiv(n, blocksize)
-        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: nblocks)
-        defer { tmp.deallocate() }
-        try Absmax.blocks(e, src, n: n, blocksize: blocksize, absmax: tmp)
-        Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
-            for b in range {
-                let lo = b * blocksize
-                quantizeBlock(e, src + lo, min(blocksize, n - lo), BlockScale(absmax: tmp[b]), search, out + lo)
-            }
+        try Absmax.quantizeBlocks(e, src, n: n, blocksize: blocksize, absmax: absmax) { _, lo, count, scale in
+            quantizeBlock(e, src + lo, count, scale, search, out + lo)
         }
-        absmax.update(from: tmp, count: nblocks)
     }
 
     @inline(__always)

@@ -56,17 +56,9 @@ public enum FourBit {
     static func quantize<E: FloatElement>(_ e: E.Type, _ A: UnsafeRawPointer, n: Int, blocksize: Int, levels: Levels,
                                           packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) throws(QembedError) {
         let src = A.assumingMemoryBound(to: E.Storage.self)
-        let nblocks = ceilDiv(n, blocksize)
-        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: nblocks)
-        defer { tmp.deallocate() }
-        try Absmax.blocks(e, src, n: n, blocksize: blocksize, absmax: tmp)
-        Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
-            for b in range {
-                let lo = b * blocksize
-                quantizeBlock(e, src + lo, min(blocksize, n - lo), BlockScale(absmax: tmp[b]), levels, packed + lo / 2)
-            }
+        try Absmax.quantizeBlocks(e, src, n: n, blocksize: blocksize, absmax: absmax) { _, lo, count, scale in
+            quantizeBlock(e, src + lo, count, scale, levels, packed + lo / 2)
         }
-        absmax.update(from: tmp, count: nblocks)
     }
 
     /// One block starting at an even element; writes ceil(count/2) bytes.
