@@ -11,4 +11,11 @@ static inline __attribute__((always_inline)) qembed__f32x8 qembed__sqrt8(qembed_
     return __builtin_elementwise_sqrt(x);
 }
 
+/* Prefetches `bytes` bytes at p (one hint per 64-byte line) for reading:
+ * random row gathers are latency-bound without it. */
+static inline __attribute__((always_inline)) void qembed__prefetch(const void *p, long bytes) {
+    const char *c = (const char *)p;
+    for (long i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+}
+
 #endif

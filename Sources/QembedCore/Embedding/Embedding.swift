@@ -1,6 +1,13 @@
+import CQembedSIMD
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Rows fetched ahead in gathers (random rows are latency-bound otherwise);
+/// wide rows are left to the hardware prefetcher (measured: it helps rows of
+/// 512 B, hurts rows of 4 KiB).
+let prefetchDistance = 4
+let prefetchMaxRowBytes = 2048
 
 /// Configuration of an Embedding / StableEmbedding (bitsandbytes' constructor).
 public struct EmbeddingConfig: Sendable {
@@ -138,7 +145,9 @@ public final class Embedding: @unchecked Sendable {
             Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in
                 let x = UnsafeMutablePointer<Float>.allocate(capacity: dim)
                 defer { x.deallocate() }
+                let rowBytes = dim * w.dtype.size
                 for k in range {
+                    if k + prefetchDistance < range.upperBound && rowBytes <= prefetchMaxRowBytes { qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes) }
                     let src = w.data.raw + indices[k] * dim * w.dtype.size
                     if outDtype == .f32 && w.dtype == .f32 {
                         norm.forwardRow(src.assumingMemoryBound(to: Float.self), into: out.assumingMemoryBound(to: Float.self) + k * dim)
@@ -157,7 +166,10 @@ public final class Embedding: @unchecked Sendable {
         let rowBytes = dim * w.dtype.size
         if outDtype == w.dtype {
             Parallel.forEachChunk(indices.count, grain: max(1, 16384 / rowBytes)) { range in
-                for k in range { memcpy(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes) }
+                for k in range {
+                    if k + prefetchDistance < range.upperBound && rowBytes <= prefetchMaxRowBytes { qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes) }
+                    memcpy(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
+                }
             }
         } else {
             Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in

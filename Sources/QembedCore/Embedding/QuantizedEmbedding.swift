@@ -1,3 +1,5 @@
+import CQembedSIMD
+
 /// Embedding8bit (int8 rows + one float32 scale per row, bitsandbytes' SCB)
 /// and Embedding4bit (FP4/NF4, any blocksize, optional nested statistics).
 /// Lookups dequantize only the referenced rows. Tables live in owned buffers
@@ -118,6 +120,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
             let q8 = q.assumingMemoryBound(to: Int8.self), scb = scales!
             Parallel.forEachChunk(indices.count, grain: max(1, 8192 / dim)) { r in
                 for k in r {
+                    if k + prefetchDistance < r.upperBound && dim <= prefetchMaxRowBytes { qembed__prefetch(q8 + indices[k + prefetchDistance] * dim, dim) }
                     let i = indices[k]
                     let s = scb[i] / 127
                     let row = q8 + i * dim, o = k * dim
@@ -136,6 +139,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
             let c = cb.baseAddress!
             Parallel.forEachChunk(indices.count, grain: max(1, 8192 / dim)) { r in
                 for k in r {
+                    if k + prefetchDistance < r.upperBound && dim / 2 <= prefetchMaxRowBytes { qembed__prefetch(packed + indices[k + prefetchDistance] * dim / 2, (dim + 1) / 2) }
                     let start = indices[k] * dim, o = k * dim
                     if start % 2 == 0 && o % 2 == 0 && !needsRound {
                         // Runs of whole pairs inside one block: two nibbles per byte.
