@@ -2,7 +2,8 @@
 # install_test.sh - `make install` into a fresh prefix, then use qembed the way
 # a user would: a C program built with nothing but
 #   pkg-config --cflags --libs qembed  (+ -Wl,-rpath,$prefix/lib)
-# and `import qembed` from the installed Python package.
+# (quickstart.c, and word2vec.c run with --quick) and `import qembed` from
+# the installed Python package.
 # Prints "install_test: P passed, F failed"; exits 1 on any failure.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -86,6 +87,26 @@ if [ -x "$work/quickstart" ]; then
     else
         fail "quickstart does not load libqembed.so.$major from $prefix/lib:"
         env -u LD_LIBRARY_PATH ldd "$work/quickstart" | sed 's/^/    /' >&2
+    fi
+fi
+
+# 4b. the word2vec example (the demo in C) with the same flags, in its quick mode
+# shellcheck disable=SC2086
+if $CC -std=c11 -O2 -Wall -Wextra -Werror -pedantic "$here/examples/word2vec.c" $flags -lm -Wl,-rpath,"$prefix/lib" \
+    -o "$work/word2vec" > "$work/cc2.log" 2>&1; then
+    ok
+else
+    fail "building examples/word2vec.c with pkg-config flags:"
+    sed 's/^/    /' "$work/cc2.log" >&2
+fi
+if [ -x "$work/word2vec" ]; then
+    if (cd "$work" && env -u LD_LIBRARY_PATH ./word2vec --quick --out-dir "$work") > "$work/w2v.log" 2>&1 &&
+        grep -q '^nearest-neighbour cluster accuracy' "$work/w2v.log" && grep -q '^  int8 ' "$work/w2v.log"; then
+        ok
+        grep -E '^(training: [0-9]+ steps|nearest-neighbour|  (nf4|int8) )' "$work/w2v.log" | sed 's/^/install_test: word2vec: /'
+    else
+        fail "word2vec --quick failed:"
+        tail -n 15 "$work/w2v.log" | sed 's/^/    /' >&2
     fi
 fi
 
