@@ -60,6 +60,10 @@ public final class Embedding: @unchecked Sendable {
     public let weight: Parameter
     public let norm: LayerNorm?
     public let lock = RWLock()
+    /// Gradient scratch kept between backward calls (guarded by the exclusive
+    /// lock): a fresh 100 MB buffer per call costs more in page faults than the
+    /// LayerNorm backward itself.
+    private var scratch: AlignedBuffer?
 
     public var isStable: Bool { norm != nil }
     public var parameters: [Parameter] { norm.map { [weight, $0.weight, $0.bias] } ?? [weight] }
@@ -195,19 +199,20 @@ public final class Embedding: @unchecked Sendable {
         try lock.withExclusive { () throws(QembedError) in
             // Gradient rows as float32: the caller's buffer when it already is
             // f32 and nothing transforms it, else a scratch copy.
-            var scratch: AlignedBuffer? = nil
             var g = UnsafeMutablePointer(mutating: gradOutput.assumingMemoryBound(to: Float.self))
             if gradDtype != .f32 || norm != nil {
-                let s = try AlignedBuffer(byteCount: total * 4, zeroed: false)
-                loadFloats(gradOutput, gradDtype, total, s.floats())
-                scratch = s
-                g = s.floats()
+                if (scratch?.byteCount ?? 0) < total * 4 { scratch = try AlignedBuffer(byteCount: total * 4, zeroed: false) }
+                g = scratch!.floats()
+                loadFloats(gradOutput, gradDtype, total, g)
             }
-            defer { withExtendedLifetime(scratch) {} }
             if let norm {
                 let w = weight
-                norm.backwardRows(count: indices.count, g: g) { k, x in
-                    loadFloats(w.data.raw + indices[k] * dim * w.dtype.size, w.dtype, dim, x)
+                let rowBytes = dim * w.dtype.size, n = indices.count
+                norm.backwardRows(count: n, g: g) { k, x in
+                    if k + prefetchDistance < n && rowBytes <= prefetchMaxRowBytes {
+                        qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes)
+                    }
+                    loadFloats(w.data.raw + indices[k] * rowBytes, w.dtype, dim, x)
                 }
             }
             guard weight.requiresGrad else { return }
@@ -237,7 +242,12 @@ public final class Embedding: @unchecked Sendable {
         Parallel.forEachChunk(parts, grain: 1) { pr in
             for part in pr {
                 let lo = rows * part / parts, hi = rows * (part + 1) / parts
-                for k in 0..<indices.count {
+                let n = indices.count, rowBytes = dim * 4
+                for k in 0..<n {
+                    if k + prefetchDistance < n && rowBytes <= prefetchMaxRowBytes {
+                        let ahead = indices[k + prefetchDistance]
+                        if ahead >= lo && ahead < hi { qembed__prefetch(grad + ahead * dim, rowBytes) }
+                    }
                     let i = indices[k]
                     if i < lo || i >= hi || i == pad { continue }
                     let s = scales?[i] ?? 1
