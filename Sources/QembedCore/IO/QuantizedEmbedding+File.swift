@@ -54,7 +54,9 @@ extension QuantizedEmbedding {
         let layer = kind == .int8 ? "Embedding8bit" : (kind == .nf4 ? "EmbeddingNF4" : "EmbeddingFP4")
         try withExtendedLifetime(json) { () throws(QembedError) in
             try SafeTensors.write(path, tensors(prefix: prefix, json: json),
-                                  metadata: [("format", "pt"), ("qembed.layer", layer), ("qembed.prefix", prefix)])
+                                  metadata: [("format", "pt"), ("qembed.layer", layer), ("qembed.prefix", prefix),
+                                             // int8 files hold no dtype of their own: keep the source dtype here.
+                                             ("qembed.\(prefix).dtype", QuantizedEmbedding.torchDtypeName(dtype))])
         }
     }
 
@@ -126,7 +128,12 @@ extension QuantizedEmbedding {
             let rows = w.shape[0]
             guard f.entries[si].dtype == .f32, f.entries[si].numel == rows else { throw bad("\(prefix).SCB must hold \(rows) F32 values") }
             let scb = try floats(f.data(si), rows, prefix + ".SCB")
-            return QuantizedEmbedding(kind: .int8, rows: rows, dim: w.shape[1], dtype: .f32, blocksize: w.shape[1], q: wp, scales: scb, keepAlive: keep)
+            var dtype = DType.f32
+            if let name = f.metadata.first(where: { $0.0 == "qembed.\(prefix).dtype" })?.1 {
+                guard let d = QuantizedEmbedding.dtype(torchName: name) else { throw bad("metadata qembed.\(prefix).dtype = \(name) is not float32, float16 or bfloat16") }
+                dtype = d
+            }
+            return QuantizedEmbedding(kind: .int8, rows: rows, dim: w.shape[1], dtype: dtype, blocksize: w.shape[1], q: wp, scales: scb, keepAlive: keep)
         }
         throw QembedError(.format, "\(path): no quantized embedding under \"\(prefix)\" (expected \(prefix).quant_state.bitsandbytes__nf4|fp4 or \(prefix).SCB)")
     }
