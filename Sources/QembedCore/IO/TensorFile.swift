@@ -86,7 +86,12 @@ public final class TensorFile: @unchecked Sendable {
         guard headerLen <= UInt64(f.size - 8) else { throw bad("header length \(headerLen) exceeds the file size \(f.size)") }
         guard headerLen <= 100_000_000 else { throw bad("header length \(headerLen) is larger than 100 MB") }
         let hl = Int(headerLen)
-        let json = try JSON.parse(UnsafeBufferPointer(start: (f.base + 8).assumingMemoryBound(to: UInt8.self), count: hl))
+        let json: JSON
+        do {
+            json = try JSON.parse(UnsafeBufferPointer(start: (f.base + 8).assumingMemoryBound(to: UInt8.self), count: hl))
+        } catch {
+            throw bad("header: \(error.message)")
+        }
         guard case let .object(kv) = json else { throw bad("the header is not a JSON object") }
         let dataStart = 8 + hl, dataSize = f.size - dataStart
         var entries: [TensorEntry] = []
