@@ -67,7 +67,7 @@ extension QuantizedEmbedding {
         let f = try TensorFile(path: path)
         func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
         func tensor(_ name: String, _ dtype: DType, count: Int) throws(QembedError) -> UnsafeRawPointer {
-            guard let i = f.index(of: name) else { throw bad("tensor \(name) is missing") }
+            guard let i = f.index(of: name) else { throw bad("tensor \"\(name)\" is missing") }
             let (e, p) = (f.entries[i], f.data(i))
             guard e.dtype == dtype else { throw bad("\(name) is \(e.dtypeName), expected \(TensorFile.safetensorsName(dtype))") }
             guard e.numel == count else { throw bad("\(name) holds \(e.numel) elements, expected \(count)") }
