@@ -1,0 +1,399 @@
+"""qembed.io: safetensors and .npy files, like ``safetensors.numpy``.
+
+    qembed.save_file({"weight": w, "ids": ids}, "model.safetensors", metadata={"format": "np"})
+    tensors = qembed.load_file("model.safetensors")   # {"weight": ..., "ids": ...}
+    meta = qembed.io.load_metadata("model.safetensors")  # {"format": "np"}
+    arr = qembed.load_file("table.npy")["array"]
+
+Files are read and written by libqembed: a file is mapped and validated on
+open (header length, JSON, dtypes, shapes, offsets), and saves are atomic (a
+temporary file in the same directory is renamed over the path, so a failed
+save leaves the old file intact). Malformed files raise ValueError carrying
+the library's message; a missing file raises OSError.
+
+Element types. save_file writes float32, float16, bfloat16 (``ml_dtypes``
+arrays), uint8, int8, int32 and int64. load_file also reads the other
+safetensors types numpy can hold (F64, I16, U16, U32, U64, BOOL, and the F8
+types when ml_dtypes is installed). Without ml_dtypes, BF16 tensors come back
+as uint16 arrays of their bit patterns (a warning says so once per call).
+"""
+
+import ctypes
+import json
+import os
+import warnings
+
+import numpy as np
+
+from . import _capi_layers as L
+from ._capi import QembedTypeError, QembedValueError
+
+try:  # bfloat16 and float8 support is optional.
+    import ml_dtypes as _ml_dtypes
+
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    _ml_dtypes = None
+    BFLOAT16 = None
+
+__all__ = ["save_file", "load_file", "load_metadata", "save_npy", "BFLOAT16"]
+
+# --------------------------------------------------------------------------
+# dtype plumbing shared by qembed.nn and qembed.optim
+# --------------------------------------------------------------------------
+
+_FLOAT_CODES = {"float32": L.QEMBED_DTYPE_F32, "float16": L.QEMBED_DTYPE_F16, "bfloat16": L.QEMBED_DTYPE_BF16}
+_CODE_NAMES = {v: k for k, v in _FLOAT_CODES.items()}
+
+# numpy dtype -> qembed dtype code, for the types the C API writes.
+_WRITE_CODES = {
+    np.dtype("<f4"): L.QEMBED_DTYPE_F32,
+    np.dtype("<f2"): L.QEMBED_DTYPE_F16,
+    np.dtype("u1"): L.QEMBED_DTYPE_U8,
+    np.dtype("i1"): L.QEMBED_DTYPE_I8,
+    np.dtype("<i4"): L.QEMBED_DTYPE_I32,
+    np.dtype("<i8"): L.QEMBED_DTYPE_I64,
+}
+if BFLOAT16 is not None:
+    _WRITE_CODES[BFLOAT16] = L.QEMBED_DTYPE_BF16
+
+# safetensors dtype name -> numpy dtype, for reading.
+_READ_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_READ_FALLBACK = {"BF16": (np.dtype("<u2"), "uint16"), "F8_E4M3": (np.dtype("u1"), "uint8"),
+                  "F8_E5M2": (np.dtype("u1"), "uint8")}
+if _ml_dtypes is not None:
+    _READ_DTYPES["BF16"] = BFLOAT16
+    _READ_DTYPES["F8_E4M3"] = np.dtype(_ml_dtypes.float8_e4m3fn)
+    _READ_DTYPES["F8_E5M2"] = np.dtype(_ml_dtypes.float8_e5m2)
+
+
+def contiguous(arr, dtype=None):
+    """arr as a C-contiguous array of dtype (a copy only when needed). Unlike
+    np.ascontiguousarray, 0-d arrays stay 0-d."""
+    arr = np.asarray(arr, dtype=dtype)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+
+
+def _type_error(message):
+    return QembedTypeError(L.QEMBED_ERR_UNSUPPORTED, message)
+
+
+def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
+    return QembedValueError(status, message)
+
+
+def float_dtype_name(dtype, what="dtype"):
+    """Canonical name ("float32", "float16", "bfloat16") of a float dtype given
+    as a numpy dtype, ml_dtypes.bfloat16, torch dtype or string; None means
+    float32. Anything else raises TypeError (also a ValueError)."""
+    if dtype is None:
+        return "float32"
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    if name.startswith("torch."):
+        name = name[len("torch."):]
+    name = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}.get(
+        name, name)
+    if name not in _FLOAT_CODES:
+        raise _type_error(f"{what}: {dtype!r} is not supported (use float32, float16 or bfloat16)")
+    return name
+
+
+def float_dtype_code(name):
+    return _FLOAT_CODES[name]
+
+
+def numpy_float_dtype(name):
+    """The numpy dtype arrays of this float type are returned as: bfloat16 is
+    ml_dtypes.bfloat16 when installed, else uint16 (its bit patterns)."""
+    if name == "bfloat16":
+        return BFLOAT16 if BFLOAT16 is not None else np.dtype(np.uint16)
+    return np.dtype(name)
+
+
+def _torch_bf16_bits(x):
+    """uint16 bits of a torch bfloat16 tensor (through DLPack)."""
+    import sys
+    torch = sys.modules["torch"]
+    return np.from_dlpack(x.detach().contiguous().cpu().view(torch.int16)).view(np.uint16)
+
+
+def to_numpy(x):
+    """An ndarray for ndarrays, torch tensors (bf16 as ml_dtypes or uint16
+    bits) and anything np.asarray accepts."""
+    if isinstance(x, np.ndarray):
+        return x
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        bits = _torch_bf16_bits(x)
+        return bits.view(BFLOAT16) if BFLOAT16 is not None else bits
+    if hasattr(x, "detach") and hasattr(x, "__dlpack__"):
+        return np.from_dlpack(x.detach().cpu())
+    return np.asarray(x)
+
+
+def float_array(x, name, allow_cast=True):
+    """(C-contiguous array, qembed dtype code) of a float input.
+
+    float32, float16 and bfloat16 (ml_dtypes) pass through; float64, integer
+    and bool inputs and Python sequences are converted to float32 when
+    allow_cast. Complex and non-numeric inputs raise TypeError."""
+    arr = to_numpy(x)
+    if BFLOAT16 is not None and arr.dtype == BFLOAT16:
+        return contiguous(arr), L.QEMBED_DTYPE_BF16
+    if arr.dtype == np.float32:
+        return contiguous(arr, "<f4"), L.QEMBED_DTYPE_F32
+    if arr.dtype == np.float16:
+        return contiguous(arr, "<f2"), L.QEMBED_DTYPE_F16
+    if allow_cast and arr.dtype.kind in "fiub":
+        return contiguous(arr, "<f4"), L.QEMBED_DTYPE_F32
+    raise _type_error(f"{name}: expected a float32, float16 or bfloat16 array, got dtype {arr.dtype}")
+
+
+def round_to_bf16_bits(a):
+    """uint16 bit patterns of float32 values rounded to bfloat16 (nearest
+    even), for when ml_dtypes is missing."""
+    bits = contiguous(a, "<f4").view(np.uint32)
+    nan = np.isnan(a)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    out = rounded.astype(np.uint16)
+    out[nan] = np.uint16(0x7FC0)
+    return out
+
+
+def convert_float(arr, code, name):
+    """arr (of dtype code) converted to the float type `name`, as
+    (contiguous array, code)."""
+    target = _FLOAT_CODES[name]
+    if code == target:
+        return arr, code
+    if name == "bfloat16" and BFLOAT16 is None:
+        if code == L.QEMBED_DTYPE_F16:
+            arr = arr.astype(np.float32)
+        return round_to_bf16_bits(arr), target
+    if code == L.QEMBED_DTYPE_BF16 and BFLOAT16 is None:  # bits -> float32 first
+        arr = (arr.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return contiguous(arr.astype(numpy_float_dtype(name))), target
+
+
+def index_array(x, name="input"):
+    """(C-contiguous array, qembed dtype code) of an index input: int32 and
+    int64 pass through; other integer types are converted to int64."""
+    arr = to_numpy(x)
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise _type_error(f"{name}: indices must be an integer array (int32 or int64), got dtype {arr.dtype}")
+    if arr.dtype == np.dtype("<i8"):
+        return contiguous(arr), L.QEMBED_DTYPE_I64
+    if arr.dtype == np.dtype("<i4"):
+        return contiguous(arr), L.QEMBED_DTYPE_I32
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.size and int(arr.max()) > 2 ** 63 - 1:
+        raise _value_error(f"{name}: index {int(arr.max())} is out of range", L.QEMBED_ERR_OUT_OF_RANGE)
+    return contiguous(arr, "<i8"), L.QEMBED_DTYPE_I64
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+
+
+class TensorFile:
+    """A mapped, validated tensor file (safetensors or .npy). Tensors are
+    copied out by ``get``/``tensors``; close() unmaps (also on exit of a
+    ``with`` block and when the object is collected)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        out = L.out_handle()
+        L._check(L.qembed_tensor_file_open(L.encode_path(self.path), ctypes.byref(out)))
+        self._handle = L.Handle(out.value, L.qembed_tensor_file_close, "tensor_file")
+
+    def close(self):
+        h, self._handle = getattr(self, "_handle", None), None
+        if h is not None:
+            h.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _ptr(self):
+        if self._handle is None:
+            raise _value_error(f"{self.path}: the file is closed")
+        return self._handle.ptr
+
+    def __len__(self):
+        n = ctypes.c_int64()
+        L._check(L.qembed_tensor_file_count(self._ptr(), ctypes.byref(n)))
+        return n.value
+
+    def info(self, i):
+        info = L.new_struct(L.qembed_tensor_info)
+        L._check(L.qembed_tensor_file_info(self._ptr(), i, ctypes.byref(info)))
+        return info
+
+    def keys(self):
+        return [self.info(i).name.decode("utf-8") for i in range(len(self))]
+
+    def _array(self, info, bf16_note):
+        name = info.name.decode("utf-8")
+        dtype_name = info.dtype_name.decode("ascii")
+        shape = tuple(info.shape[k] for k in range(info.ndim))
+        dt = _READ_DTYPES.get(dtype_name)
+        if dt is None:
+            if dtype_name not in _READ_FALLBACK:
+                raise _type_error(f"tensor '{name}': dtype {dtype_name} cannot be represented in numpy")
+            dt, as_name = _READ_FALLBACK[dtype_name]
+            bf16_note.append(f"'{name}' ({dtype_name} as {as_name})")
+        if info.nbytes == 0:
+            return np.zeros(shape, dtype=dt)
+        raw = ctypes.string_at(info.data, info.nbytes)  # a copy out of the mapping
+        return np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+
+    def get(self, name):
+        index = ctypes.c_int64()
+        L._check(L.qembed_tensor_file_find(self._ptr(), name.encode("utf-8"), ctypes.byref(index)))
+        note = []
+        arr = self._array(self.info(index.value), note)
+        _warn_fallback(note)
+        return arr
+
+    def tensors(self):
+        note = []
+        out = {}
+        for i in range(len(self)):
+            info = self.info(i)
+            out[info.name.decode("utf-8")] = self._array(info, note)
+        _warn_fallback(note)
+        return out
+
+    def metadata_value(self, key):
+        value = ctypes.c_char_p()
+        L._check(L.qembed_tensor_file_metadata(self._ptr(), key.encode("utf-8"), ctypes.byref(value)))
+        return None if value.value is None else value.value.decode("utf-8")
+
+
+def _warn_fallback(note):
+    if note:
+        warnings.warn("qembed.load_file: " + ", ".join(note) + " returned as raw bits; install ml_dtypes "
+                      "for native bfloat16/float8 arrays", stacklevel=3)
+
+
+def load_file(filename):
+    """All tensors of a safetensors file (or {"array": a} for a .npy file) as
+    a dict of freshly allocated numpy arrays, in the file's order.
+
+    Raises OSError when the file cannot be opened and ValueError (with the
+    library's message) when it is malformed."""
+    with TensorFile(filename) as f:
+        return f.tensors()
+
+
+def load_metadata(filename):
+    """The "__metadata__" dict of a safetensors file (None when it has none,
+    and for .npy files). The file is validated by the library first."""
+    path = os.fspath(filename)
+    with TensorFile(path) as f:
+        if path.endswith(".npy"):
+            return None
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n).decode("utf-8"))
+        meta = header.get("__metadata__")
+        if meta is None:
+            return None
+        # The library's view of every value must agree with this parse.
+        for k, v in meta.items():
+            if f.metadata_value(k) != v:
+                raise _value_error(f"{path}: metadata '{k}' read differently by qembed", L.QEMBED_ERR_FORMAT)
+        return dict(meta)
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+
+
+def _desc(name, arr, keep):
+    """A qembed_tensor_desc for one array (kept alive in `keep`)."""
+    if not isinstance(name, str):
+        raise _type_error(f"tensor names must be str, got {type(name).__name__}")
+    arr = to_numpy(arr)
+    dt = arr.dtype
+    if dt.byteorder == ">":
+        dt = dt.newbyteorder("<")
+        arr = arr.astype(dt)
+    code = _WRITE_CODES.get(np.dtype(dt))
+    if code is None:
+        raise _type_error(f"tensor '{name}': dtype {arr.dtype} cannot be saved by qembed (it writes float32, "
+                          f"float16, bfloat16 (ml_dtypes), uint8, int8, int32 and int64)")
+    if arr.ndim > L.QEMBED_MAX_DIMS:
+        raise _value_error(f"tensor '{name}': {arr.ndim} dimensions (at most {L.QEMBED_MAX_DIMS})",
+                           L.QEMBED_ERR_SHAPE)
+    arr = contiguous(arr)
+    keep.append(arr)
+    encoded = name.encode("utf-8")
+    keep.append(encoded)
+    d = L.qembed_tensor_desc()
+    d.name = encoded
+    d.dtype = code
+    d.ndim = arr.ndim
+    for k, s in enumerate(arr.shape):
+        d.shape[k] = s
+    d.data = arr.ctypes.data if arr.size else None
+    if d.data is None:
+        # the library wants a pointer even for empty tensors
+        dummy = np.zeros(1, dtype=np.uint8)
+        keep.append(dummy)
+        d.data = dummy.ctypes.data
+    return d
+
+
+def save_file(tensors, filename, metadata=None):
+    """Write a dict of numpy arrays as a safetensors file, atomically.
+
+    metadata: an optional dict of str -> str stored under "__metadata__".
+    Raises TypeError (also a ValueError) for an unsupported dtype or a
+    non-string metadata entry, ValueError for what the library rejects, and
+    OSError when the file cannot be written; the old file is kept then."""
+    if not isinstance(tensors, dict):
+        raise _type_error(f"tensors: expected a dict of name -> array, got {type(tensors).__name__}")
+    keep = []
+    descs = [_desc(name, arr, keep) for name, arr in tensors.items()]
+    arr_t = (L.qembed_tensor_desc * max(len(descs), 1))(*descs)
+    keys = values = None
+    n_meta = 0
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise _type_error(f"metadata: expected a dict of str -> str, got {type(metadata).__name__}")
+        for k, v in metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise _type_error(f"metadata: keys and values must be str, got {k!r}: {v!r}")
+        n_meta = len(metadata)
+        enc_k = [k.encode("utf-8") for k in metadata]
+        enc_v = [v.encode("utf-8") for v in metadata.values()]
+        keep += enc_k + enc_v
+        keys = (ctypes.c_char_p * max(n_meta, 1))(*enc_k)
+        values = (ctypes.c_char_p * max(n_meta, 1))(*enc_v)
+    L._check(L.qembed_save_safetensors(L.encode_path(filename), arr_t, len(descs), keys, values, n_meta))
+
+
+def save_npy(array, filename):
+    """Write one array as a .npy file, atomically (not bfloat16: numpy's
+    format has no such type)."""
+    keep = []
+    d = _desc("array", array, keep)
+    L._check(L.qembed_save_npy(L.encode_path(filename), ctypes.byref(d)))

@@ -1,0 +1,762 @@
+"""qembed.nn: bitsandbytes.nn's embedding layers on numpy arrays.
+
+    emb = qembed.nn.StableEmbedding(10000, 64)
+    y = emb(ids)                      # ids.shape + (64,)
+    emb.backward(ids, dy)             # gradients into emb.weight.grad, emb.norm.weight.grad, ...
+    opt = qembed.optim.Adam8bit(emb.parameters())
+    opt.step(); opt.zero_grad()
+
+Layers own a libqembed object. Parameter ``.data`` and dense ``.grad`` are
+numpy arrays that view the library's memory (no copy): writing through them
+changes the layer. A view keeps the memory alive on its own, so ``close()``
+(or leaving a ``with`` block) only drops the layer's reference: the C object
+is freed once no view, parameter or optimizer that uses it remains.
+
+There is no autograd: ``backward(input, grad_output)`` takes the gradient of
+the output of ``forward(input)`` and accumulates the parameters' gradients,
+as ``out.backward(grad_output)`` would in torch.
+
+Errors from the library are raised as ValueError (bad values, indices out of
+range, size mismatches, NaN/Inf) or TypeError (unsupported dtypes), carrying
+the library's message.
+"""
+
+import collections
+import ctypes
+import operator
+import os
+import tempfile
+
+import numpy as np
+
+from .. import _capi_layers as L
+from .. import io as _io
+from .._capi import QembedTypeError, QembedValueError
+
+__all__ = ["Parameter", "SparseGrad", "LayerNorm", "Embedding", "StableEmbedding", "Embedding8bit",
+           "Embedding4bit", "EmbeddingFP4", "EmbeddingNF4"]
+
+_NAME_OF_CODE = {L.QEMBED_DTYPE_F32: "float32", L.QEMBED_DTYPE_F16: "float16", L.QEMBED_DTYPE_BF16: "bfloat16"}
+_OVERRIDE_KEYS = {"optim_bits": L.QEMBED_OVERRIDE_OPTIM_BITS, "lr": L.QEMBED_OVERRIDE_LR,
+                  "beta1": L.QEMBED_OVERRIDE_BETA1, "beta2": L.QEMBED_OVERRIDE_BETA2, "eps": L.QEMBED_OVERRIDE_EPS,
+                  "weight_decay": L.QEMBED_OVERRIDE_WEIGHT_DECAY}
+
+IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
+    return QembedValueError(status, message)
+
+
+def _type_error(message):
+    return QembedTypeError(L.QEMBED_ERR_UNSUPPORTED, message)
+
+
+def _int(value, name):
+    if isinstance(value, bool):
+        raise _type_error(f"{name}: expected an integer, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise _type_error(f"{name}: expected an integer, got {type(value).__name__}") from None
+
+
+def _check_device(device):
+    if device is not None and str(device) not in ("cpu", "cpu:0"):
+        raise _value_error(f"device: qembed runs on the CPU only, got {device!r}")
+
+
+class _View:
+    """Exposes a block of library memory to numpy through the array interface.
+    It holds the Handle of the object owning the memory, and numpy keeps this
+    object as the array's ``base``: the memory outlives every view."""
+
+    __slots__ = ("__array_interface__", "owner")
+
+    def __init__(self, address, shape, dtype, owner, readonly=False):
+        self.__array_interface__ = {"data": (address, readonly), "shape": tuple(shape),
+                                    "typestr": np.dtype(dtype).str, "version": 3}
+        self.owner = owner
+
+
+def _view(address, shape, dtype, owner):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "V":  # ml_dtypes.bfloat16 has no array-interface typestr: view its bits
+        return np.asarray(_View(address, shape, np.uint16, owner)).view(dtype)
+    return np.asarray(_View(address, shape, dtype, owner))
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+
+class SparseGrad:
+    """The coalesced gradient of a sparse layer: ``indices`` (sorted, distinct
+    row ids, int64) and ``values`` (one summed row per index, float32), copies
+    taken when ``.grad`` was read. ``to_dense()`` gives the full matrix."""
+
+    def __init__(self, indices, values, shape):
+        self.indices = indices
+        self.values = values
+        self.shape = tuple(shape)
+
+    def to_dense(self):
+        out = np.zeros(self.shape, dtype=np.float32)
+        out[self.indices] = self.values
+        return out
+
+    def __repr__(self):
+        return f"SparseGrad(nnz_rows={len(self.indices)}, shape={self.shape})"
+
+
+class Parameter:
+    """One tensor of a layer ("weight", "norm.weight", "norm.bias").
+
+    ``data`` views the library's memory (f32, f16, or bf16: ml_dtypes.bfloat16
+    when installed, else uint16 bits); assigning ``p.data = x`` copies x in
+    (converted to the parameter's dtype, validated first). ``grad`` is None
+    before the first backward, then a float32 view of the dense gradient, or
+    a SparseGrad copy for sparse layers (None while it is empty)."""
+
+    def __init__(self, ptr, owner):
+        self._ptr = ptr
+        self._owner = owner  # the layer's Handle: keeps the memory alive
+        info = self._info()
+        self.name = info.name.decode("utf-8")
+        self.shape = tuple(info.shape[k] for k in range(info.ndim))
+        self._dtype_name = _NAME_OF_CODE[info.dtype]
+        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self.is_sparse_grad = bool(info.sparse)
+
+    def _info(self):
+        info = L.new_struct(L.qembed_param_info)
+        L._check(L.qembed_param_info_get(self._ptr, ctypes.byref(info)))
+        return info
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def numel(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def requires_grad(self):
+        return bool(self._info().requires_grad)
+
+    @property
+    def data(self):
+        info = self._info()
+        return _view(info.data, self.shape, self.dtype, self._owner)
+
+    @data.setter
+    def data(self, value):
+        self.copy_(value)
+
+    def copy_(self, value):
+        """Copy `value` (same shape; f32/f16/bf16 or anything convertible to
+        float32) into the parameter. Validated before anything is written."""
+        arr, code = _io.float_array(value, self.name)
+        if arr.shape != self.shape:
+            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
+        L._check(L.qembed_param_load(self._ptr, arr.ctypes.data, code, arr.size))
+        return self
+
+    @property
+    def grad(self):
+        info = self._info()
+        if info.sparse:
+            nnz = ctypes.c_int64()
+            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz), None, 0, None, 0))
+            if nnz.value == 0:
+                return None
+            cols = self.shape[1] if len(self.shape) == 2 else 1
+            rows = np.empty(nnz.value, dtype=np.int64)
+            values = np.empty((nnz.value, cols), dtype=np.float32)
+            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz),
+                                                rows.ctypes.data_as(L.P_i64), rows.size,
+                                                values.ctypes.data_as(L.P_f32), values.size))
+            return SparseGrad(rows[:nnz.value], values[:nnz.value], self.shape)
+        if not info.grad:
+            return None
+        return _view(ctypes.cast(info.grad, ctypes.c_void_p).value, self.shape, np.float32, self._owner)
+
+    # optimizer overrides (GlobalOptimManager.override_config writes these)
+
+    def _set_override(self, key, value):
+        L._check(L.qembed_param_set_override(self._ptr, _OVERRIDE_KEYS[key], float(value)))
+
+    def _clear_override(self, key):
+        L._check(L.qembed_param_clear_override(self._ptr, _OVERRIDE_KEYS[key]))
+
+    def optim_overrides(self):
+        """The optimizer settings overridden on this parameter, as a dict
+        (keys optim_bits, lr, beta1, beta2, eps, weight_decay)."""
+        out = {}
+        for key, code in _OVERRIDE_KEYS.items():
+            value, is_set = ctypes.c_double(), ctypes.c_bool()
+            L._check(L.qembed_param_get_override(self._ptr, code, ctypes.byref(value), ctypes.byref(is_set)))
+            if is_set.value:
+                out[key] = int(value.value) if key == "optim_bits" else value.value
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.data
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            return arr.astype(dtype)
+        return arr.copy() if copy else arr
+
+    def __repr__(self):
+        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype_name})"
+
+
+class LayerNorm:
+    """StableEmbedding's LayerNorm: normalized over the last dimension with
+    eps 1e-5 in float32; ``weight`` (ones) and ``bias`` (zeros) parameters."""
+
+    def __init__(self, weight, bias, dim):
+        self.weight = weight
+        self.bias = bias
+        self.normalized_shape = (dim,)
+        self.eps = 1e-5
+        self.elementwise_affine = True
+
+    def parameters(self):
+        return [self.weight, self.bias]
+
+    def __repr__(self):
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine=True)"
+
+
+# --------------------------------------------------------------------------
+# Embedding / StableEmbedding
+# --------------------------------------------------------------------------
+
+
+class Embedding:
+    """bitsandbytes.nn.Embedding: torch.nn.Embedding with Xavier-uniform
+    initialization, whose weight always gets 32-bit optimizer state.
+
+    Arguments follow bitsandbytes (``_weight`` is a pretrained table, copied),
+    plus ``dtype`` (float32 default, float16 or bfloat16; with ``_weight``
+    and no dtype, the table's dtype) and ``seed`` for the deterministic
+    Xavier-uniform draw. ``device`` must be None or "cpu".
+    """
+
+    _stable = False
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
+                 scale_grad_by_freq=False, sparse=False, _weight=None, device=None, dtype=None, seed=0,
+                 _freeze=False):
+        self._handle = None
+        _check_device(device)
+        p = L.new_struct(L.qembed_embedding_params)
+        L.qembed_embedding_params_init(ctypes.byref(p))
+        p.num_embeddings = _int(num_embeddings, "num_embeddings")
+        p.embedding_dim = _int(embedding_dim, "embedding_dim")
+        p.padding_idx = L.QEMBED_NO_PADDING if padding_idx is None else _int(padding_idx, "padding_idx")
+        if max_norm is not None:
+            max_norm = float(max_norm)
+            if not max_norm > 0:
+                raise _value_error(f"max_norm must be > 0 (None disables it), got {max_norm}")
+            p.max_norm = max_norm
+        p.norm_type = float(norm_type)
+        p.scale_grad_by_freq = bool(scale_grad_by_freq)
+        p.sparse = bool(sparse)
+        seed = _int(seed, "seed")
+        if not 0 <= seed < 2 ** 64:
+            raise _value_error(f"seed must be in [0, 2**64), got {seed}")
+        p.seed = seed
+        keep = None
+        if _weight is not None:
+            arr, code = _io.float_array(_weight, "_weight")
+            if arr.shape != (p.num_embeddings, p.embedding_dim):
+                raise _value_error(f"_weight: shape {arr.shape} does not match (num_embeddings, embedding_dim) = "
+                                   f"({p.num_embeddings}, {p.embedding_dim})", L.QEMBED_ERR_SHAPE)
+            if dtype is None and code != L.QEMBED_DTYPE_F32:
+                dtype = _NAME_OF_CODE[code]
+            keep = arr
+            p.weight = arr.ctypes.data
+            p.weight_dtype = code
+            p.freeze = bool(_freeze)
+        p.dtype = _io.float_dtype_code(_io.float_dtype_name(dtype))
+        out = L.out_handle()
+        create = L.qembed_stable_embedding_create if self._stable else L.qembed_embedding_create
+        L._check(create(ctypes.byref(p), ctypes.byref(out)))
+        del keep
+        self._handle = L.Handle(out.value, L.qembed_embedding_free, "embedding")
+        self.seed = seed
+        self._load_config()
+        self._params = self._make_params()
+        self.weight = self._params[0]
+        self.norm = LayerNorm(self._params[1], self._params[2], self.embedding_dim) if self._stable else None
+
+    # -- construction helpers
+
+    def _load_config(self):
+        p = L.new_struct(L.qembed_embedding_params)
+        stable = ctypes.c_bool()
+        L._check(L.qembed_embedding_get_params(self._h(), ctypes.byref(p), ctypes.byref(stable)))
+        self.num_embeddings = p.num_embeddings
+        self.embedding_dim = p.embedding_dim
+        self.padding_idx = None if p.padding_idx == L.QEMBED_NO_PADDING else p.padding_idx
+        self.max_norm = p.max_norm if p.max_norm > 0 else None
+        self.norm_type = p.norm_type
+        self.scale_grad_by_freq = bool(p.scale_grad_by_freq)
+        self.sparse = bool(p.sparse)
+        self._dtype_name = _NAME_OF_CODE[p.dtype]
+        self._dtype_code = p.dtype
+        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+
+    def _make_params(self):
+        n = ctypes.c_int64()
+        L._check(L.qembed_embedding_num_params(self._h(), ctypes.byref(n)))
+        params = []
+        for i in range(n.value):
+            ptr = L.out_handle()
+            L._check(L.qembed_embedding_param(self._h(), i, ctypes.byref(ptr)))
+            params.append(Parameter(ptr.value, self._handle))
+        return params
+
+    def _h(self):
+        if self._handle is None:
+            raise _value_error(f"{type(self).__name__}: the layer is closed")
+        return self._handle.ptr
+
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, max_norm=None, norm_type=2.0,
+                        scale_grad_by_freq=False, sparse=False):
+        """A layer holding a copy of the 2-D table `embeddings` (its dtype is
+        kept); freeze=True means the weight receives no gradient. Unlike
+        bitsandbytes 0.50.2, whose Embedding.from_pretrained raises TypeError
+        (its __init__ lacks torch's _freeze), this works as torch's."""
+        arr = _io.to_numpy(embeddings)
+        if arr.ndim != 2:
+            raise _value_error(f"embeddings: expected a 2-D table, got shape {arr.shape}", L.QEMBED_ERR_SHAPE)
+        return cls(arr.shape[0], arr.shape[1], padding_idx=padding_idx, max_norm=max_norm, norm_type=norm_type,
+                   scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=arr, _freeze=freeze)
+
+    # -- lifetime
+
+    def close(self):
+        """Drop this layer's reference to its C object (freed once no view,
+        parameter or optimizer of it remains). Further calls raise ValueError."""
+        self._handle = None
+        self._params = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    # -- forward / backward
+
+    def forward(self, input):
+        """Rows of `input` (int32/int64 indices of any shape, or anything
+        np.asarray turns into integers): an array of shape input.shape +
+        (embedding_dim,) in the weight's dtype. StableEmbedding applies its
+        LayerNorm (float32) and casts back. With max_norm, referenced rows
+        are renormalized in place first."""
+        idx, code = _io.index_array(input)
+        out = np.empty(idx.shape + (self.embedding_dim,), dtype=self.dtype)
+        L._check(L.qembed_embedding_forward(self._h(), idx.ctypes.data, code, idx.size, out.ctypes.data,
+                                            self._dtype_code, out.size))
+        return out
+
+    __call__ = forward
+
+    def backward(self, input, grad_output):
+        """Accumulate the parameters' gradients for d(loss)/d(forward(input))
+        = grad_output (shape input.shape + (embedding_dim,), f32/f16/bf16).
+        Everything is validated before anything is written."""
+        idx, code = _io.index_array(input)
+        g, gcode = _io.float_array(grad_output, "grad_output")
+        expected = idx.shape + (self.embedding_dim,)
+        if g.shape != expected and g.size == idx.size * self.embedding_dim:
+            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", L.QEMBED_ERR_SHAPE)
+        L._check(L.qembed_embedding_backward(self._h(), idx.ctypes.data, code, idx.size, g.ctypes.data, gcode,
+                                             g.size))
+
+    def zero_grad(self):
+        """Dense gradients to zero, the sparse gradient emptied."""
+        L._check(L.qembed_embedding_zero_grad(self._h()))
+
+    def reset_parameters(self, seed=None):
+        """Re-draw the Xavier-uniform table (padding row zero) from `seed`
+        (default: the constructor's seed) and reset the LayerNorm."""
+        seed = self.seed if seed is None else _int(seed, "seed")
+        if not 0 <= seed < 2 ** 64:
+            raise _value_error(f"seed must be in [0, 2**64), got {seed}")
+        L._check(L.qembed_embedding_reset_parameters(self._h(), seed))
+
+    # -- parameters and state
+
+    def parameters(self):
+        self._h()
+        return list(self._params)
+
+    def named_parameters(self):
+        self._h()
+        return [(p.name, p) for p in self._params]
+
+    def state_dict(self):
+        """{"weight": ..., ["norm.weight": ..., "norm.bias": ...]} as copies
+        (torch's state_dict shares storage; use ``.data`` for views)."""
+        return collections.OrderedDict((name, np.array(p.data)) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters (converted to their dtype). Every
+        array is checked (shape, dtype, finiteness) before any is written.
+        strict: missing or unexpected keys raise ValueError; otherwise they
+        are returned as (missing_keys, unexpected_keys)."""
+        named = dict(self.named_parameters())
+        missing = [k for k in named if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in named]
+        if strict and (missing or unexpected):
+            raise _value_error(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        staged = []
+        for name, p in named.items():
+            if name not in state_dict:
+                continue
+            arr, code = _io.float_array(state_dict[name], name)
+            if arr.shape != p.shape:
+                raise _value_error(f"{name}: expected shape {p.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
+            if code == L.QEMBED_DTYPE_BF16 or code == L.QEMBED_DTYPE_F16 or code == L.QEMBED_DTYPE_F32:
+                if not np.all(np.isfinite(arr.astype(np.float32))):
+                    raise _value_error(f"{name}: holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
+            staged.append((p, arr, code))
+        for p, arr, code in staged:
+            L._check(L.qembed_param_load(p._ptr, arr.ctypes.data, code, arr.size))
+        return IncompatibleKeys(missing, unexpected)
+
+    def save(self, path):
+        """Save the parameters ("weight", and "norm.weight", "norm.bias") as a
+        safetensors file, atomically."""
+        L._check(L.qembed_embedding_save(self._h(), L.encode_path(path)))
+
+    def extra_repr(self):
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type}"
+        if self.scale_grad_by_freq:
+            s += ", scale_grad_by_freq=True"
+        if self.sparse:
+            s += ", sparse=True"
+        if self._dtype_name != "float32":
+            s += f", dtype={self._dtype_name}"
+        return s
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class StableEmbedding(Embedding):
+    """bitsandbytes.nn.StableEmbedding: Embedding (Xavier-uniform init) then
+    LayerNorm(embedding_dim, eps=1e-5) in float32, the output cast back to
+    the weight dtype; the weight always gets 32-bit optimizer state.
+    ``norm.weight`` and ``norm.bias`` are float32 parameters."""
+
+    _stable = True
+
+
+# --------------------------------------------------------------------------
+# Quantized embeddings
+# --------------------------------------------------------------------------
+
+_FOUR_BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+_KIND_OF_QUANT = {"fp4": L.QEMBED_QEMB_FP4, "nf4": L.QEMBED_QEMB_NF4}
+_QUANT_OF_KIND = {L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4", L.QEMBED_QEMB_INT8: None}
+
+
+class _QuantizedEmbedding:
+    """Shared machinery of Embedding8bit and Embedding4bit: a layer starts
+    unquantized and is quantized by load_state_dict({"weight": W}) (what
+    bitsandbytes does on .to(device)), from_embedding() or load()."""
+
+    _four_bit = False
+
+    def _init_common(self, num_embeddings, embedding_dim, dtype, device):
+        self._handle = None
+        _check_device(device)
+        self.num_embeddings = _int(num_embeddings, "num_embeddings")
+        self.embedding_dim = _int(embedding_dim, "embedding_dim")
+        if self.num_embeddings < 1 or self.embedding_dim < 1:
+            raise _value_error(f"num_embeddings and embedding_dim must be >= 1, got "
+                               f"({self.num_embeddings}, {self.embedding_dim})")
+        self._dtype_name = _io.float_dtype_name(dtype)
+        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+
+    # -- lifetime
+
+    def close(self):
+        """Free the quantized table (once no other reference to it remains)."""
+        self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    @property
+    def is_quantized(self):
+        return self._handle is not None
+
+    def _h(self):
+        if self._handle is None:
+            raise RuntimeError(f"{type(self).__name__} is not quantized: call load_state_dict({{'weight': W}}), "
+                               f"or build it with from_embedding() or load()")
+        return self._handle.ptr
+
+    def _kind(self):
+        raise NotImplementedError
+
+    def _adopt(self, handle):
+        """Take ownership of a qembed_qembedding Handle and read its configuration."""
+        info = L.new_struct(L.qembed_qembedding_info)
+        L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
+        self._handle = handle
+        self.num_embeddings = info.num_embeddings
+        self.embedding_dim = info.embedding_dim
+        self._dtype_name = _NAME_OF_CODE[info.dtype]
+        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self._info = info
+        if self._four_bit:
+            self.quant_type = _QUANT_OF_KIND[info.kind]
+            self.blocksize = info.blocksize
+            self.compress_statistics = bool(info.nested)
+            self.quant_storage = np.dtype(np.uint8)
+        return self
+
+    @staticmethod
+    def _new_handle(ptr):
+        return L.Handle(ptr, L.qembed_qembedding_free, "qembedding")
+
+    # -- quantization
+
+    def _quantize(self, weight):
+        arr, code = _io.float_array(weight, "weight")
+        if arr.shape != (self.num_embeddings, self.embedding_dim):
+            raise _value_error(f"weight: expected shape ({self.num_embeddings}, {self.embedding_dim}), "
+                               f"got {arr.shape}", L.QEMBED_ERR_SHAPE)
+        # As upstream, the float weight is first held in the layer's dtype.
+        arr, code = _io.convert_float(arr, code, self._dtype_name)
+        blocksize = self.blocksize if self._four_bit else 0
+        nested = self.compress_statistics if self._four_bit else False
+        out = L.out_handle()
+        L._check(L.qembed_qembedding_quantize(arr.ctypes.data, code, arr.shape[0], arr.shape[1], self._kind(),
+                                              blocksize, nested, ctypes.byref(out)))
+        self._adopt(self._new_handle(out.value))
+
+    def load_state_dict(self, state_dict, strict=True):
+        """{"weight": W} with a float table quantizes W (converted to the
+        layer's dtype first, as bitsandbytes' load_state_dict + .to(device));
+        a dict of quantized tensors (what state_dict() returns, or a
+        bitsandbytes/transformers checkpoint's entries) is loaded as is."""
+        if "weight" not in state_dict:
+            raise _value_error("load_state_dict: missing key 'weight'")
+        w = _io.to_numpy(state_dict["weight"])
+        quantized_keys = [k for k in state_dict if k != "weight"]
+        if w.dtype.kind == "f" and not quantized_keys:
+            self._quantize(w)
+            return IncompatibleKeys([], [])
+        if strict and w.dtype.kind == "f":
+            raise _value_error(f"load_state_dict: unexpected keys {quantized_keys} next to a float weight")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "state.safetensors")
+            _io.save_file(dict(state_dict), path)
+            self._load_into(path, "weight")
+        return IncompatibleKeys([], [])
+
+    def _load_into(self, path, prefix):
+        out = L.out_handle()
+        L._check(L.qembed_qembedding_load(L.encode_path(path), prefix.encode("utf-8"), ctypes.byref(out)))
+        handle = self._new_handle(out.value)  # freed with it if refused below
+        info = L.new_struct(L.qembed_qembedding_info)
+        L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
+        wanted = self._accepts_kind(info.kind)
+        if wanted is not True:
+            raise _value_error(f"{os.fspath(path)}: '{prefix}' holds a {_kind_name(info.kind)} table, but "
+                               f"{type(self).__name__} needs {wanted}", L.QEMBED_ERR_FORMAT)
+        self._adopt(handle)
+
+    def _accepts_kind(self, kind):
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path, prefix="weight"):
+        """The quantized layer stored under `prefix` in a safetensors file
+        written by save() or by bitsandbytes/transformers."""
+        self = cls.__new__(cls)
+        self._handle = None
+        self._load_into(path, prefix)
+        return self
+
+    # -- lookup, files
+
+    def forward(self, input):
+        """Dequantized rows: shape input.shape + (embedding_dim,), in the
+        layer's dtype. Only the referenced rows are dequantized."""
+        idx, code = _io.index_array(input)
+        h = self._h()
+        out = np.empty(idx.shape + (self.embedding_dim,), dtype=self.dtype)
+        L._check(L.qembed_qembedding_forward(h, idx.ctypes.data, code, idx.size, out.ctypes.data,
+                                             _io.float_dtype_code(self._dtype_name), out.size))
+        return out
+
+    __call__ = forward
+
+    def save(self, path, prefix="weight"):
+        """Save as safetensors (atomically) under bitsandbytes' key names."""
+        L._check(L.qembed_qembedding_save(self._h(), L.encode_path(path), prefix.encode("utf-8")))
+
+    def state_dict(self):
+        """The tensors save() writes: "weight" and "weight.SCB" (8-bit), or
+        "weight", "weight.absmax", "weight.quant_map" [, "weight.nested_absmax",
+        "weight.nested_quant_map"], "weight.quant_state.bitsandbytes__<type>"."""
+        self._h()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "state.safetensors")
+            self.save(path)
+            return collections.OrderedDict(_io.load_file(path))
+
+    def memory_bytes(self):
+        """Bytes of the quantized table and its statistics."""
+        self._h()
+        return int(self._info.table_bytes)
+
+    def parameters(self):
+        return []
+
+
+def _kind_name(kind):
+    return {L.QEMBED_QEMB_INT8: "int8", L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4"}.get(kind, str(kind))
+
+
+class Embedding8bit(_QuantizedEmbedding):
+    """bitsandbytes.nn.Embedding8bit: int8 rows with one float32 scale (SCB,
+    the row's max |x|) per row; lookup = row * (SCB / 127) in the layer's
+    dtype. Quantizes straight from the weight's dtype (bitsandbytes goes
+    through float16 first)."""
+
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=None):
+        self._init_common(num_embeddings, embedding_dim, dtype, device)
+
+    def _kind(self):
+        return L.QEMBED_QEMB_INT8
+
+    def _accepts_kind(self, kind):
+        return True if kind == L.QEMBED_QEMB_INT8 else "int8"
+
+    @classmethod
+    def from_embedding(cls, layer):
+        """The int8 table of a (Stable)Embedding's current weight (a
+        StableEmbedding's LayerNorm is not part of it)."""
+        out = L.out_handle()
+        L._check(L.qembed_qembedding_from_embedding(layer._h(), L.QEMBED_QEMB_INT8, 0, False, ctypes.byref(out)))
+        self = cls.__new__(cls)
+        self._handle = None
+        return self._adopt(cls._new_handle(out.value))
+
+    def __repr__(self):
+        return f"Embedding8bit({self.num_embeddings}, {self.embedding_dim})"
+
+
+class Embedding4bit(_QuantizedEmbedding):
+    """bitsandbytes.nn.Embedding4bit: FP4 or NF4 blocks of `blocksize` values
+    (float32 absmax per block, optionally nested: compress_statistics).
+    Only uint8 quant_storage exists here."""
+
+    _four_bit = True
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, quant_type="fp4", quant_storage=np.uint8,
+                 device=None, blocksize=64, compress_statistics=False):
+        self._init_common(num_embeddings, embedding_dim, dtype, device)
+        if quant_type not in _KIND_OF_QUANT:
+            raise _value_error(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
+        try:
+            storage = np.dtype(quant_storage).name
+        except TypeError:
+            storage = str(quant_storage).replace("torch.", "")
+        if storage != "uint8":
+            raise _type_error(f"quant_storage: only uint8 is supported, got {quant_storage!r}")
+        blocksize = _int(blocksize, "blocksize")
+        if blocksize not in _FOUR_BIT_BLOCKSIZES:
+            raise _value_error(f"blocksize must be one of {_FOUR_BIT_BLOCKSIZES}, got {blocksize}")
+        self.quant_type = quant_type
+        self.blocksize = blocksize
+        self.compress_statistics = bool(compress_statistics)
+        self.quant_storage = np.dtype(np.uint8)
+
+    def _kind(self):
+        return _KIND_OF_QUANT[self.quant_type]
+
+    def _accepts_kind(self, kind):
+        fixed = getattr(type(self), "_fixed_quant_type", None)
+        if kind == L.QEMBED_QEMB_INT8:
+            return fixed or "fp4 or nf4"
+        if fixed is not None and _QUANT_OF_KIND[kind] != fixed:
+            return fixed
+        return True
+
+    @classmethod
+    def from_embedding(cls, layer, quant_type=None, blocksize=64, compress_statistics=False):
+        """The 4-bit table of a (Stable)Embedding's current weight (a
+        StableEmbedding's LayerNorm is not part of it). quant_type defaults
+        to the class's (EmbeddingNF4: "nf4", EmbeddingFP4 and Embedding4bit: "fp4")."""
+        quant_type = quant_type or getattr(cls, "_fixed_quant_type", None) or "fp4"
+        fixed = getattr(cls, "_fixed_quant_type", None)
+        if fixed is not None and quant_type != fixed:
+            raise _value_error(f"{cls.__name__} is {fixed}, got quant_type={quant_type!r}")
+        if quant_type not in _KIND_OF_QUANT:
+            raise _value_error(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
+        out = L.out_handle()
+        L._check(L.qembed_qembedding_from_embedding(layer._h(), _KIND_OF_QUANT[quant_type], _int(blocksize, "blocksize"),
+                                                    bool(compress_statistics), ctypes.byref(out)))
+        self = cls.__new__(cls)
+        self._handle = None
+        return self._adopt(cls._new_handle(out.value))
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_embeddings}, {self.embedding_dim}, quant_type={self.quant_type!r}, "
+                f"blocksize={self.blocksize}, compress_statistics={self.compress_statistics})")
+
+
+class EmbeddingFP4(Embedding4bit):
+    _fixed_quant_type = "fp4"
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, quant_storage=np.uint8, device=None, blocksize=64,
+                 compress_statistics=False):
+        super().__init__(num_embeddings, embedding_dim, dtype=dtype, quant_type="fp4", quant_storage=quant_storage,
+                         device=device, blocksize=blocksize, compress_statistics=compress_statistics)
+
+
+class EmbeddingNF4(Embedding4bit):
+    _fixed_quant_type = "nf4"
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, quant_storage=np.uint8, device=None, blocksize=64,
+                 compress_statistics=False):
+        super().__init__(num_embeddings, embedding_dim, dtype=dtype, quant_type="nf4", quant_storage=quant_storage,
+                         device=device, blocksize=blocksize, compress_statistics=compress_statistics)
+
