@@ -40,7 +40,8 @@ not matter; indices and grad_output stored next to the results):
 
 Optimizers (bitsandbytes.optim on the CPU): for each rule (adam, adamw,
 momentum = SGD(lr 0.01, momentum 0.9), lion, rmsprop = RMSprop(lr 0.01,
-alpha 0.9), adagrad, and weight-decay variants), 32-bit and 8-bit classes,
+alpha 0.9), adagrad, weight-decay variants; max_unorm variants of adam,
+momentum and rmsprop, 32-bit only as upstream), 32-bit and 8-bit classes,
 50 steps on parameters of 1000 (< min_8bit_size, so 32-bit state even in the
 8-bit class), 4196 (a short last 256-block) and 8192 elements. Parameters
 and gradients are generated, not stored:
@@ -75,6 +76,7 @@ import torch
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
+from bitsandbytes.optim.optimizer import Optimizer1State, Optimizer2State
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(HERE), "Tests", "golden", "layers")
@@ -276,6 +278,16 @@ OPTIMIZERS = {
     "adagrad_wd": (lambda p: bnb.optim.Adagrad(p, weight_decay=0.1),
                    lambda p: bnb.optim.Adagrad8bit(p, weight_decay=0.1), 1,
                    {"cls": "Adagrad", "kwargs": {"weight_decay": 0.1}}),
+    # max_unorm (32-bit only upstream): the update is scaled down to max_unorm * ||p|| when longer
+    "adam_maxunorm": (lambda p: Optimizer2State("adam", p, max_unorm=1.0), None, 2,
+                      {"cls": "Optimizer2State", "args": ["adam"], "kwargs": {"max_unorm": 1.0}}),
+    "momentum_maxunorm": (lambda p: Optimizer1State("momentum", p, lr=0.01, betas=(0.9, 0.0), eps=0.0,
+                                                    max_unorm=0.2), None, 1,
+                          {"cls": "Optimizer1State", "args": ["momentum"],
+                           "kwargs": {"lr": 0.01, "betas": [0.9, 0.0], "eps": 0.0, "max_unorm": 0.2}}),
+    "rmsprop_maxunorm": (lambda p: Optimizer1State("rmsprop", p, lr=0.01, betas=(0.9, 0.0), max_unorm=1.0), None, 1,
+                         {"cls": "Optimizer1State", "args": ["rmsprop"],
+                          "kwargs": {"lr": 0.01, "betas": [0.9, 0.0], "max_unorm": 1.0}}),
 }
 
 
@@ -306,6 +318,8 @@ def state_arrays(opt, p, nstates):
 def gen_optim():
     for name, (f32, f8, nstates, spec) in OPTIMIZERS.items():
         for bits, factory in ((32, f32), (8, f8)):
+            if factory is None:
+                continue
             data = np.zeros((len(SIZES), len(CHECKPOINTS), 1 + nstates, 256), dtype=np.float32)
             state_bits = []
             for si, (n, shape) in enumerate(SIZES.items()):
@@ -325,7 +339,7 @@ def gen_optim():
                 state_bits.append(sb)
             MANIFEST["optim"][f"{name}_{bits}"] = {
                 "rule": name, "bits": bits, "qembed": {"cls": spec["cls"] + ("8bit" if bits == 8 else ""),
-                                                       "kwargs": spec["kwargs"]},
+                                                       "args": spec.get("args", []), "kwargs": spec["kwargs"]},
                 "sizes": list(SIZES), "shapes": [list(s) for s in SIZES.values()], "checkpoints": list(CHECKPOINTS),
                 "num_states": nstates, "state_bits": state_bits, "data": save(f"optim_{name}_{bits}", data)}
     MANIFEST["optim_recipe"] = {

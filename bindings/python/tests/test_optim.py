@@ -78,7 +78,7 @@ def dequantized_states(opt, p):
 
 
 def make_opt(spec, params):
-    return getattr(optim, spec["cls"])(params, **spec["kwargs"])
+    return getattr(optim, spec["cls"])(*spec.get("args", []), params, **spec["kwargs"])
 
 
 # --------------------------------------------------------------------------
