@@ -727,3 +727,24 @@ def test_training_loop_reduces_loss():
             p.data[...] -= lr * p.grad
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
     assert np.mean(losses[-10:]) < 0.5
+
+
+# --------------------------------------------------------------------------
+# examples/word2vec.py --quick
+# --------------------------------------------------------------------------
+
+
+def test_word2vec_example_quick(tmp_path):
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "word2vec.py")
+    r = subprocess.run([sys.executable, script, "--quick", "--out-dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "result: ok" in out
+    assert "input.weight: 32-bit state" in out and "output.weight: 8-bit state" in out
+    first, last = [float(x) for x in out.split("; loss ")[1].split()[0:3:2]]
+    assert last < 0.6 * first
+    for name in ("f32", "nf4", "nf4-nest", "int8"):
+        assert (tmp_path / f"qembed-py-demo-{name}.safetensors").exists()
