@@ -368,7 +368,7 @@ def test_4bit_blocksizes_and_nested(cls, blocksize, nested, rng):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("cls", QUANT_CLASSES, ids=lambda c: c.__name__)
-def test_quantized_dtype(cls, dtype, rng):
+def test_quantized_dtype(cls, dtype, rng, tmp_path):
     if dtype == "bfloat16" and BF16 is None:
         pytest.skip("bfloat16 arrays need ml_dtypes")
     W = rng.standard_normal((16, 64)).astype(np.float32)
@@ -377,6 +377,13 @@ def test_quantized_dtype(cls, dtype, rng):
     out = m(np.arange(16))
     assert out.dtype == (np.dtype(np.float16) if dtype == "float16" else BF16)
     assert np.max(np.abs(out.astype(np.float32) - W)) <= (0.05 if cls is Embedding8bit else 0.2) * np.abs(W).max()
+    # the dtype survives save/load and state_dict/load_state_dict
+    m.save(tmp_path / "q.safetensors")
+    r = cls.load(tmp_path / "q.safetensors")
+    assert r.dtype == out.dtype and np.array_equal(r(np.arange(16)).view(np.uint16), out.view(np.uint16))
+    f = cls(16, 64, dtype=dtype)
+    f.load_state_dict(m.state_dict())
+    assert f.dtype == out.dtype and np.array_equal(f(np.arange(16)).view(np.uint16), out.view(np.uint16))
 
 
 # --------------------------------------------------------------------------
@@ -506,6 +513,29 @@ def test_out_of_range_indices_change_nothing(cls, bad):
     with pytest.raises(ValueError):
         e.backward(idx, np.ones((2, 2, 4), np.float32))
     assert np.array_equal(e.weight.grad, g0)
+
+
+def test_failed_calls_write_nothing():
+    """qembed.h: on failure nothing was written to any output or object."""
+    e = Embedding(10, 4, sparse=True, max_norm=0.5)
+    out = np.full((3, 4), 7.0, np.float32)
+    idx = np.array([1, 2, 10])
+    status = L.qembed_embedding_forward(e._h(), idx.ctypes.data, L.QEMBED_DTYPE_I64, 3, out.ctypes.data,
+                                        L.QEMBED_DTYPE_F32, out.size)
+    assert status == L.QEMBED_ERR_OUT_OF_RANGE and "10" in L.last_error()
+    assert np.all(out == 7.0)
+    e.backward(np.array([1, 1, 5]), np.ones((3, 4), np.float32))
+    g0 = e.weight.grad
+    with pytest.raises(ValueError):
+        e.backward(np.array([2, 3, -1]), np.ones((3, 4), np.float32))
+    g1 = e.weight.grad
+    assert np.array_equal(g1.indices, g0.indices) and np.array_equal(g1.values, g0.values)
+    q = EmbeddingNF4.from_embedding(e)
+    out = np.full((2, 4), 7.0, np.float32)
+    idx = np.array([0, 11])
+    status = L.qembed_qembedding_forward(q._h(), idx.ctypes.data, L.QEMBED_DTYPE_I64, 2, out.ctypes.data,
+                                         L.QEMBED_DTYPE_F32, out.size)
+    assert status == L.QEMBED_ERR_OUT_OF_RANGE and np.all(out == 7.0)
 
 
 def test_bad_index_types():

@@ -585,7 +585,10 @@ class _QuantizedEmbedding:
             raise _value_error(f"load_state_dict: unexpected keys {quantized_keys} next to a float weight")
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "state.safetensors")
-            _io.save_file(dict(state_dict), path)
+            # int8 tables carry no dtype of their own: record this layer's, in
+            # the metadata entry qembed_qembedding_save writes (4-bit tables
+            # have theirs in the QuantState JSON).
+            _io.save_file(dict(state_dict), path, metadata={"qembed.weight.dtype": self._dtype_name})
             self._load_into(path, "weight")
         return IncompatibleKeys([], [])
 
