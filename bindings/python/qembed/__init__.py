@@ -41,3 +41,9 @@ def set_num_threads(n):
     if not -2 ** 31 <= n < 2 ** 31:
         raise QembedValueError(_capi.QEMBED_ERR_INVALID_ARGUMENT, f"n must be in 0..1024, got {n}")
     _capi._check(_capi.qembed_set_num_threads(n))
+
+# Layers, optimizers and tensor files: qembed.nn, qembed.optim, qembed.io.
+from . import io, nn, optim  # noqa: E402
+from .io import load_file, save_file  # noqa: E402
+
+__all__ += ["nn", "optim", "io", "save_file", "load_file"]
