@@ -413,7 +413,9 @@ QEMBED_API qembed_status qembed_param_clear_override(qembed_param *param, int ke
 /*! qembed_param_load() :
  *  Copies numel elements of `dtype` (f32/f16/bf16, converted to the
  *  parameter's dtype with round to nearest even) into the parameter's data.
- *  Validates everything (size, dtype, finiteness) before writing; on failure
+ *  Validates everything (size, dtype, finiteness of the source and of the
+ *  converted values: a value beyond float16's range is refused for an f16
+ *  parameter, where torch's copy_ would store inf) before writing; on failure
  *  the parameter is unchanged. Serialized with the owning layer's other
  *  mutating calls. Since 0.1. */
 QEMBED_API qembed_status qembed_param_load(qembed_param *param, const void *src, int dtype, int64_t numel);

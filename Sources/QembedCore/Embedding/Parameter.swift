@@ -100,6 +100,15 @@ public final class Parameter: @unchecked Sendable {
         guard srcDtype.isFloat else { throw .unsupported("dtype \(srcDtype.name) cannot be loaded into a float parameter") }
         guard count == numel else { throw .shape("numel: \(name) holds \(numel) elements, got numel = \(count)") }
         try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: argument) }
+        if dtype != srcDtype && dtype != .f32 {
+            // Narrowing: refuse values that would become inf in the parameter's dtype.
+            for i in 0..<count {
+                let v = loadFloat(src, srcDtype, i)
+                if !loadRounded(v, dtype).isFinite {
+                    throw QembedError(.nonFinite, "\(argument)[\(i)] = \(v) overflows \(dtype.name) (the parameter's dtype)")
+                }
+            }
+        }
         lock.withExclusive {
             if srcDtype == dtype {
                 data.raw.copyMemory(from: src, byteCount: count * dtype.size)

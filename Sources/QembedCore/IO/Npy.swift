@@ -5,6 +5,7 @@ public enum Npy {
         "<f4": (4, .f32, "F32"), "<f2": (2, .f16, "F16"), "<f8": (8, nil, "F64"), "|u1": (1, .u8, "U8"), "<u1": (1, .u8, "U8"),
         "|i1": (1, .i8, "I8"), "<i1": (1, .i8, "I8"), "<i4": (4, .i32, "I32"), "<i8": (8, .i64, "I64"),
         "<u2": (2, nil, "U16"), "<i2": (2, nil, "I16"), "|b1": (1, nil, "BOOL"),
+        "<u4": (4, nil, "U32"), "<u8": (8, nil, "U64"),
     ]
 
     static func parse(_ f: MappedFile) throws(QembedError) -> ([TensorEntry], [(String, String)]) {

@@ -700,9 +700,11 @@ def test_parameter_setter_copies_and_converts():
     assert e.weight.data.dtype == np.float16
     e.weight.data = np.array([[1, 2], [3, 4], [5, 6.0001]], np.float64)
     assert np.array_equal(e(np.array([2])), np.array([[5, 6]], np.float16))
-    # beyond float16's range: stored as inf, as torch's copy_ into a half tensor (the source was finite)
-    e.weight.copy_(np.full((3, 2), 70000.0, np.float32))
-    assert np.all(np.isinf(e.weight.data))
+    # beyond float16's range: refused (torch's copy_ would store inf), the weight unchanged
+    before = e.weight.data.copy()
+    with pytest.raises(ValueError, match="overflows f16"):
+        e.weight.copy_(np.full((3, 2), 70000.0, np.float32))
+    np.testing.assert_array_equal(e.weight.data, before)
     assert np.array_equal(e(np.arange(3)).view(np.uint16), e.weight.data.view(np.uint16))
 
 
