@@ -41,9 +41,9 @@ def best(fn, reps=3):
     return t
 
 
-def row(name, t, nbytes, memcpy, ref=None):
+def row(name, t, nbytes, memcpy, ref=None, vs="bitsandbytes"):
     gbs = nbytes / t / 1e9
-    extra = f"   {ref / t:6.1f}x vs {'bitsandbytes' if ref is not None else ''}" if ref else ""
+    extra = f"   {ref / t:6.1f}x vs {vs}" if ref else ""
     print(f"  {name:52s} {t * 1e3:9.2f} ms {gbs:7.1f} GB/s {100 * gbs / memcpy:5.0f}% of memcpy{extra}")
 
 
@@ -117,7 +117,7 @@ def main():
             row(f"torch index_select(out=) {rows}x{dim}", ref, 2 * 65536 * dim * 4, memcpy)
             tf = best(lambda: torch.nn.functional.embedding(ti, w))
             row(f"torch F.embedding {rows}x{dim}", tf, 2 * 65536 * dim * 4, memcpy)
-        row(f"qembed Embedding {rows}x{dim} (fresh output)", tq, 2 * 65536 * dim * 4, memcpy, ref)
+        row(f"qembed Embedding {rows}x{dim} (fresh output)", tq, 2 * 65536 * dim * 4, memcpy, ref, "torch index_select(out=)")
     rows, dim = 30522, 384
     idx = rng.integers(0, rows, 65536)
     st = nn.StableEmbedding(rows, dim)
@@ -137,7 +137,7 @@ def main():
         with torch.no_grad():
             ref = best(lambda: te(ti), reps=2)
         row("torch Embedding max_norm", ref, 2 * 65536 * dim * 4, memcpy)
-        row("qembed Embedding max_norm", best(lambda: emb(idx), reps=2), 2 * 65536 * dim * 4, memcpy, ref)
+        row("qembed Embedding max_norm", best(lambda: emb(idx), reps=2), 2 * 65536 * dim * 4, memcpy, ref, "torch")
     if bnb is not None and not args.quick:
         rows, dim = 250_000, 1024
         idx = rng.integers(0, rows, 65536)
@@ -182,7 +182,7 @@ def main():
             bo = bmake()
             ref = best(lambda: bo.step(), reps=2)
             row(f"reference {name} ({type(bo).__module__.split('.')[0]})", ref, numel * 16, memcpy)
-        row(f"qembed {name}", tq, numel * 16, memcpy, ref)
+        row(f"qembed {name}", tq, numel * 16, memcpy, ref, type(bo).__module__.split('.')[0] if bnb is not None else "")
     to = torch.optim.Adam([tp], foreach=True)
     row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
 
