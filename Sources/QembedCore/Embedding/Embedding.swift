@@ -120,7 +120,7 @@ public final class Embedding: @unchecked Sendable {
     /// exceeds max_norm is scaled by max_norm / (norm + 1e-7).
     private func renorm(_ indices: Indices) {
         guard let maxNorm = config.maxNorm else { return }
-        let rows = indices.distinct()
+        let rows = indices.distinct(rows: config.numEmbeddings)
         let dim = config.embeddingDim, p = config.normType
         let w = weight
         rows.withUnsafeBufferPointer { rb in
@@ -128,9 +128,22 @@ public final class Embedding: @unchecked Sendable {
                 for r in range {
                     let base = rb[r] * dim
                     var acc = 0.0
-                    for j in 0..<dim {
-                        let v = Double(abs(w.value(base + j)))
-                        if p == 2 { acc += v * v } else if p == 1 { acc += v } else if p.isInfinite { acc = max(acc, v) } else { acc += pow(v, p) }
+                    if p == 2 && w.dtype == .f32 {
+                        // Squares summed in double, four lanes at a time.
+                        let x = w.data.floats() + base
+                        var a = SIMD4<Double>(), j = 0
+                        while j + 4 <= dim {
+                            let v = SIMD4<Double>(Double(x[j]), Double(x[j + 1]), Double(x[j + 2]), Double(x[j + 3]))
+                            a += v * v
+                            j += 4
+                        }
+                        acc = a.sum()
+                        while j < dim { acc += Double(x[j]) * Double(x[j]); j += 1 }
+                    } else {
+                        for j in 0..<dim {
+                            let v = Double(abs(w.value(base + j)))
+                            if p == 2 { acc += v * v } else if p == 1 { acc += v } else if p.isInfinite { acc = max(acc, v) } else { acc += pow(v, p) }
+                        }
                     }
                     let norm = p == 2 ? acc.squareRoot() : (p == 1 || p.isInfinite ? acc : pow(acc, 1 / p))
                     if norm > maxNorm {

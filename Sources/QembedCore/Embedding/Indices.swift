@@ -28,8 +28,20 @@ public struct Indices {
         }
     }
 
-    /// Sorted distinct indices.
-    public func distinct() -> [Int] {
+    /// Sorted distinct indices (all validated to lie in [0, rows)): a bitmap
+    /// pass when the table is small next to the batch, else a sort.
+    public func distinct(rows: Int) -> [Int] {
+        if rows <= 64 * count {
+            var bits = [UInt64](repeating: 0, count: (rows + 63) / 64)
+            for k in 0..<count { let i = self[k]; bits[i >> 6] |= 1 << UInt64(i & 63) }
+            var out: [Int] = []
+            out.reserveCapacity(min(count, rows))
+            for (w, word) in bits.enumerated() where word != 0 {
+                var m = word
+                while m != 0 { out.append(w << 6 | m.trailingZeroBitCount); m &= m - 1 }
+            }
+            return out
+        }
         var v = (0..<count).map { self[$0] }
         v.sort()
         var out: [Int] = []
