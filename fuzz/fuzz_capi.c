@@ -516,7 +516,7 @@ static void op_statistics(fuzz_reader *r) {
 
 /* ---- layers ---------------------------------------------------------------- */
 
-static qembed_embedding *layers[NSLOTS];
+static qembed_embedding *layers[NSLOTS + 1]; /* [NSLOTS]: scratch */
 static int layer_plain[NSLOTS]; /* f32 Embedding without max_norm: forward == table rows */
 static qembed_qembedding *qlayers[NSLOTS];
 static qembed_optimizer *optim;
@@ -867,6 +867,164 @@ static void op_step(fuzz_reader *r) {
     }
 }
 
+/* optimizer state export/import: capacities from state_info (exact, short or
+ * larger); a failing export writes nothing; a failing import changes nothing;
+ * importing what was exported succeeds and exports the same bytes again */
+typedef struct state_copy {
+    int ok;
+    uint8_t *s1, *s2;
+    float *a1, *a2;
+    int64_t b1, b2, n1, n2;
+} state_copy;
+
+static void state_free(state_copy *c) {
+    free(c->s1);
+    free(c->s2);
+    free(c->a1);
+    free(c->a2);
+    memset(c, 0, sizeof *c);
+}
+
+static void state_get(int64_t i, const qembed_optimizer_state_info *info, state_copy *c) {
+    memset(c, 0, sizeof *c);
+    c->b1 = info->bits == 8 ? info->numel : 4 * info->numel;
+    c->b2 = info->num_states == 2 ? c->b1 : 0;
+    c->n1 = info->bits == 8 ? info->num_blocks : 0;
+    c->n2 = info->bits == 8 && info->num_states == 2 ? info->num_blocks : 0;
+    c->s1 = (uint8_t *)sentinel_buf((size_t)c->b1);
+    c->s2 = c->b2 ? (uint8_t *)sentinel_buf((size_t)c->b2) : NULL;
+    c->a1 = c->n1 ? (float *)sentinel_buf((size_t)c->n1 * 4) : NULL;
+    c->a2 = c->n2 ? (float *)sentinel_buf((size_t)c->n2 * 4) : NULL;
+    c->ok = qembed_optimizer_state_export(optim, i, c->s1, c->b1, c->s2, c->b2, c->a1, c->n1, c->a2, c->n2) == QEMBED_OK;
+}
+
+static int state_same(const state_copy *x, const state_copy *y) {
+    return x->ok == y->ok && x->b1 == y->b1 && x->b2 == y->b2 && x->n1 == y->n1 && x->n2 == y->n2 &&
+           memcmp(x->s1, y->s1, (size_t)x->b1) == 0 && (x->b2 == 0 || memcmp(x->s2, y->s2, (size_t)x->b2) == 0) &&
+           (x->n1 == 0 || memcmp(x->a1, y->a1, (size_t)x->n1 * 4) == 0) &&
+           (x->n2 == 0 || memcmp(x->a2, y->a2, (size_t)x->n2 * 4) == 0);
+}
+
+/* A layer in the last slot, trained one step by an optimizer of a fuzzed
+ * kind and state width, so that the state calls have state to work on. */
+static void trained_optimizer(fuzz_reader *r) {
+    const uint8_t m = fr_u8(r);
+    qembed_embedding_params p;
+    qembed_optimizer_params op;
+    qembed_param *params[3];
+    int64_t n = 0, i, idx[6];
+    float *grad;
+    const int k = NSLOTS - 1;
+    qembed_embedding_params_init(&p);
+    p.num_embeddings = 8 + fr_u8(r) % 40;
+    p.embedding_dim = 4 + fr_u8(r) % 60;
+    p.sparse = (m & 1) != 0;
+    FUZZ_ASSERT(((m & 2) ? qembed_stable_embedding_create(&p, &layers[NSLOTS])
+                         : qembed_embedding_create(&p, &layers[NSLOTS])) == QEMBED_OK);
+    free_layer(k);
+    layers[k] = layers[NSLOTS];
+    layers[NSLOTS] = NULL;
+    layer_plain[k] = !(m & 2);
+    FUZZ_ASSERT(qembed_embedding_num_params(layers[k], &n) == QEMBED_OK);
+    for (i = 0; i < n; i++) FUZZ_ASSERT(qembed_embedding_param(layers[k], i, &params[i]) == QEMBED_OK);
+    FUZZ_ASSERT(qembed_optimizer_params_init(&op, (int)((m >> 2) % QEMBED_OPTIM_COUNT), (m & 0x40) ? 8 : 32) == QEMBED_OK);
+    op.min_8bit_size = 16;
+    if (m & 0x40) FUZZ_ASSERT(qembed_param_set_override(params[0], QEMBED_OVERRIDE_OPTIM_BITS, 8) == QEMBED_OK);
+    FUZZ_ASSERT(qembed_optimizer_create(&op, params, n, &optim) == QEMBED_OK);
+    for (i = 0; i < 6; i++) idx[i] = (int64_t)(fr_u8(r) % p.num_embeddings);
+    grad = (float *)xmalloc((size_t)(6 * p.embedding_dim) * 4);
+    for (i = 0; i < 6 * p.embedding_dim; i++) grad[i] = (float)((int)fr_u8(r) - 128) / 64.0f;
+    FUZZ_ASSERT(qembed_embedding_backward(layers[k], idx, QEMBED_DTYPE_I64, 6, grad, QEMBED_DTYPE_F32, 6 * p.embedding_dim) ==
+                QEMBED_OK);
+    FUZZ_ASSERT(qembed_optimizer_step(optim) == QEMBED_OK);
+    free(grad);
+}
+
+static void op_state(fuzz_reader *r) {
+    const uint8_t m = fr_u8(r);
+    const int64_t i = (int64_t)(m % 4) - ((m & 0x80) ? 5 : 0);
+    qembed_optimizer_state_info info;
+    state_copy before, after;
+    qembed_status s;
+    if (optim == NULL) trained_optimizer(r);
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    s = qembed_optimizer_state_info_get(optim, i, &info);
+    if (s != QEMBED_OK) {
+        expect_failure_message(s);
+        return;
+    }
+    FUZZ_ASSERT(info.numel >= 1 && (info.bits == 8 || info.bits == 32) && (info.num_states == 1 || info.num_states == 2));
+    if (!info.initialized || info.numel > 1 << 16) return;
+    state_get(i, &info, &before);
+    FUZZ_ASSERT(before.ok);
+    if (m & 0x10) { /* export with fuzzed capacities */
+        const int64_t c1 = pick_cap(r, before.b1, before.b1), c2 = pick_cap(r, before.b2, before.b2);
+        const int64_t c3 = pick_cap(r, before.n1, before.n1), c4 = pick_cap(r, before.n2, before.n2);
+        uint8_t *s1 = (uint8_t *)sentinel_buf(c1 > 0 ? (size_t)c1 : 0);
+        uint8_t *s2 = (uint8_t *)sentinel_buf(c2 > 0 ? (size_t)c2 : 0);
+        float *a1 = (float *)sentinel_buf(c3 > 0 ? (size_t)c3 * 4 : 0);
+        float *a2 = (float *)sentinel_buf(c4 > 0 ? (size_t)c4 * 4 : 0);
+        const int with2 = (m & 0x20) != 0, witha = (m & 0x40) != 0;
+        qembed_clear_error();
+        s = qembed_optimizer_state_export(optim, i, s1, c1, with2 ? s2 : NULL, c2, witha ? a1 : NULL, c3,
+                                          witha && with2 ? a2 : NULL, c4);
+        if (s != QEMBED_OK) {
+            expect_failure_message(s);
+            FUZZ_ASSERT(all_sentinel(s1, c1 > 0 ? (size_t)c1 : 1) && all_sentinel(s2, c2 > 0 ? (size_t)c2 : 1));
+            FUZZ_ASSERT(all_sentinel(a1, c3 > 0 ? (size_t)c3 * 4 : 1) && all_sentinel(a2, c4 > 0 ? (size_t)c4 * 4 : 1));
+        } else {
+            FUZZ_ASSERT(c1 >= before.b1 && memcmp(s1, before.s1, (size_t)before.b1) == 0);
+        }
+        free(s1);
+        free(s2);
+        free(a1);
+        free(a2);
+    } else { /* import: fuzzed bytes with fuzzed sizes, or exactly what was exported */
+        const int exact = (m & 0x20) != 0;
+        const int bits = exact ? info.bits : ((m & 0x40) ? 8 : (fr_u8(r) % 3 == 0 ? 16 : 32));
+        const int64_t step = exact ? info.step : (int64_t)(int8_t)fr_u8(r);
+        const int64_t c1 = exact ? before.b1 : pick_cap(r, before.b1, before.b1 + 8);
+        const int64_t c2 = exact ? before.b2 : pick_cap(r, before.b2, before.b2 + 8);
+        const int64_t c3 = exact ? before.n1 : pick_cap(r, before.n1, before.n1 + 4);
+        const int64_t c4 = exact ? before.n2 : pick_cap(r, before.n2, before.n2 + 4);
+        uint8_t *s1 = (uint8_t *)xmalloc(c1 > 0 ? (size_t)c1 : 0);
+        uint8_t *s2 = (uint8_t *)xmalloc(c2 > 0 ? (size_t)c2 : 0);
+        float *a1 = (float *)xmalloc(c3 > 0 ? (size_t)c3 * 4 : 0);
+        float *a2 = (float *)xmalloc(c4 > 0 ? (size_t)c4 * 4 : 0);
+        if (exact) {
+            memcpy(s1, before.s1, (size_t)c1);
+            if (c2) memcpy(s2, before.s2, (size_t)c2);
+            if (c3) memcpy(a1, before.a1, (size_t)c3 * 4);
+            if (c4) memcpy(a2, before.a2, (size_t)c4 * 4);
+        } else {
+            if (c1 > 0) fr_bytes(r, s1, (size_t)c1);
+            if (c2 > 0) fr_bytes(r, s2, (size_t)c2);
+            if (c3 > 0) fill_floats(r, a1, QEMBED_DTYPE_F32, c3);
+            if (c4 > 0) fill_floats(r, a2, QEMBED_DTYPE_F32, c4);
+        }
+        qembed_clear_error();
+        s = qembed_optimizer_state_import(optim, i, step, bits, (m & 8) && !exact ? NULL : s1, c1, c2 > 0 ? s2 : NULL, c2,
+                                          c3 > 0 ? a1 : NULL, c3, c4 > 0 ? a2 : NULL, c4);
+        if (exact) FUZZ_ASSERT(s == QEMBED_OK);
+        if (s != QEMBED_OK) {
+            expect_failure_message(s);
+            state_get(i, &info, &after);
+            FUZZ_ASSERT(state_same(&before, &after));
+            state_free(&after);
+        } else if (exact) {
+            state_get(i, &info, &after);
+            FUZZ_ASSERT(state_same(&before, &after));
+            state_free(&after);
+        }
+        free(s1);
+        free(s2);
+        free(a1);
+        free(a2);
+    }
+    state_free(&before);
+}
+
 static void op_zero_grad(fuzz_reader *r) {
     const int k = fr_u8(r) % NSLOTS;
     if (layers[k] != NULL) FUZZ_ASSERT(qembed_embedding_zero_grad(layers[k]) == QEMBED_OK);
@@ -875,7 +1033,8 @@ static void op_zero_grad(fuzz_reader *r) {
 typedef void (*op_fn)(fuzz_reader *);
 static const op_fn ops[] = {op_blockwise, op_dequantize_blockwise, op_4bit, op_dequantize_4bit, op_int8,
                             op_statistics, op_create, op_forward, op_backward, op_quantize_layer,
-                            op_qforward, op_optimizer, op_step, op_zero_grad, op_create, op_forward};
+                            op_qforward, op_optimizer, op_step, op_zero_grad, op_create, op_forward,
+                            op_state, op_step, op_backward};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int initialized = 0;
