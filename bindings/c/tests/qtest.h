@@ -167,4 +167,42 @@ static inline int qt_names(const char *msg, const char *name) {
     return 0;
 }
 
+/* Does the message name one of the '|'-separated names? */
+static inline int qt_names_any(const char *msg, const char *names) {
+    char buf[128];
+    const char *p = names;
+    while (*p) {
+        size_t len = strcspn(p, "|");
+        if (len >= sizeof buf) len = sizeof buf - 1;
+        memcpy(buf, p, len);
+        buf[len] = '\0';
+        if (qt_names(msg, buf)) return 1;
+        p += len;
+        if (*p == '|') p++;
+    }
+    return 0;
+}
+
+/* A layer for tests; exits with status 2 if it cannot be created. */
+static inline qembed_embedding *qt_make_layer(int64_t n, int64_t d, uint64_t seed, int stable, int dtype, bool sparse,
+                                              double max_norm, const float *weight) {
+    qembed_embedding_params p;
+    qembed_embedding *e = NULL;
+    qembed_status st;
+    qembed_embedding_params_init(&p);
+    p.num_embeddings = n;
+    p.embedding_dim = d;
+    p.seed = seed;
+    p.dtype = dtype;
+    p.sparse = sparse;
+    p.max_norm = max_norm;
+    p.weight = weight;
+    st = stable ? qembed_stable_embedding_create(&p, &e) : qembed_embedding_create(&p, &e);
+    if (st != QEMBED_OK) {
+        fprintf(stderr, "create: %s\n", qembed_last_error());
+        exit(2);
+    }
+    return e;
+}
+
 #endif /* QTEST_H */

@@ -121,27 +121,12 @@ static void arena_reset(void) {
 
 #define S(x) (1u << (x))
 
-/* Does the message name one of the '|'-separated names? */
-static int names_any(const char *msg, const char *names) {
-    char tmp[128];
-    const char *p = names;
-    while (*p) {
-        size_t len = strcspn(p, "|");
-        if (len >= sizeof tmp) len = sizeof tmp - 1;
-        memcpy(tmp, p, len);
-        tmp[len] = '\0';
-        if (qt_names(msg, tmp)) return 1;
-        p += len;
-        if (*p == '|') p++;
-    }
-    return 0;
-}
 
 static void report(const char *file, int line, const char *call, qembed_status got, unsigned allowed,
                    const char *names, const char *msg, int untouched, int layers_same, const char *extra) {
     int status_ok = got >= 0 && got < 32 && (allowed & S(got)) != 0;
     int msg_ok = msg != NULL && msg[0] != '\0';
-    int named = msg_ok && names_any(msg, names);
+    int named = msg_ok && qt_names_any(msg, names);
     cases++;
     qt_check(status_ok && msg_ok && named && untouched && layers_same && extra == NULL, file, line, call,
              "%s%s%s%s%s%s(status %d \"%s\", last_error \"%s\", want %s)", status_ok ? "" : "wrong status; ",

@@ -26,26 +26,7 @@ static void *xmalloc(size_t bytes) {
     return p;
 }
 
-static qembed_embedding *make_layer(int64_t n, int64_t d, uint64_t seed, int stable, int dtype, bool sparse,
-                                    double max_norm, const float *weight) {
-    qembed_embedding_params p;
-    qembed_embedding *e = NULL;
-    qembed_status st;
-    qembed_embedding_params_init(&p);
-    p.num_embeddings = n;
-    p.embedding_dim = d;
-    p.seed = seed;
-    p.dtype = dtype;
-    p.sparse = sparse;
-    p.max_norm = max_norm;
-    p.weight = weight;
-    st = stable ? qembed_stable_embedding_create(&p, &e) : qembed_embedding_create(&p, &e);
-    if (st != QEMBED_OK) {
-        fprintf(stderr, "create: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return e;
-}
+#define make_layer qt_make_layer
 
 static qembed_param_info info_of(qembed_embedding *e, int64_t i) {
     qembed_param *p = NULL;

@@ -35,28 +35,13 @@ static void arena_reset(void) {
 
 #define S(x) (1u << (x))
 
-/* Does the message name one of the '|'-separated names? */
-static int names_any(const char *msg, const char *names) {
-    char buf[128];
-    const char *p = names;
-    while (*p) {
-        size_t len = strcspn(p, "|");
-        if (len >= sizeof buf) len = sizeof buf - 1;
-        memcpy(buf, p, len);
-        buf[len] = '\0';
-        if (qt_names(msg, buf)) return 1;
-        p += len;
-        if (*p == '|') p++;
-    }
-    return 0;
-}
 
 static void expect(const char *file, int line, const char *call, qembed_status got, unsigned allowed,
                    const char *names) {
     const char *msg = qembed_last_error();
     int status_ok = got >= 0 && got < 32 && (allowed & S(got)) != 0;
     int msg_ok = msg != NULL && msg[0] != '\0';
-    int named = msg_ok && names_any(msg, names);
+    int named = msg_ok && qt_names_any(msg, names);
     int untouched = memcmp(&A_, &REF_, sizeof A_) == 0;
     cases++;
     qt_check(status_ok && msg_ok && named && untouched, file, line, call,

@@ -36,21 +36,7 @@ static int num_states(int kind) { return kind == QEMBED_OPTIM_ADAM || kind == QE
 /* ---- layers and parameters ------------------------------------------------------- */
 
 static qembed_embedding *make_layer(int64_t n, int64_t d, uint64_t seed, int stable, bool sparse, const float *weight) {
-    qembed_embedding_params p;
-    qembed_embedding *e = NULL;
-    qembed_status st;
-    qembed_embedding_params_init(&p);
-    p.num_embeddings = n;
-    p.embedding_dim = d;
-    p.seed = seed;
-    p.sparse = sparse;
-    p.weight = weight;
-    st = stable ? qembed_stable_embedding_create(&p, &e) : qembed_embedding_create(&p, &e);
-    if (st != QEMBED_OK) {
-        fprintf(stderr, "create: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return e;
+    return qt_make_layer(n, d, seed, stable, QEMBED_DTYPE_F32, sparse, 0.0, weight);
 }
 
 static qembed_param *param_of(qembed_embedding *e, int64_t i) {
