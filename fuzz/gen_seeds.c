@@ -220,7 +220,7 @@ static void capi_seeds(void) {
     char name[64];
     int op, f, k;
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (op = 0; op < 16; op++)
+    for (op = 0; op < 15; op++) /* the primary opcodes of fuzz_capi.c's ops[] */
         for (f = 0; f < 3; f++) {
             if (f == 2 && op % 2) continue;
             memset(buf, fillers[f], 64);
