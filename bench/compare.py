@@ -118,6 +118,9 @@ def main():
             tf = best(lambda: torch.nn.functional.embedding(ti, w))
             row(f"torch F.embedding {rows}x{dim}", tf, 2 * 65536 * dim * 4, memcpy)
         row(f"qembed Embedding {rows}x{dim} (fresh output)", tq, 2 * 65536 * dim * 4, memcpy, ref, "torch index_select(out=)")
+        qout = np.empty((65536, dim), np.float32)
+        tqo = best(lambda: emb(idx, out=qout))
+        row(f"qembed Embedding {rows}x{dim} (out=)", tqo, 2 * 65536 * dim * 4, memcpy, ref, "torch index_select(out=)")
     rows, dim = 30522, 384
     idx = rng.integers(0, rows, 65536)
     st = nn.StableEmbedding(rows, dim)

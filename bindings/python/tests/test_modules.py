@@ -780,3 +780,20 @@ def test_word2vec_example_quick(tmp_path):
     assert last < 0.6 * first
     for name in ("f32", "nf4", "nf4-nest", "int8"):
         assert (tmp_path / f"qembed-py-demo-{name}.safetensors").exists()
+
+
+def test_forward_into_out():
+    e = qembed.nn.Embedding(50, 8)
+    idx = np.array([[1, 2, 3], [4, 5, 49]])
+    out = np.full((2, 3, 8), np.nan, np.float32)
+    assert e(idx, out=out) is out
+    np.testing.assert_array_equal(out, e(idx))
+    with pytest.raises(ValueError, match="out must be"):
+        e(idx, out=np.empty((2, 3, 7), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        e(idx, out=np.empty((2, 3, 8), np.float64))
+    q = qembed.nn.EmbeddingNF4(50, 8)
+    q.load_state_dict({"weight": e.weight.data})
+    out2 = np.empty((2, 3, 8), np.float32)
+    assert q(idx, out=out2) is out2
+    np.testing.assert_array_equal(out2, q(idx))

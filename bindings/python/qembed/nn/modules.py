@@ -66,6 +66,17 @@ def _check_device(device):
         raise _value_error(f"device: qembed runs on the CPU only, got {device!r}")
 
 
+
+def _out_array(out, shape, dtype):
+    """A fresh output array, or the caller's after checking shape, dtype and layout."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != np.dtype(dtype) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)}, "
+                         f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    return out
+
 class _View:
     """Exposes a block of library memory to numpy through the array interface.
     It holds the Handle of the object owning the memory, and numpy keeps this
@@ -362,14 +373,16 @@ class Embedding:
 
     # -- forward / backward
 
-    def forward(self, input):
+    def forward(self, input, out=None):
         """Rows of `input` (int32/int64 indices of any shape, or anything
         np.asarray turns into integers): an array of shape input.shape +
         (embedding_dim,) in the weight's dtype. StableEmbedding applies its
         LayerNorm (float32) and casts back. With max_norm, referenced rows
-        are renormalized in place first."""
+        are renormalized in place first. `out` (a qembed extension): a
+        C-contiguous array of that shape and dtype to write into and return,
+        which saves a fresh allocation (and its page faults) per call."""
         idx, code = _io.index_array(input)
-        out = np.empty(idx.shape + (self.embedding_dim,), dtype=self.dtype)
+        out = _out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
         L._check(L.qembed_embedding_forward(self._h(), idx.ctypes.data, code, idx.size, out.ctypes.data,
                                             self._dtype_code, out.size))
         return out
@@ -618,12 +631,13 @@ class _QuantizedEmbedding:
 
     # -- lookup, files
 
-    def forward(self, input):
+    def forward(self, input, out=None):
         """Dequantized rows: shape input.shape + (embedding_dim,), in the
-        layer's dtype. Only the referenced rows are dequantized."""
+        layer's dtype. Only the referenced rows are dequantized. `out` as for
+        Embedding.forward."""
         idx, code = _io.index_array(input)
         h = self._h()
-        out = np.empty(idx.shape + (self.embedding_dim,), dtype=self.dtype)
+        out = _out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
         L._check(L.qembed_qembedding_forward(h, idx.ctypes.data, code, idx.size, out.ctypes.data,
                                              _io.float_dtype_code(self._dtype_name), out.size))
         return out
