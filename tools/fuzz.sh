@@ -5,7 +5,8 @@
 #   sh tools/fuzz.sh 300    what `make fuzz` runs (FUZZ_SECONDS=300 per target)
 #
 # 1. builds libqembed.so with ASan and libFuzzer's coverage instrumentation
-#    (swift build --build-path .build/fuzz --sanitize=address --sanitize=fuzzer),
+#    (swift build --build-path .build/fuzz -Xswiftc -sanitize=address,fuzzer
+#    -Xcc -fsanitize=address,fuzzer-no-link) and checks both are in it,
 #    so the fuzzer is guided by the library's own branches and ASan checks
 #    every Swift access; FUZZ_LIB=release links the plain release library
 #    instead (coverage of the harness only; see docs/RELIABILITY.md);
@@ -61,10 +62,13 @@ if [ "$lib_kind" = release ]; then
     libdir=$root/.build/release
     sanitizers=fuzzer,address,undefined
 else
+    # One -sanitize=address,fuzzer: SwiftPM turns `--sanitize=address
+    # --sanitize=fuzzer` into two -sanitize= flags in no fixed order, and
+    # swiftc keeps only the last, which silently drops ASan or the coverage.
     echo "fuzz: building libqembed.so with ASan + libFuzzer coverage (.build/fuzz)"
     t0=$(now)
-    if ! swift build --build-path "$build" --sanitize=address --sanitize=fuzzer --product qembed \
-        > "$build/build.log" 2>&1; then
+    if ! swift build --build-path "$build" --product qembed -Xswiftc -sanitize=address,fuzzer \
+        -Xcc -fsanitize=address,fuzzer-no-link > "$build/build.log" 2>&1; then
         tail -n 40 "$build/build.log"
         echo "fuzz: swift build failed (log: $build/build.log)"
         echo "fuzz: 0 passed, 1 failed"
@@ -72,6 +76,13 @@ else
     fi
     echo "fuzz: library built in $(($(now) - t0)) s"
     libdir=$build/debug
+    # both instrumentations must be in the library, or the run proves little
+    if ! nm -D --undefined-only "$libdir/libqembed.so" | grep -q '__asan_report_load' ||
+        ! nm -D --undefined-only "$libdir/libqembed.so" | grep -q '__sanitizer_cov_8bit_counters_init'; then
+        echo "fuzz: $libdir/libqembed.so lacks ASan checks or coverage counters"
+        echo "fuzz: 0 passed, 1 failed"
+        exit 1
+    fi
     sanitizers=fuzzer,address,undefined
 fi
 # programs record the SONAME libqembed.so.0; SwiftPM writes only libqembed.so

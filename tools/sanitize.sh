@@ -9,7 +9,8 @@
 #               leak detection on;
 #   asan-swift  swift test --sanitize=address --build-path .build/asan-test;
 #   tsan-swift  swift test --sanitize=thread --build-path .build/tsan-test
-#               --filter 'EmbeddingTests|OptimizerTests' (the concurrency tests);
+#               --filter 'EmbeddingTests|OptimizerTests' (the concurrency tests;
+#               the pattern also matches QuantizedEmbeddingTests);
 #   tsan-c      swift build --build-path .build/tsan --sanitize=thread --product qembed,
 #               then Tests/stress/stress.c and the C thread tests compiled with
 #               -fsanitize=thread against it (TSan sees the library's own
@@ -75,7 +76,8 @@ run_one() { # label log command...
     "$@" > "$log" 2>&1
     status=$?
     n=$(findings "$log")
-    line=$(grep -E '^[A-Za-z_ -]+: [0-9]+ passed, [0-9]+ failed$|bad-input cases|Executed [0-9]+ tests?' "$log" | tail -n 3 | tr '\n' ';' | sed 's/;$//; s/;/; /g')
+    line=$({ grep -E '^[A-Za-z_ -]+: [0-9]+ passed, [0-9]+ failed$|bad-input cases' "$log" | tail -n 2
+             grep -E 'Executed [0-9]+ tests?' "$log" | tail -n 1; } | sed 's/^[[:space:]]*//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
     if [ "$n" -gt 0 ]; then
         note "  $label: SANITIZER REPORT ($n) [exit $status, $(($(now) - t0)) s] $line"
         grep -E 'ERROR: |runtime error:|WARNING: ThreadSanitizer|SUMMARY:' "$log" | head -n 6 | sed 's/^/      /'
@@ -108,6 +110,14 @@ build_lib() { # kind(address|thread) build-path
         return 1
     fi
     ln -sf libqembed.so "$root/$2/debug/libqembed.so.0"
+    # the instrumentation is really in the library
+    probe=__asan_report_load
+    [ "$1" = thread ] && probe=__tsan_read
+    if ! nm -D --undefined-only "$root/$2/debug/libqembed.so" | grep -q "$probe"; then
+        note "  build ($1): FAILED: $2/debug/libqembed.so has no $probe calls"
+        failed=$((failed + 1))
+        return 1
+    fi
     echo "sanitize: built in $(($(now) - t0)) s"
 }
 
@@ -179,9 +189,9 @@ section_swift() { # address|thread build-path [filter]
         export ASAN_OPTIONS
     fi
     if [ -n "$filter" ]; then
-        run_one "swift test (${san}sanitizer, $filter)" "$log" swift test --sanitize="$san" --build-path "$root/$bp" --filter "$filter"
+        run_one "swift test ($san sanitizer, --filter '$filter')" "$log" swift test --sanitize="$san" --build-path "$root/$bp" --filter "$filter"
     else
-        run_one "swift test (${san}sanitizer)" "$log" swift test --sanitize="$san" --build-path "$root/$bp"
+        run_one "swift test ($san sanitizer)" "$log" swift test --sanitize="$san" --build-path "$root/$bp"
     fi
 }
 
