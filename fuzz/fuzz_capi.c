@@ -69,6 +69,21 @@ static float elem(const void *p, int dtype, int64_t i) {
     }
 }
 
+/* Known open bug "optim8-nonfinite-state": a finite gradient or imported state
+ * large enough to overflow an 8-bit optimizer state makes the step index its
+ * code tables out of bounds. While it is open (and listed in KNOWN_OPEN),
+ * gradients and imported state values above 1e15 in magnitude are zeroed so
+ * that the fuzzer keeps looking for other bugs. */
+static void tame_floats(void *p, int dtype, int64_t n) {
+    int64_t i;
+    const size_t es = dtype == QEMBED_DTYPE_F32 ? 4 : 2;
+    if (!fuzz_known_open("optim8-nonfinite-state")) return;
+    for (i = 0; i < n; i++) {
+        const float v = elem(p, dtype, i);
+        if (isfinite(v) && fabsf(v) > 1e15f) memset((uint8_t *)p + (size_t)i * es, 0, es);
+    }
+}
+
 /* equal values (+0 == -0), or both NaN */
 static int same_float(float a, float b) { return (isnan(a) && isnan(b)) || a == b; }
 
@@ -732,7 +747,10 @@ static void op_backward(fuzz_reader *r) {
     needed = count * dim;
     grad_len = pick_cap(r, needed, needed); /* backward wants exactly count x dim */
     grad = xmalloc(grad_len > 0 ? (size_t)grad_len * esize(gd) : 0);
-    if (grad_len > 0) fill_floats(r, grad, is_float_dtype(gd) ? gd : QEMBED_DTYPE_F32, grad_len);
+    if (grad_len > 0) {
+        fill_floats(r, grad, is_float_dtype(gd) ? gd : QEMBED_DTYPE_F32, grad_len);
+        tame_floats(grad, is_float_dtype(gd) ? gd : QEMBED_DTYPE_F32, grad_len);
+    }
     take_snapshot(layers[k], &snap);
     qembed_clear_error();
     s = qembed_embedding_backward(layers[k], idx, idt, count, grad, gd, grad_len);
@@ -1004,6 +1022,12 @@ static void op_state(fuzz_reader *r) {
             if (c2 > 0) fr_bytes(r, s2, (size_t)c2);
             if (c3 > 0) fill_floats(r, a1, QEMBED_DTYPE_F32, c3);
             if (c4 > 0) fill_floats(r, a2, QEMBED_DTYPE_F32, c4);
+            if (bits == 32) {
+                tame_floats(s1, QEMBED_DTYPE_F32, c1 / 4);
+                tame_floats(s2, QEMBED_DTYPE_F32, c2 / 4);
+            }
+            tame_floats(a1, QEMBED_DTYPE_F32, c3);
+            tame_floats(a2, QEMBED_DTYPE_F32, c4);
         }
         qembed_clear_error();
         s = qembed_optimizer_state_import(optim, i, step, bits, (m & 8) && !exact ? NULL : s1, c1, c2 > 0 ? s2 : NULL, c2,
@@ -1048,11 +1072,17 @@ static const op_fn ops[NOPS] = {
     [16] = op_create,        [17] = op_forward,             [18] = op_backward, [19] = op_step,
     [20] = op_blockwise,     [21] = op_4bit,                [22] = op_int8,     [23] = op_qforward,
 };
+static const char *const op_names[NOPS] = {
+    "blockwise", "dequantize_blockwise", "4bit", "dequantize_4bit", "int8", "statistics", "create", "forward",
+    "backward", "quantize_layer", "qforward", "optimizer", "step", "zero_grad", "state", NULL,
+    "create", "forward", "backward", "step", "blockwise", "4bit", "int8", "qforward",
+};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int initialized = 0;
     fuzz_reader r;
     int k, nops = 0;
+    const int verbose = getenv("QEMBED_FUZZ_VERBOSE") != NULL; /* replaying by hand: trace the calls */
     if (!initialized) {
         FUZZ_ASSERT(qembed_create_dynamic_map(true, 7, 8, dynamic_map) == QEMBED_OK);
         FUZZ_ASSERT(qembed_get_4bit_code(QEMBED_QUANT_FP4, four_bit_code[0]) == QEMBED_OK);
@@ -1062,8 +1092,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     r.p = data;
     r.n = size;
     while (fr_left(&r) > 0 && nops++ < MAX_OPS) {
-        const op_fn op = ops[fr_u8(&r) % NOPS];
-        if (op != NULL) op(&r);
+        const size_t at = size - fr_left(&r);
+        const int code = fr_u8(&r) % NOPS;
+        if (verbose) fprintf(stderr, "fuzz_capi: op %d (%s) at byte %zu\n", code, op_names[code] ? op_names[code] : "spare", at);
+        if (ops[code] != NULL) ops[code](&r);
     }
     qembed_optimizer_free(optim);
     optim = NULL;
