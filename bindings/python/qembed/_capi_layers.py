@@ -4,15 +4,9 @@ embeddings") as qembed.nn, qembed.optim and qembed.io use them: constants,
 handle helpers, and the ctypes declarations re-exported from qembed._capi
 (where each C prototype is bound once).
 
-One binding per C prototype, the prototype copied in the comment above it;
-argtypes/restype are set once, here. The library object and the error helpers
-(``_check``, the QembedError classes) come from ``qembed._capi``, so errors
-raised here are the same classes as everywhere else in the package.
-
-The function objects are fetched with ``lib[name]``, which makes a fresh
-ctypes function object per call, so the argtypes set here never clash with
-declarations of the same symbols elsewhere in the package. Opaque handles
-(``qembed_embedding *``, ``qembed_param *``, ...) are ``c_void_p``.
+The error helpers (``_check``, the QembedError classes) come from
+``qembed._capi`` too, so errors raised here are the same classes as
+everywhere else in the package. Opaque handles are ``c_void_p``.
 """
 
 import ctypes
