@@ -60,6 +60,10 @@ int main(void) {
     }
     printf("qembed %s: %d x %d table -> NF4 (%lld bytes + %lld absmax), max abs error %.6f\n", qembed_version(), ROWS,
            DIM, (long long)packed_bytes, (long long)blocks, max_err);
+    free(table);
+    free(restored);
+    free(packed);
+    free(absmax);
     /* NF4's widest gap (-1 to -0.696) is 0.304 of absmax: the error stays below half of it */
     return max_err <= 0.153f * max_abs ? 0 : 1;
 }

@@ -12,7 +12,7 @@
 #define K 4          /* distinct arrays */
 #define N 200003     /* elements per array (odd) */
 #define ROWS 401
-#define COLS 499     /* ROWS * COLS <= N */
+#define COLS 498     /* ROWS * COLS = 199698 <= N: the int8 calls read ROWS x COLS inputs */
 #define BS8 256
 #define BS4 64
 #define WORKERS 6
