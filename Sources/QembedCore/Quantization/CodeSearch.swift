@@ -107,7 +107,8 @@ public struct CodeSearch: @unchecked Sendable {
     /// The code index of a scaled value s in [-1, 1].
     @inline(__always)
     public func index(_ s: Float) -> UInt8 {
-        let bucket = Int((CodeSearch.key(s) &- CodeSearch.keyMin) >> CodeSearch.shift)
+        // min(): a NaN (whose key lies past +1's) must not index past the table.
+        let bucket = min(Int((CodeSearch.key(s) &- CodeSearch.keyMin) >> CodeSearch.shift), bucketCount - 1)
         let l = Int(lo[bucket])
         var q = l
         if span == 1 {
@@ -124,7 +125,11 @@ public struct CodeSearch: @unchecked Sendable {
         let b = unsafeBitCast(s, to: SIMD8<Int32>.self)
         let sign = b &>> 31  // all ones for negative values
         let key = unsafeBitCast(b ^ (sign | Int32(bitPattern: 0x8000_0000)), to: SIMD8<UInt32>.self)
-        let rel = key &- 0x407F_FFFF
+        var rel = key &- 0x407F_FFFF
+        // A NaN's key lies past +1's: clamp it into the table (key(1) - keyMin)
+        // so no input can index out of bounds.
+        let relMax = SIMD8<UInt32>(repeating: 0xBF80_0000 &- 0x407F_FFFF)
+        rel.replace(with: relMax, where: rel .> relMax)
         let bucket = rel &>> 16
         let pos = rel & 0xFFFF
         let e = SIMD8<UInt32>(table[Int(bucket[0])], table[Int(bucket[1])], table[Int(bucket[2])], table[Int(bucket[3])],

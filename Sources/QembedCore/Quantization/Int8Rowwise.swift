@@ -51,10 +51,11 @@ public enum Int8Rowwise {
                     // bitsandbytes writes 127.0 / row_stats, which torch evaluates as
                     // reciprocal(row_stats) * 127 (two float32 roundings): the same here,
                     // so results match to the bit. When 1/row_stats overflows (a row of
-                    // subnormals), x / row_stats * 127 is used instead (zeros stay zero).
+                    // subnormals) or (1/row_stats)*127 does (max |x| below ~3.7e-37),
+                    // x / row_stats * 127 is used instead (zeros stay zero).
                     let recip: Float = st == 0 ? 0 : 1 / st
-                    if recip.isFinite {
-                        let scale = recip * 127
+                    let scale = recip * 127
+                    if scale.isFinite {
                         for c in 0..<cols {
                             let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
                             o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
