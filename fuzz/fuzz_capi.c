@@ -69,11 +69,13 @@ static float elem(const void *p, int dtype, int64_t i) {
     }
 }
 
-/* Known open bug "optim8-nonfinite-state": a finite gradient or imported state
- * large enough to overflow an 8-bit optimizer state makes the step index its
- * code tables out of bounds. While it is open (and listed in KNOWN_OPEN),
- * gradients and imported state values above 1e15 in magnitude are zeroed so
- * that the fuzzer keeps looking for other bugs. */
+/* Bug "optim8-nonfinite-state" (found here, fixed in ddf71e8; reproducer
+ * fuzz/regressions/fuzz_capi/optim8-nonfinite-state-oob-read): a finite
+ * gradient or imported state large enough to overflow an 8-bit optimizer
+ * state made the step index its code tables out of bounds. While that id was
+ * listed in KNOWN_OPEN, gradients and imported state values above 1e15 in
+ * magnitude were zeroed so the fuzzer kept looking for other bugs; with the
+ * id gone from the list this does nothing. */
 static void tame_floats(void *p, int dtype, int64_t n) {
     int64_t i;
     const size_t es = dtype == QEMBED_DTYPE_F32 ? 4 : 2;
@@ -443,11 +445,10 @@ static void op_int8(fuzz_reader *r) {
                 }
                 FUZZ_ASSERT(same_float(rs[i], mx));
                 /* the header's formula: scale = (1 / row_stats) * 127 in float32, or
-                 * x / row_stats * 127 when that overflows; zero rows give 0. (The
-                 * header says "when 1 / row_stats overflows"; (1 / row_stats) * 127
-                 * also overflows for row maxima in [2^-128, ~3.7e-37], where the
-                 * scale is +inf and x * scale is no number at all: known open bug
-                 * "int8-scale-overflow", fuzz/regressions/fuzz_capi/int8-scale-overflow-*.) */
+                 * x / row_stats * 127 when that overflows; zero rows give 0. (Bug
+                 * "int8-scale-overflow", found here and fixed in ddf71e8: for row
+                 * maxima in [2^-128, ~3.7e-37] the library multiplied by an infinite
+                 * scale; fuzz/regressions/fuzz_capi/int8-scale-overflow-tiny-row.) */
                 const float recip = mx == 0.0f ? 0.0f : 1.0f / mx;
                 const float scale = recip * 127.0f;
                 if (isfinite(recip) && !isfinite(scale) && fuzz_known_open("int8-scale-overflow")) continue;
