@@ -26,7 +26,8 @@
 set -u
 
 seconds=${1:-60}
-case $seconds in '' | *[!0-9]*) echo "usage: sh tools/fuzz.sh [SECONDS]" >&2; exit 2 ;; esac
+# (libFuzzer reads -max_total_time=0 as "no limit": SECONDS must be >= 1)
+case $seconds in '' | *[!0-9]* | 0 | 00*) echo "usage: sh tools/fuzz.sh [SECONDS >= 1]" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 2
 
