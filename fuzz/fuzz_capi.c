@@ -74,12 +74,15 @@ static float elem(const void *p, int dtype, int64_t i) {
  *   "optim8-nonfinite-state": an 8-bit step indexing its code tables out of
  *     bounds (found here, fixed in ddf71e8; reproducer
  *     fuzz/regressions/fuzz_capi/optim8-nonfinite-state-oob-read);
- *   "optim-state-overflow": the step succeeds and leaves an infinite state
- *     that state_import refuses, so an exported state cannot be restored
- *     (reproducer fuzz/regressions/fuzz_capi/optim-state-overflow-roundtrip).
- * While either id is listed in fuzz/regressions/KNOWN_OPEN, gradients and
- * imported state values above 1e15 in magnitude are zeroed so the fuzzer
- * keeps looking for other bugs; otherwise this does nothing. */
+ *   "optim-state-overflow": the step succeeded and left an infinite state
+ *     that state_import refused, so an exported state could not be restored
+ *     (found here; fixed by the step's overflow guard, which refuses such a
+ *     step and changes nothing; reproducer
+ *     fuzz/regressions/fuzz_capi/optim-state-overflow-roundtrip).
+ * Both replay as ordinary regressions. Should either id be listed in
+ * fuzz/regressions/KNOWN_OPEN again, gradients and imported state values
+ * above 1e15 in magnitude are zeroed so the fuzzer keeps looking for other
+ * bugs; otherwise this does nothing. */
 static void tame_floats(void *p, int dtype, int64_t n) {
     int64_t i;
     const size_t es = dtype == QEMBED_DTYPE_F32 ? 4 : 2;
@@ -873,16 +876,37 @@ static void op_optimizer(fuzz_reader *r) {
     if (m & 64) free_layer(k);
 }
 
+typedef struct state_copy {
+    int ok;
+    uint8_t *s1, *s2;
+    float *a1, *a2;
+    int64_t b1, b2, n1, n2;
+    int64_t step; /* set by state_capture only */
+} state_copy;
+static void state_capture(int64_t i, state_copy *c);
+static int state_same(const state_copy *x, const state_copy *y);
+static void state_free(state_copy *c);
+
 static void op_step(fuzz_reader *r) {
     const uint8_t m = fr_u8(r);
     qembed_status s;
     if (optim == NULL) return;
+    state_copy before[4], after[4];
+    int64_t i;
+    for (i = 0; i < 4; i++) state_capture(i, &before[i]);
     qembed_clear_error();
     s = (m & 1) ? qembed_optimizer_zero_grad(optim) : qembed_optimizer_step(optim);
     if (s != QEMBED_OK) {
         FUZZ_ASSERT(s == QEMBED_ERR_NON_FINITE);
         expect_failure_message(s);
+        /* a refused step (NaN/Inf gradient, or an update that would overflow) changes no state */
+        for (i = 0; i < 4; i++) {
+            state_capture(i, &after[i]);
+            FUZZ_ASSERT(state_same(&before[i], &after[i]));
+            state_free(&after[i]);
+        }
     }
+    for (i = 0; i < 4; i++) state_free(&before[i]);
     if (m & 2) {
         qembed_optimizer_state_info info;
         memset(&info, 0, sizeof info);
@@ -895,12 +919,6 @@ static void op_step(fuzz_reader *r) {
 /* optimizer state export/import: capacities from state_info (exact, short or
  * larger); a failing export writes nothing; a failing import changes nothing;
  * importing what was exported succeeds and exports the same bytes again */
-typedef struct state_copy {
-    int ok;
-    uint8_t *s1, *s2;
-    float *a1, *a2;
-    int64_t b1, b2, n1, n2;
-} state_copy;
 
 static void state_free(state_copy *c) {
     free(c->s1);
@@ -923,8 +941,21 @@ static void state_get(int64_t i, const qembed_optimizer_state_info *info, state_
     c->ok = qembed_optimizer_state_export(optim, i, c->s1, c->b1, c->s2, c->b2, c->a1, c->n1, c->a2, c->n2) == QEMBED_OK;
 }
 
+/* state i exported (c->ok = 0 when there is none) */
+static void state_capture(int64_t i, state_copy *c) {
+    qembed_optimizer_state_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (qembed_optimizer_state_info_get(optim, i, &info) != QEMBED_OK) {
+        memset(c, 0, sizeof *c);
+        return;
+    }
+    state_get(i, &info, c);
+    c->step = info.initialized ? info.step : -1;
+}
+
 static int state_same(const state_copy *x, const state_copy *y) {
-    return x->ok == y->ok && x->b1 == y->b1 && x->b2 == y->b2 && x->n1 == y->n1 && x->n2 == y->n2 &&
+    return x->ok == y->ok && x->step == y->step && x->b1 == y->b1 && x->b2 == y->b2 && x->n1 == y->n1 && x->n2 == y->n2 &&
            memcmp(x->s1, y->s1, (size_t)x->b1) == 0 && (x->b2 == 0 || memcmp(x->s2, y->s2, (size_t)x->b2) == 0) &&
            (x->n1 == 0 || memcmp(x->a1, y->a1, (size_t)x->n1 * 4) == 0) &&
            (x->n2 == 0 || memcmp(x->a2, y->a2, (size_t)x->n2 * 4) == 0);

@@ -110,6 +110,70 @@ final class OptimizerTests: XCTestCase {
         XCTAssertNil(opt.states[0])
     }
 
+    /// Everything a step may change: parameter values and every state.
+    func snapshot(_ opt: Optimizer) -> [String] {
+        opt.params.enumerated().map { i, p in
+            let values = (0..<p.numel).map { p.value($0).bitPattern }
+            let s = opt.savedState(i)
+            return "\(values) \(String(describing: s?.step)) \(String(describing: s?.state1)) \(String(describing: s?.state2)) "
+                + "\(String(describing: s?.absmax1?.map(\.bitPattern))) \(String(describing: s?.absmax2?.map(\.bitPattern)))"
+        }
+    }
+
+    /// A finite gradient whose square overflows float32 (the fuzz_capi
+    /// finding optim-state-overflow): the step is refused, nothing changes,
+    /// the state still exports and imports, and the next normal step runs.
+    func testOverflowingStepIsRefusedAndChangesNothing() throws {
+        for (kind, bits) in [(OptimizerKind.adam, 32), (.adam, 8), (.adamw, 8), (.rmsprop, 32), (.rmsprop, 8), (.adagrad, 32), (.adagrad, 8)] {
+            let (_, a) = try param(40, 70, seed: 3)
+            let (_, b) = try param(40, 70, seed: 4)
+            var c = OptimizerConfig.defaults(kind, optimBits: bits); c.min8bitSize = 16
+            let opt = try Optimizer(c, params: [a, b])
+            let normal = (0..<a.numel).map { Float(Xavier.mix(UInt64($0) &+ 9) >> 40) / Float(1 << 24) - 0.5 }
+            try setGrad(a, normal); try setGrad(b, normal)
+            try opt.step()
+            var huge = normal; huge[1234] = 1e30
+            try setGrad(b, huge)
+            let before = snapshot(opt)
+            XCTAssertThrowsError(try opt.step(), "\(kind.name) \(bits)") {
+                XCTAssertEqual(($0 as! QembedError).status, .nonFinite)
+                XCTAssertTrue(($0 as! QembedError).message.contains("weight"), ($0 as! QembedError).message)
+            }
+            XCTAssertEqual(snapshot(opt), before, "\(kind.name) \(bits): a refused step changed something")
+            for i in 0..<2 { try opt.load(i, opt.savedState(i)!) }  // export -> import is the identity
+            XCTAssertEqual(snapshot(opt), before)
+            try setGrad(b, normal)
+            try opt.step()
+            XCTAssertEqual(opt.savedState(1)!.step, 2)
+        }
+    }
+
+    /// Refused too: 0/0 (Adam with eps = 0 on zero gradient and state) on the
+    /// first step (the fresh state is dropped again), and an f16 parameter
+    /// pushed past 65504.
+    func testOtherNonFiniteUpdatesAreRefused() throws {
+        let (_, p) = try param(8, 8, seed: 1)
+        var c = OptimizerConfig.defaults(.adam); c.eps = 0
+        let opt = try Optimizer(c, params: [p])
+        try setGrad(p, [Float](repeating: 0, count: 64))
+        let before = snapshot(opt)
+        XCTAssertThrowsError(try opt.step()) { XCTAssertEqual(($0 as! QembedError).status, .nonFinite) }
+        XCTAssertEqual(snapshot(opt), before)
+        XCTAssertNil(opt.states[0])
+        try setGrad(p, [Float](repeating: 0.5, count: 64))
+        try opt.step()  // no zero denominators: fine
+
+        let e = try Embedding(EmbeddingConfig(numEmbeddings: 4, embeddingDim: 16, dtype: .f16), seed: 2)
+        var m = OptimizerConfig.defaults(.momentum); m.lr = 1e4
+        let o16 = try Optimizer(m, params: [e.weight])
+        try setGrad(e.weight, [Float](repeating: -1, count: 64))
+        try o16.step()  // |p| <= 1e4 + 1: fine
+        let before16 = snapshot(o16)
+        try setGrad(e.weight, [Float](repeating: -10, count: 64))
+        XCTAssertThrowsError(try o16.step()) { XCTAssertEqual(($0 as! QembedError).status, .nonFinite) }
+        XCTAssertEqual(snapshot(o16), before16)
+    }
+
     func testSkipZeros() throws {
         let (_, p) = try param(8, 8, seed: 1)
         var c = OptimizerConfig.defaults(.adamw); c.skipZeros = true

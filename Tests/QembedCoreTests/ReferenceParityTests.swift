@@ -85,6 +85,44 @@ final class ReferenceParityTests: XCTestCase {
         try checkBlockwise(rng.floats(2000, scale: 1e-3).map { $0 + 0.502 } + rng.floats(100, scale: 1), code: clustered, blocksize: 128)
     }
 
+    /// The L1-sized table equals the rule on every midpoint and its float
+    /// neighbours, every bucket edge, tiny, signed-zero and random values.
+    func testCompactTableEqualsTheRule() throws {
+        let codes: [(String, [Float], Bool)] = [("signed dynamic", QuantMap.signedDynamic, true),
+                                                ("unsigned dynamic", QuantMap.unsignedDynamic, true),
+                                                ("linear (a midpoint at 0)", try QuantMap.linear(), false)]
+        var rng = Rng(7)
+        for (name, code, expected) in codes {
+            let search = CodeSearch(code: code)
+            XCTAssertEqual(search.compact != nil, expected, name)
+            guard let t = search.compact else { continue }
+            XCTAssertLessThanOrEqual(t.count * 4, 32 << 10, "\(name): table of \(t.count) entries")
+            var xs: [Float] = [0, -0.0, 1, -1, 1.5, -1.5, .infinity, -.infinity, 1e-30, -1e-30, .leastNonzeroMagnitude, -.leastNonzeroMagnitude]
+            for i in 0..<255 {
+                let m = (code[i] + code[i + 1]) / 2 + 0
+                xs += [m, m.nextUp, m.nextDown]
+            }
+            for ub in 0..<t.u {
+                let lo = t.a0 + (ub << t.shift), hi = min(lo + t.mask, t.a0 + t.span)
+                for b in [lo, hi, lo &- 1, hi + 1] { xs += [Float(bitPattern: b), -Float(bitPattern: b)] }
+            }
+            xs += rng.floats(20000, scale: 1) + rng.floats(2000, scale: 1e-4) + rng.floats(2000, scale: 1e-7)
+            while xs.count % 8 != 0 { xs.append(0.25) }
+            try code.withUnsafeBufferPointer { c in
+                for j in stride(from: 0, to: xs.count, by: 8) {
+                    let v = SIMD8<Float>(xs[j..<j + 8])
+                    let got = t.index8(v)
+                    for l in 0..<8 {
+                        let want = Blockwise8Reference.index(min(max(v[l], -1), 1), code: c.baseAddress!)
+                        if got[l] != UInt32(want) { XCTFail("\(name): s = \(v[l]) (bits \(String(v[l].bitPattern, radix: 16))) got \(got[l]) want \(want)"); return }
+                    }
+                }
+            }
+            let nan = t.index8(SIMD8(repeating: .nan))  // in range, whatever it is
+            XCTAssertTrue(nan.max() < 256)
+        }
+    }
+
     func check4bit(_ x: [Float], blocksize: Int, type: FourBitType, file: StaticString = #filePath, line: UInt = #line) throws {
         for dtype in dtypes {
             let (values, bytes) = storage(x, dtype)

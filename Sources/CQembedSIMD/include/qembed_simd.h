@@ -11,6 +11,11 @@ static inline __attribute__((always_inline)) qembed__f32x8 qembed__sqrt8(qembed_
     return __builtin_elementwise_sqrt(x);
 }
 
+/* a * b + c with one rounding (vfmadd), lane-wise. */
+static inline __attribute__((always_inline)) qembed__f32x8 qembed__fma8(qembed__f32x8 a, qembed__f32x8 b, qembed__f32x8 c) {
+    return __builtin_elementwise_fma(a, b, c);
+}
+
 /* Prefetches `bytes` bytes at p (one hint per 64-byte line) for reading:
  * random row gathers are latency-bound without it. */
 static inline __attribute__((always_inline)) void qembed__prefetch(const void *p, long bytes) {

@@ -5,7 +5,8 @@
 ///
 /// step(): every parameter that has a gradient is updated. All gradients are
 /// checked first: a NaN/Inf gradient skips the whole step (nothing changes)
-/// and is reported as `.nonFinite`. Sparse gradients update only the touched
+/// and is reported as `.nonFinite`; so is a step that would overflow a
+/// parameter or its state (see StepGuard). Sparse gradients update only the touched
 /// rows; untouched rows' state is not decayed (as torch's SparseAdam). The
 /// 8-bit step is one fused pass per block: dequantize the block's state,
 /// update the parameter, requantize with the exact nearest rule.
@@ -47,38 +48,87 @@ public final class Optimizer: @unchecked Sendable {
 
     public func step() throws(QembedError) {
         try lock.withExclusive { () throws(QembedError) in
-            // Validate every gradient before changing anything.
-            var work: [Int] = []
+            // Validate every gradient (its largest magnitude feeds the
+            // overflow guard) before changing anything.
+            var work: [(index: Int, gmax: Double)] = []
             for (i, p) in params.enumerated() {
                 let c = config(for: i)
                 try c.validate()
+                let gmax: Double
                 if p.sparse {
                     if p.sparseRows.isEmpty { continue }
-                    try checkFinite(F32.self, p.sparseValues, p.sparseValues.count, argument: "\(p.name).grad")
+                    if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad && bits(for: i) == 32 {
+                        throw .unsupported("max_unorm is not supported with sparse gradients (\(p.name))")
+                    }
+                    gmax = try p.sparseValues.withUnsafeBufferPointer { (b) throws(QembedError) in
+                        try Optimizer.gradientMax(b.baseAddress!, b.count, p.name)
+                    }
                 } else {
                     guard let g = p.grad else { continue }
-                    try checkFinite(F32.self, g.raw, p.numel, argument: "\(p.name).grad")
+                    gmax = try Optimizer.gradientMax(g.floats(), p.numel, p.name)
                 }
-                work.append(i)
+                work.append((i, gmax))
             }
-            for i in work { _ = try makeState(i) }
-            for i in work {
-                let p = params[i], s = states[i]!
-                try p.lock.withExclusive { () throws(QembedError) in
-                    s.step += 1
-                    let k = UpdateScalars(config(for: i), step: s.step)
-                    let c = config(for: i)
-                    if p.sparse {
-                        try SparseStep.run(k, c, p, s)
-                    } else if s.bits == 8 {
-                        try EightBitStep.dense(k, c, p, s)
-                    } else {
-                        try DenseStep32.run(k, c, p, s)
+            let fresh = work.map(\.index).filter { states[$0] == nil }
+            var snapshots: [StepGuard.Snapshot] = []
+            do throws(QembedError) {
+                for (i, _) in work { _ = try makeState(i) }
+                // Plan every update; the ones not provably finite run first,
+                // each from a snapshot, so a refused step restores them all
+                // before any other parameter changed.
+                var risky: [Int] = [], safe: [(Int, StepPlan)] = []
+                for (i, g) in work {
+                    let p = params[i], s = states[i]!, c = config(for: i)
+                    let plan = StepGuard.plan(c, UpdateScalars(c, step: s.step + 1), bits: s.bits, dtype: p.dtype, state: s, g: g) {
+                        Optimizer.maxMagnitude(p)
                     }
+                    if plan.safe { safe.append((i, plan)) } else { risky.append(i) }
                 }
+                for i in risky {
+                    let snapshot = try StepGuard.Snapshot(params[i], states[i]!)
+                    snapshots.append(snapshot)
+                    try update(i)
+                    try snapshot.verify()
+                }
+                snapshots.removeAll()
+                for (i, plan) in safe {
+                    try update(i)
+                    states[i]!.bound1 = plan.bound1
+                    states[i]!.bound2 = plan.bound2
+                }
+            } catch {
+                for snapshot in snapshots.reversed() { snapshot.restore() }
+                for i in fresh { states[i] = nil }
+                throw error
             }
         }
     }
+
+    /// One parameter's update (validated and planned by step()).
+    private func update(_ i: Int) throws(QembedError) {
+        let p = params[i], s = states[i]!, c = config(for: i)
+        try p.lock.withExclusive { () throws(QembedError) in
+            s.step += 1
+            let k = UpdateScalars(c, step: s.step)
+            if p.sparse {
+                try SparseStep.run(k, c, p, s)
+            } else if s.bits == 8 {
+                try EightBitStep.dense(k, c, p, s)
+            } else {
+                try DenseStep32.run(k, c, p, s)
+            }
+        }
+    }
+
+    /// max |g| over a gradient; throws `.nonFinite` naming the first NaN/Inf.
+    static func gradientMax(_ g: UnsafePointer<Float>, _ count: Int, _ name: String) throws(QembedError) -> Double {
+        let bits = Absmax.parallelMaxMagnitudeBits(F32.self, g, count)
+        if bits >= F32.nonFiniteBits { throw Absmax.firstNonFinite(F32.self, g, n: count, argument: "\(name).grad") }
+        return Double(Float(bitPattern: bits))
+    }
+
+    /// max |x| over a parameter's data (infinity when any is not finite).
+    static func maxMagnitude(_ p: Parameter) -> Double { Absmax.maxMagnitude(p.dtype, p.data.raw, p.numel) }
 
     public func zeroGrad() {
         for p in params { p.lock.withExclusive { p.zeroGrad() } }
@@ -142,6 +192,7 @@ public final class Optimizer: @unchecked Sendable {
                 if let a2 = s.absmax2 { try checkFinite(F32.self, a2.raw, s.blocks, argument: "absmax2") }
             }
             s.step = saved.step
+            (s.bound1, s.bound2) = StepGuard.measure(s)
             states[i] = s
         }
     }

@@ -9,6 +9,8 @@
 public final class OptimizerState: @unchecked Sendable {
     public static let blocksize = 256
     public internal(set) var step: Int = 0
+    /// Upper bounds of |state1| and |state2| (see StepGuard).
+    var bound1: Double = 0, bound2: Double = 0
     public let bits: Int
     public let numel: Int
     public let rowAligned: Bool

@@ -38,8 +38,9 @@ enum StepKernels {
         }
     }
 
-    /// The fused 8-bit step of one block: dequantize, update, requantize.
-    /// `t1`/`t2` are scratch for >= count floats.
+    /// The fused 8-bit step of one block: one pass dequantizes the state,
+    /// updates parameter and state and tracks the new absmax; then the state
+    /// is requantized with the exact rule. `t1`/`t2` are scratch for >= count floats.
     @inline(__always)
     static func block8<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, skipZeros: Bool,
                                                        p: UnsafeMutablePointer<E.Storage>, g: UnsafePointer<Float>,
@@ -47,16 +48,15 @@ enum StepKernels {
                                                        q2: UnsafeMutablePointer<UInt8>?, a2: UnsafeMutablePointer<Float>?,
                                                        t1: UnsafeMutablePointer<Float>, t2: UnsafeMutablePointer<Float>, count: Int) {
         let c1 = QuantMap.signedDynamicPointer, c2 = QuantMap.unsignedDynamicPointer
-        let m1 = a1.pointee
-        for j in 0..<count { t1[j] = c1[Int(q1[j])] * m1 }
-        if let q2, let a2 {
-            let m2 = a2.pointee
-            for j in 0..<count { t2[j] = c2[Int(q2[j])] * m2 }
-        }
+        let m1 = a1.pointee, m2 = a2?.pointee ?? 0
+        let twoStates = R.twoStates
+        let magnitude = SIMD8<Int32>(repeating: 0x7FFF_FFFF)
+        var max1 = SIMD8<Int32>(repeating: 0), max2 = max1  // magnitude bits: integer order is |x| order
         var j = 0
         while j + 8 <= count {
             let gv = load8(g + j)
-            let p0 = E.load8(p, j), a0 = load8(t1 + j), b0 = load8(t2 + j)
+            let p0 = E.load8(p, j), a0 = dequantize8(q1 + j, c1) * m1
+            let b0 = twoStates ? dequantize8(q2! + j, c2) * m2 : SIMD8()
             var pv = p0, a = a0, b = b0
             R.update8(k, gv, &pv, &a, &b)
             if skipZeros {
@@ -65,39 +65,47 @@ enum StepKernels {
             }
             E.store8(pv, p, j)
             store8(a, t1 + j)
-            store8(b, t2 + j)
+            let ma = unsafeBitCast(a, to: SIMD8<Int32>.self) & magnitude
+            max1.replace(with: ma, where: ma .> max1)
+            if twoStates {
+                store8(b, t2 + j)
+                let mb = unsafeBitCast(b, to: SIMD8<Int32>.self) & magnitude
+                max2.replace(with: mb, where: mb .> max2)
+            }
             j += 8
         }
+        var top1 = UInt32(max1.max()), top2 = UInt32(max2.max())
         while j < count {
+            var pv = SIMD2(repeating: E.load(p, j)), a = SIMD2(repeating: c1[Int(q1[j])] * m1)
+            var b = SIMD2(repeating: twoStates ? c2[Int(q2![j])] * m2 : 0)
             if !(skipZeros && g[j] == 0) {
-                var pv = SIMD2(repeating: E.load(p, j)), a = SIMD2(repeating: t1[j]), b = SIMD2(repeating: t2[j])
                 R.update8(k, SIMD2(repeating: g[j]), &pv, &a, &b)
                 E.store(pv[0], p, j)
-                t1[j] = a[0]
-                t2[j] = b[0]
             }
+            t1[j] = a[0]
+            t2[j] = b[0]
+            top1 = max(top1, a[0].bitPattern & 0x7FFF_FFFF)
+            top2 = max(top2, b[0].bitPattern & 0x7FFF_FFFF)
             j += 1
         }
-        requantize(t1, count, CodeSearch.signedDynamic, q1, a1)
-        if let q2, let a2 { requantize(t2, count, CodeSearch.unsignedDynamic, q2, a2) }
+        requantize(t1, count, Float(bitPattern: top1), CodeSearch.signedDynamic, q1, a1)
+        if let q2, let a2 { requantize(t2, count, Float(bitPattern: top2), CodeSearch.unsignedDynamic, q2, a2) }
     }
 
-    /// absmax and exact nearest codes of count floats.
+    /// code[q[i]] for 8 bytes.
     @inline(__always)
-    static func requantize(_ t: UnsafeMutablePointer<Float>, _ count: Int, _ search: CodeSearch,
+    static func dequantize8(_ q: UnsafePointer<UInt8>, _ code: UnsafePointer<Float>) -> SIMD8<Float> {
+        return SIMD8(code[Int(q[0])], code[Int(q[1])], code[Int(q[2])], code[Int(q[3])],
+              code[Int(q[4])], code[Int(q[5])], code[Int(q[6])], code[Int(q[7])])
+    }
+
+    /// Stores absmax `m` and the exact nearest codes of count floats.
+    @inline(__always)
+    static func requantize(_ t: UnsafeMutablePointer<Float>, _ count: Int, _ m: Float, _ search: CodeSearch,
                            _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>) {
-        let m = Float(bitPattern: Absmax.maxMagnitudeBits(F32.self, t, count))
         absmax.pointee = m
         let scale = BlockScale(absmax: m)
-        var j = 0
-        if let table = search.packed, !scale.divides {
-            let r = SIMD8<Float>(repeating: scale.reciprocal)
-            while j + 8 <= count {
-                let v = CodeSearch.index8(clampUnit(load8(t + j) * r), table)
-                for l in 0..<8 { q[j + l] = UInt8(truncatingIfNeeded: v[l]) }
-                j += 8
-            }
-        }
+        var j = scale.divides ? 0 : search.quantize8(F32.self, t, count, reciprocal: scale.reciprocal, q)
         while j < count { q[j] = search.index(scale.scaled(t[j])); j += 1 }
     }
 }
@@ -180,9 +188,16 @@ enum EightBitStep {
                 let (b, g) = item(w)
                 let range = s.range(ofBlock: b)
                 let lo = range.lowerBound
-                StepKernels.block8(r, e, k, skipZeros: c.skipZeros, p: data + lo, g: g, q1: q1 + lo, a1: a1 + b,
-                                   q2: q2.map { $0 + lo }, a2: a2.map { $0 + b },
-                                   t1: scratch, t2: scratch + OptimizerState.blocksize, count: range.count)
+                // Two copies of the inlined kernel: skip_zeros is a constant in each.
+                if c.skipZeros {
+                    StepKernels.block8(r, e, k, skipZeros: true, p: data + lo, g: g, q1: q1 + lo, a1: a1 + b,
+                                       q2: q2.map { $0 + lo }, a2: a2.map { $0 + b },
+                                       t1: scratch, t2: scratch + OptimizerState.blocksize, count: range.count)
+                } else {
+                    StepKernels.block8(r, e, k, skipZeros: false, p: data + lo, g: g, q1: q1 + lo, a1: a1 + b,
+                                       q2: q2.map { $0 + lo }, a2: a2.map { $0 + b },
+                                       t1: scratch, t2: scratch + OptimizerState.blocksize, count: range.count)
+                }
             }
         }
     }
@@ -202,9 +217,6 @@ enum SparseStep {
                     return (rows[t] * bpr + j, v + t * cols + j * OptimizerState.blocksize)
                 }
                 return
-            }
-            if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad {
-                throw .unsupported("max_unorm is not supported with sparse gradients")
             }
             try withRule(c.kind) { (r) throws(QembedError) in
                 try withFloatElement(p.dtype) { (e) throws(QembedError) in

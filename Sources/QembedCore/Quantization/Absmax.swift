@@ -106,3 +106,36 @@ public enum Absmax {
         return m
     }
 }
+
+extension Absmax {
+    /// max magnitude bits over `count` elements, scanned by all threads.
+    public static func parallelMaxMagnitudeBits<E: FloatElement>(_ e: E.Type, _ p: UnsafePointer<E.Storage>, _ count: Int) -> UInt32 {
+        let result = Atomic<UInt32>(0)
+        Parallel.forEachChunk(count, grain: 1 << 16) { r in
+            let m = maxMagnitudeBits(e, p + r.lowerBound, r.count)
+            var old = result.load(ordering: .relaxed)
+            while m > old {
+                let (done, now) = result.compareExchange(expected: old, desired: m, ordering: .relaxed)
+                if done { break }
+                old = now
+            }
+        }
+        return result.load(ordering: .relaxed)
+    }
+}
+
+extension Absmax {
+    /// max |x| over `count` elements of a float dtype (f32 when not f16/bf16),
+    /// scanned by all threads; infinity when any is not finite.
+    public static func maxMagnitude(_ dtype: DType, _ raw: UnsafeRawPointer, _ count: Int) -> Double {
+        func scan<E: FloatElement>(_ e: E.Type) -> Double {
+            let bits = parallelMaxMagnitudeBits(e, raw.assumingMemoryBound(to: E.Storage.self), count)
+            return bits >= E.nonFiniteBits ? .infinity : Double(E.float(fromMagnitudeBits: bits))
+        }
+        switch dtype {
+        case .f16: return scan(F16.self)
+        case .bf16: return scan(BF16.self)
+        default: return scan(F32.self)
+        }
+    }
+}

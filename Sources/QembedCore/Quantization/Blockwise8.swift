@@ -25,16 +25,8 @@ public enum Blockwise8 {
     static func quantizeBlock<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int,
                                                _ scale: BlockScale, _ search: CodeSearch,
                                                _ out: UnsafeMutablePointer<UInt8>) {
-        var i = 0
-        if let table = search.packed, !scale.divides {
-            // The hot path: 8 lanes, one table load per element.
-            let r = SIMD8<Float>(repeating: scale.reciprocal)
-            while i + 8 <= count {
-                let q = CodeSearch.index8(clampUnit(E.load8(src, i) * r), table)
-                UnsafeMutableRawPointer(out + i).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: q), as: SIMD8<UInt8>.self)
-                i += 8
-            }
-        }
+        // The hot path: 8 lanes, one table load per element.
+        var i = scale.divides ? 0 : search.quantize8(e, src, count, reciprocal: scale.reciprocal, out)
         while i < count { out[i] = search.index(scale.scaled(E.load(src, i))); i += 1 }
     }
 

@@ -20,13 +20,16 @@ public struct CodeSearch: @unchecked Sendable {
     /// bucket's one midpoint key inside the bucket (65535 when none), so that
     /// index = lo + (offset of key(s) > t). One table load per element.
     let packed: UnsafeMutablePointer<UInt32>?
+    /// The same search in an L1-sized table, when the code allows it.
+    let compact: CompactCodeTable?
     private let storage: Storage
 
     final class Storage {
         let mids: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<UInt8>
-        let packed: UnsafeMutablePointer<UInt32>?
-        init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>, _ p: UnsafeMutablePointer<UInt32>?) { mids = m; lo = l; packed = p }
-        deinit { mids.deallocate(); lo.deallocate(); packed?.deallocate() }
+        let packed: UnsafeMutablePointer<UInt32>?, compact: UnsafeMutablePointer<UInt32>?
+        init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>, _ p: UnsafeMutablePointer<UInt32>?,
+             _ c: UnsafeMutablePointer<UInt32>?) { mids = m; lo = l; packed = p; compact = c }
+        deinit { mids.deallocate(); lo.deallocate(); packed?.deallocate(); compact?.deallocate() }
     }
 
     static var shift: UInt32 { 16 }
@@ -101,7 +104,9 @@ public struct CodeSearch: @unchecked Sendable {
         self.lo = loPtr
         self.span = span
         self.bucketCount = buckets
-        self.storage = Storage(midPtr, loPtr, packed)
+        let compact = CompactCodeTable(mids: m)
+        self.compact = compact
+        self.storage = Storage(midPtr, loPtr, packed, compact?.entries)
     }
 
     /// The code index of a scaled value s in [-1, 1].
@@ -136,6 +141,37 @@ public struct CodeSearch: @unchecked Sendable {
                               table[Int(bucket[4])], table[Int(bucket[5])], table[Int(bucket[6])], table[Int(bucket[7])])
         let above = unsafeBitCast(pos .> (e & 0xFFFF), to: SIMD8<UInt32>.self)  // all ones when above
         return (e &>> 16) &- above
+    }
+
+    /// Quantizes 8 values at a time while at least 8 remain: out[i] = the
+    /// index of clamp(x[i] * reciprocal, -1, 1). Returns how many were done
+    /// (the caller finishes the rest with `index`).
+    @inline(__always)
+    func quantize8<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int, reciprocal: Float,
+                                    _ out: UnsafeMutablePointer<UInt8>) -> Int {
+        var i = 0
+        let r = SIMD8<Float>(repeating: reciprocal)
+        if let compact {
+            // Values beyond +-1 (and NaN) land in the buckets of +-1: no clamp needed.
+            while i + 8 <= count {
+                CodeSearch.storeBytes(compact.index8(E.load8(src, i) * r), out + i)
+                i += 8
+            }
+        } else if let packed {
+            while i + 8 <= count {
+                CodeSearch.storeBytes(CodeSearch.index8(clampUnit(E.load8(src, i) * r), packed), out + i)
+                i += 8
+            }
+        }
+        return i
+    }
+
+    /// Stores the low bytes of 8 indices (a lane loop: it compiles to two
+    /// shuffles and one 8-byte store; SIMD8<UInt8>(truncatingIfNeeded:) is
+    /// an out-of-line generic call in Swift 6.3).
+    @inline(__always)
+    static func storeBytes(_ v: SIMD8<UInt32>, _ out: UnsafeMutablePointer<UInt8>) {
+        for l in 0..<8 { out[l] = UInt8(truncatingIfNeeded: v[l]) }
     }
 
     /// Cached searches for the two dynamic maps.
