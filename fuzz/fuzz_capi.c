@@ -956,7 +956,7 @@ static void state_capture(int64_t i, state_copy *c) {
 
 static int state_same(const state_copy *x, const state_copy *y) {
     return x->ok == y->ok && x->step == y->step && x->b1 == y->b1 && x->b2 == y->b2 && x->n1 == y->n1 && x->n2 == y->n2 &&
-           memcmp(x->s1, y->s1, (size_t)x->b1) == 0 && (x->b2 == 0 || memcmp(x->s2, y->s2, (size_t)x->b2) == 0) &&
+           (x->b1 == 0 || memcmp(x->s1, y->s1, (size_t)x->b1) == 0) && (x->b2 == 0 || memcmp(x->s2, y->s2, (size_t)x->b2) == 0) &&
            (x->n1 == 0 || memcmp(x->a1, y->a1, (size_t)x->n1 * 4) == 0) &&
            (x->n2 == 0 || memcmp(x->a2, y->a2, (size_t)x->n2 * 4) == 0);
 }
