@@ -51,6 +51,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=("kernels", "layers", "optimizer"), help="run one section")
     args = ap.parse_args()
     qembed.set_num_threads(args.threads)
     if torch is not None:
@@ -63,6 +64,16 @@ def main():
     print(f"torch {torch.__version__ if torch else 'not installed'}, bitsandbytes {bnb.__version__ if bnb else 'not installed'}")
     tx = torch.from_numpy(x) if torch is not None else None
 
+    want = lambda section: args.only in (None, section)
+    if want("kernels"):
+        kernels(args, n, x, tx, memcpy)
+    if want("layers"):
+        layers(args, memcpy)
+    if want("optimizer"):
+        optimizers(args, memcpy)
+
+
+def kernels(args, n, x, tx, memcpy):
     print(f"\nkernels, {n >> 20}M float32 elements (qembed calls allocate fresh outputs, as bitsandbytes' do)")
     for bs in (256, 4096):
         tq = best(lambda: QF.quantize_blockwise(x, blocksize=bs))
@@ -97,7 +108,7 @@ def main():
         ref = best(lambda: BF.int8_vectorwise_dequant(bq8, bst8))
     row("int8_vectorwise_dequant", tq, 5 * n, memcpy, ref)
 
-    nn = getattr(qembed, "nn", None)
+def layers(args, memcpy):
     if nn is None:
         print("\n(qembed.nn not available: layer comparisons skipped)")
         return
@@ -162,6 +173,10 @@ def main():
                 ref = None
             row(f"qembed {cls.__name__} {rows}x{dim}", tq, 65536 * dim * 4, memcpy, ref)
 
+
+def optimizers(args, memcpy):
+    rng = np.random.default_rng(1)
+    nn = getattr(qembed, "nn", None)
     optim = getattr(qembed, "optim", None)
     if optim is None or torch is None:
         return
@@ -171,21 +186,26 @@ def main():
     optim.GlobalOptimManager.get_instance().override_config(layer.weight, "optim_bits", 8)
     g = rng.standard_normal((numel // 1024, 1024), dtype=np.float32) * 1e-3
     layer.backward(np.arange(numel // 1024), g)
+    # A second layer without the override: Embedding weights keep 32-bit state (optim_bits = 32).
+    layer32 = nn.Embedding(numel // 1024, 1024)
+    layer32.backward(np.arange(numel // 1024), g)
     tp = torch.nn.Parameter(torch.from_numpy(layer.weight.data.copy()))
     tp.grad = torch.from_numpy(g)
     for name, make, bmake in (("Adam8bit", lambda: optim.Adam8bit(layer.parameters()), lambda: bnb.optim.Adam8bit([tp])),
-                              ("Adam (32-bit)", lambda: optim.Adam(layer.parameters()), lambda: torch.optim.Adam([tp], fused=True)),
+                              ("Adam (32-bit)", lambda: optim.Adam(layer32.parameters()), lambda: torch.optim.Adam([tp], fused=True)),
                               ("Lion8bit", lambda: optim.Lion8bit(layer.parameters()), lambda: bnb.optim.Lion8bit([tp])),
                               ("SGD8bit", lambda: optim.SGD8bit(layer.parameters(), lr=1e-3, momentum=0.9),
                                lambda: bnb.optim.SGD8bit([tp], lr=1e-3, momentum=0.9))):
         o = make()
-        tq = best(lambda: o.step())
+        # bytes moved per parameter: p r/w, g, each state r/w (4 + 4 bytes 32-bit, 1 + 1 8-bit)
+        nbytes = 28 if "32-bit" in name else (16 if "Adam" in name else 14)
+        tq = best(lambda: o.step(), reps=5)
         ref = None
         if bnb is not None:
             bo = bmake()
             ref = best(lambda: bo.step(), reps=2)
-            row(f"reference {name} ({type(bo).__module__.split('.')[0]})", ref, numel * 16, memcpy)
-        row(f"qembed {name}", tq, numel * 16, memcpy, ref, type(bo).__module__.split('.')[0] if bnb is not None else "")
+            row(f"reference {name} ({type(bo).__module__.split('.')[0]})", ref, numel * nbytes, memcpy)
+        row(f"qembed {name}", tq, numel * nbytes, memcpy, ref, type(bo).__module__.split('.')[0] if bnb is not None else "")
     to = torch.optim.Adam([tp], foreach=True)
     row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
 

@@ -535,7 +535,13 @@ QEMBED_API qembed_status qembed_embedding_param(qembed_embedding *e, int64_t i, 
  * qembed_optimizer_step(): updates every parameter that has a gradient. All
  * gradients are validated first; a NaN/Inf gradient skips the whole step
  * (no parameter or state changes) and returns QEMBED_ERR_NON_FINITE naming the
- * parameter and element. Sparse gradients update only their rows; untouched
+ * parameter and element. So does an update that would overflow: a step never
+ * leaves NaN/Inf in a parameter or its state (a finite gradient of 1e30 whose
+ * square overflows Adam's second moment, eps = 0 with a zero gradient and
+ * state, a float16 weight pushed past 65504); the step is refused, nothing
+ * changes, and every exported state can be imported again. Most steps are
+ * proven finite from bounds the optimizer keeps; the others are checked on
+ * a copy of the parameter and its state. Sparse gradients update only their rows; untouched
  * rows' state is not decayed (as torch.optim.SparseAdam), and 8-bit state of a
  * sparse parameter uses blocks that never straddle rows (ceil(cols/256) per
  * row). skip_zeros skips elements whose gradient is exactly 0.

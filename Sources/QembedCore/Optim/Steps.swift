@@ -74,7 +74,8 @@ enum StepKernels {
             }
             j += 8
         }
-        var top1 = UInt32(max1.max()), top2 = UInt32(max2.max())
+        var top1: UInt32 = 0, top2: UInt32 = 0  // (SIMD .max() is an out-of-line generic call)
+        for l in 0..<8 { top1 = max(top1, UInt32(max1[l])); top2 = max(top2, UInt32(max2[l])) }
         while j < count {
             var pv = SIMD2(repeating: E.load(p, j)), a = SIMD2(repeating: c1[Int(q1[j])] * m1)
             var b = SIMD2(repeating: twoStates ? c2[Int(q2![j])] * m2 : 0)
