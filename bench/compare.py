@@ -109,6 +109,7 @@ def kernels(args, n, x, tx, memcpy):
     row("int8_vectorwise_dequant", tq, 5 * n, memcpy, ref)
 
 def layers(args, memcpy):
+    nn = getattr(qembed, "nn", None)
     if nn is None:
         print("\n(qembed.nn not available: layer comparisons skipped)")
         return
