@@ -950,6 +950,91 @@ static void test_nonfinite(void) {
     }
 }
 
+/* ---- updates that would overflow ----------------------------------------------------- */
+
+static int import_saved(qembed_optimizer *o, int64_t i, const saved *s) {
+    return qembed_optimizer_state_import(o, i, s->step, s->bits, s->s1, s->s_bytes, s->ns == 2 ? s->s2 : NULL,
+                                         s->ns == 2 ? s->s_bytes : 0, s->bits == 8 ? s->a1 : NULL,
+                                         s->bits == 8 ? s->blocks : 0, s->bits == 8 && s->ns == 2 ? s->a2 : NULL,
+                                         s->bits == 8 && s->ns == 2 ? s->blocks : 0) == QEMBED_OK;
+}
+
+/* A finite gradient of 1e30 overflows the squared-gradient states (Adam's v,
+ * RMSprop, Adagrad): the step is refused like a NaN gradient and nothing
+ * changes; Lion and SGD momentum take it (their states stay finite). Every
+ * state exported afterwards imports again (the fuzz_capi finding
+ * optim-state-overflow). */
+static void test_overflow(void) {
+    int bits;
+    for (bits = 8; bits <= 32; bits += 24) {
+        int kind;
+        for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
+            const int squares = kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW || kind == QEMBED_OPTIM_RMSPROP ||
+                                kind == QEMBED_OPTIM_ADAGRAD;
+            qembed_embedding *a = make_layer(R8, C8, 3, 0, false, NULL), *b = make_layer(R8, C8, 4, 0, false, NULL);
+            qembed_param *ps[2];
+            qembed_optimizer_params op = defaults(kind, bits);
+            qembed_optimizer *o;
+            qt_rng rng = qt_rng_make(91);
+            float *pa, *pb;
+            saved sa, sb, sa2, sb2;
+            qembed_status st;
+            ps[0] = param_of(a, 0);
+            ps[1] = param_of(b, 0);
+            CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+            CHECK(qembed_param_clear_override(ps[1], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+            o = make_opt(&op, ps, 2);
+            ensure_grads(a);
+            ensure_grads(b);
+            fill_grad(ps[0], &rng, 1.0f);
+            fill_grad(ps[1], &rng, 1.0f);
+            CHECK(qembed_optimizer_step(o) == QEMBED_OK);
+            pa = data_copy(ps[0]);
+            pb = data_copy(ps[1]);
+            sa = save_state(o, 0);
+            sb = save_state(o, 1);
+            fill_grad(ps[0], &rng, 1.0f);
+            fill_grad(ps[1], &rng, 1.0f);
+            info_of(ps[1]).grad[2024] = -1e30f;
+            qembed_clear_error();
+            st = qembed_optimizer_step(o);
+            if (squares) {
+                CHECKF(st == QEMBED_ERR_NON_FINITE, "%s/%d: a 1e30 gradient: status %d", kind_names[kind], bits, (int)st);
+                CHECKF(strstr(qembed_last_error(), "weight") != NULL && strstr(qembed_last_error(), "unchanged") != NULL,
+                       "message \"%s\"", qembed_last_error());
+                CHECK(memcmp(pa, info_of(ps[0]).data, R8 * C8 * sizeof(float)) == 0);
+                CHECK(memcmp(pb, info_of(ps[1]).data, R8 * C8 * sizeof(float)) == 0);
+                sa2 = save_state(o, 0);
+                sb2 = save_state(o, 1);
+                CHECKF(same_state(&sa, &sa2) && same_state(&sb, &sb2), "%s/%d: a refused step changed the state",
+                       kind_names[kind], bits);
+                free_saved(&sa2);
+                free_saved(&sb2);
+            } else {
+                CHECKF(st == QEMBED_OK, "%s/%d: a 1e30 gradient: %s", kind_names[kind], bits, qembed_last_error());
+            }
+            /* export -> import is the identity, whatever happened */
+            sa2 = save_state(o, 0);
+            sb2 = save_state(o, 1);
+            CHECKF(import_saved(o, 0, &sa2) && import_saved(o, 1, &sb2), "%s/%d: import of an export: %s",
+                   kind_names[kind], bits, qembed_last_error());
+            /* a normal gradient steps again */
+            fill_grad(ps[1], &rng, 1.0f);
+            CHECK(qembed_optimizer_step(o) == QEMBED_OK);
+            CHECK(state_info(o, 1).step == (squares ? 2 : 3));
+            free(pa);
+            free(pb);
+            free_saved(&sa);
+            free_saved(&sb);
+            free_saved(&sa2);
+            free_saved(&sb2);
+            qembed_optimizer_free(o);
+            qembed_embedding_free(a);
+            qembed_embedding_free(b);
+        }
+    }
+}
+
 /* ---- export / import ------------------------------------------------------------------ */
 
 static void test_export_import(void) {
@@ -1478,6 +1563,7 @@ int main(void) {
     test_8bit_trajectory();
     test_override_isolation();
     test_nonfinite();
+    test_overflow();
     test_export_import();
     test_sparse();
     test_skip_zeros();

@@ -449,6 +449,33 @@ def test_nan_gradient_changes_nothing(factory):
     assert opt.state[a.weight]["step"] == 2
 
 
+@pytest.mark.parametrize("factory", [lambda ps: optim.Adam8bit(ps), lambda ps: optim.Adam(ps),
+                                     lambda ps: optim.RMSprop(ps), lambda ps: optim.Adagrad8bit(ps)],
+                         ids=["adam8", "adam32", "rmsprop32", "adagrad8"])
+def test_overflowing_update_changes_nothing(factory):
+    """A finite gradient whose square overflows float32 is refused like a NaN
+    (bitsandbytes and torch would store inf in the state), and the state
+    still round-trips through state_dict / load_state_dict."""
+    rng = np.random.default_rng(6)
+    a = table_param((rng.standard_normal((64, 100)) * 0.1).astype(np.float32))
+    opt = factory(a.parameters())
+    set_grad(a, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    opt.step()
+    before = a.weight.data.copy()
+    state = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state[a.weight].items()}
+    a.weight.grad[3, 9] = -1e30
+    with pytest.raises(ValueError) as exc:
+        opt.step()
+    assert "non-finite" in str(exc.value) and "unchanged" in str(exc.value)
+    assert np.array_equal(a.weight.data, before)
+    after = opt.state[a.weight]
+    assert all(np.array_equal(state[k], after[k]) for k in state)
+    opt.load_state_dict(opt.state_dict())
+    a.weight.grad[3, 9] = 0.5
+    opt.step()
+    assert opt.state[a.weight]["step"] == 2 and np.all(np.isfinite(a.weight.data))
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: optim.Adam(ps, lr=-1.0), lambda ps: optim.Adam(ps, eps=-1e-8), lambda ps: optim.Adam(ps, betas=(1.0, 0.9)),
     lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), lambda ps: optim.AdamW(ps, weight_decay=-0.1),

@@ -376,7 +376,11 @@ class Optimizer8bit:
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient. A NaN/Inf
-        gradient raises ValueError and changes nothing (in any group)."""
+        gradient raises ValueError and changes nothing (in any group). An
+        update that would overflow float32 (say a gradient of 1e30, whose
+        square overflows Adam's second moment) also raises ValueError and
+        changes nothing in its parameter group; with several groups, groups
+        stepped before it keep their update."""
         loss = None
         if closure is not None:
             loss = closure()
