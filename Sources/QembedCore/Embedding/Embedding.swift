@@ -272,6 +272,8 @@ public final class Embedding: @unchecked Sendable {
     }
 
     /// Coalesces this batch's rows and merges them into the sparse gradient.
+    /// Rows are independent, so both passes run on all threads; the value
+    /// buffers are filled without zeroing them first.
     private func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>) {
         let dim = config.embeddingDim
         let pad = config.paddingIdx ?? -1
@@ -282,17 +284,31 @@ public final class Embedding: @unchecked Sendable {
         keys.reserveCapacity(indices.count)
         for k in 0..<indices.count where indices[k] != pad { keys.append(UInt64(indices[k]) << 32 | UInt64(k)) }
         keys.sort()
-        var rows: [Int] = []
+        var rows: [Int] = [], starts: [Int] = []   // starts[r]: first key of row r
         rows.reserveCapacity(keys.count)
-        for key in keys where rows.last != Int(key >> 32) { rows.append(Int(key >> 32)) }
-        var values = [Float](repeating: 0, count: rows.count * dim)
-        values.withUnsafeMutableBufferPointer { vb in
-            var r = -1, last = -1
-            for key in keys {
-                let i = Int(key >> 32), k = Int(key & 0xFFFF_FFFF)
-                if i != last { r += 1; last = i }
-                let dst = vb.baseAddress! + r * dim, src = g + k * dim
-                if let s = scales?[i] { for j in 0..<dim { dst[j] += src[j] * s } } else { for j in 0..<dim { dst[j] += src[j] } }
+        starts.reserveCapacity(keys.count + 1)
+        for (t, key) in keys.enumerated() where t == 0 || key >> 32 != keys[t - 1] >> 32 {
+            rows.append(Int(key >> 32)); starts.append(t)
+        }
+        starts.append(keys.count)
+        let grain = max(1, 16384 / max(dim, 1))
+        let values = keys.withUnsafeBufferPointer { kb in
+            [Float](unsafeUninitializedCapacity: rows.count * dim) { vb, initialized in
+                Parallel.forEachChunk(rows.count, grain: grain) { range in
+                    for r in range {
+                        let dst = vb.baseAddress! + r * dim
+                        let s = scales?[rows[r]] ?? 1
+                        for t in starts[r]..<starts[r + 1] {
+                            let src = g + Int(kb[t] & 0xFFFF_FFFF) * dim
+                            if t == starts[r] {
+                                if s == 1 { dst.update(from: src, count: dim) } else { for j in 0..<dim { dst[j] = src[j] * s } }
+                            } else {
+                                if s == 1 { for j in 0..<dim { dst[j] += src[j] } } else { for j in 0..<dim { dst[j] += src[j] * s } }
+                            }
+                        }
+                    }
+                }
+                initialized = rows.count * dim
             }
         }
         // Merge with the existing coalesced gradient: rows first, then one
@@ -314,18 +330,24 @@ public final class Embedding: @unchecked Sendable {
                 mRows.append(rows[b]); from.append((a, b)); a += 1; b += 1
             }
         }
-        var mValues = [Float](repeating: 0, count: mRows.count * dim)
-        mValues.withUnsafeMutableBufferPointer { mb in
-            oldValues.withUnsafeBufferPointer { ob in
-                values.withUnsafeBufferPointer { nb in
-                    for (r, (ia, ib)) in from.enumerated() {
-                        let dst = mb.baseAddress! + r * dim
-                        if ia >= 0 { dst.update(from: ob.baseAddress! + ia * dim, count: dim) }
-                        if ib >= 0 {
-                            let src = nb.baseAddress! + ib * dim
-                            if ia >= 0 { for j in 0..<dim { dst[j] += src[j] } } else { dst.update(from: src, count: dim) }
+        let mValues = oldValues.withUnsafeBufferPointer { ob in
+            values.withUnsafeBufferPointer { nb in
+                [Float](unsafeUninitializedCapacity: mRows.count * dim) { mb, initialized in
+                    Parallel.forEachChunk(from.count, grain: grain) { range in
+                        for r in range {
+                            let (ia, ib) = from[r]
+                            let dst = mb.baseAddress! + r * dim
+                            if ia >= 0 && ib >= 0 {
+                                let x = ob.baseAddress! + ia * dim, y = nb.baseAddress! + ib * dim
+                                for j in 0..<dim { dst[j] = x[j] + y[j] }
+                            } else if ia >= 0 {
+                                dst.update(from: ob.baseAddress! + ia * dim, count: dim)
+                            } else {
+                                dst.update(from: nb.baseAddress! + ib * dim, count: dim)
+                            }
                         }
                     }
+                    initialized = mRows.count * dim
                 }
             }
         }
