@@ -80,43 +80,47 @@ public final class Optimizer: @unchecked Sendable {
                 for (i, g) in work {
                     let p = params[i], s = states[i]!, c = config(for: i)
                     let plan = StepGuard.plan(c, UpdateScalars(c, step: s.step + 1), bits: s.bits, dtype: p.dtype, state: s, g: g) {
-                        Optimizer.maxMagnitude(p)
+                        p.lock.withShared { Optimizer.maxMagnitude(p) }
                     }
                     if plan.safe { safe.append((i, plan)) } else { risky.append(i) }
                 }
+                // Copy, update and check under the parameter's lock, so no
+                // forward sees a refused update; a refused one is restored
+                // before the lock is released.
                 for i in risky {
-                    let snapshot = try StepGuard.Snapshot(params[i], states[i]!)
-                    snapshots.append(snapshot)
-                    try update(i)
-                    try snapshot.verify()
+                    try params[i].lock.withExclusive { () throws(QembedError) in
+                        let snapshot = try StepGuard.Snapshot(params[i], states[i]!)
+                        try updateLocked(i)
+                        do throws(QembedError) { try snapshot.verify() } catch { snapshot.restore(); throw error }
+                        snapshots.append(snapshot)
+                    }
                 }
                 snapshots.removeAll()
                 for (i, plan) in safe {
-                    try update(i)
+                    try params[i].lock.withExclusive { () throws(QembedError) in try updateLocked(i) }
                     states[i]!.bound1 = plan.bound1
                     states[i]!.bound2 = plan.bound2
                 }
             } catch {
-                for snapshot in snapshots.reversed() { snapshot.restore() }
+                for snapshot in snapshots.reversed() { snapshot.param.lock.withExclusive { snapshot.restore() } }
                 for i in fresh { states[i] = nil }
                 throw error
             }
         }
     }
 
-    /// One parameter's update (validated and planned by step()).
-    private func update(_ i: Int) throws(QembedError) {
+    /// One parameter's update (validated and planned by step()); the caller
+    /// holds the parameter's lock.
+    private func updateLocked(_ i: Int) throws(QembedError) {
         let p = params[i], s = states[i]!, c = config(for: i)
-        try p.lock.withExclusive { () throws(QembedError) in
-            s.step += 1
-            let k = UpdateScalars(c, step: s.step)
-            if p.sparse {
-                try SparseStep.run(k, c, p, s)
-            } else if s.bits == 8 {
-                try EightBitStep.dense(k, c, p, s)
-            } else {
-                try DenseStep32.run(k, c, p, s)
-            }
+        s.step += 1
+        let k = UpdateScalars(c, step: s.step)
+        if p.sparse {
+            try SparseStep.run(k, c, p, s)
+        } else if s.bits == 8 {
+            try EightBitStep.dense(k, c, p, s)
+        } else {
+            try DenseStep32.run(k, c, p, s)
         }
     }
 
