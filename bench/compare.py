@@ -209,6 +209,9 @@ def optimizers(args, memcpy):
         row(f"qembed {name}", tq, numel * nbytes, memcpy, ref, type(bo).__module__.split('.')[0] if bnb is not None else "")
     to = torch.optim.Adam([tp], foreach=True)
     row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
+    if bnb is not None:
+        bo = bnb.optim.Adam([tp])
+        row("bitsandbytes Adam (32-bit)", best(lambda: bo.step(), reps=2), numel * 28, memcpy)
 
 
 if __name__ == "__main__":

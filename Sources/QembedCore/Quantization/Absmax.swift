@@ -92,16 +92,24 @@ public enum Absmax {
 
     @inline(__always)
     static func maxBits16(_ p: UnsafePointer<UInt16>, _ count: Int) -> UInt16 {
-        let mask = SIMD32<UInt16>(repeating: 0x7FFF)
-        var acc = SIMD32<UInt16>(repeating: 0)
+        // Signed lanes: masked magnitudes fit in Int16, and AVX2 compares
+        // signed 16-bit lanes in one instruction (unsigned ones went lane by lane).
+        // One 256-bit register per accumulator: 512-bit SIMD32 masked ops
+        // spill to the stack in Swift 6.3.
+        let mask = SIMD16<Int16>(repeating: 0x7FFF)
+        var acc0 = SIMD16<Int16>(repeating: 0), acc1 = acc0
         var i = 0
         let raw = UnsafeRawPointer(p)
         while i + 32 <= count {
-            let v = raw.loadUnaligned(fromByteOffset: i * 2, as: SIMD32<UInt16>.self) & mask
-            acc = acc.replacing(with: v, where: v .> acc)
+            let v0 = raw.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<Int16>.self) & mask
+            acc0 = acc0.replacing(with: v0, where: v0 .> acc0)
+            let v1 = raw.loadUnaligned(fromByteOffset: i * 2 + 32, as: SIMD16<Int16>.self) & mask
+            acc1 = acc1.replacing(with: v1, where: v1 .> acc1)
             i += 32
         }
-        var m = acc.max()
+        acc0 = acc0.replacing(with: acc1, where: acc1 .> acc0)
+        var m: UInt16 = 0
+        for l in 0..<16 { m = Swift.max(m, UInt16(acc0[l])) }
         while i < count { m = Swift.max(m, p[i] & 0x7FFF); i += 1 }
         return m
     }
