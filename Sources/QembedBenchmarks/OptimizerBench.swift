@@ -14,7 +14,13 @@ enum OptimizerBench {
         let p = e.weight
         p.clearOverride(.optimBits)
         let g = try p.denseGrad()
-        for i in 0..<n { g[i] = Float(i % 1000 - 500) * 1e-5 }
+        // Random gradients (sum of two uniforms: roughly bell-shaped, |g| < 1e-3),
+        // so that states spread over many code values as in training.
+        var rng = SplitMix(seed: 11)
+        for i in 0..<n {
+            let u = rng.next()
+            g[i] = (Float(u >> 40) + Float(u & 0xFF_FFFF)) / Float(1 << 24) * 5e-4 - 5e-4
+        }
         let only = getenv("QEMBED_BENCH_CASE").map { String(cString: $0) }
         for kind in OptimizerKind.allCases {
             for bits in [32, 8] where only == nil || only == "\(kind.name)\(bits)" {
