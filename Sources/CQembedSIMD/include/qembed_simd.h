@@ -16,6 +16,21 @@ static inline __attribute__((always_inline)) qembed__f32x8 qembed__fma8(qembed__
     return __builtin_elementwise_fma(a, b, c);
 }
 
+typedef unsigned short qembed__u16x8 __attribute__((ext_vector_type(8)));
+typedef unsigned int qembed__u32x8 __attribute__((ext_vector_type(8)));
+
+/* 8 bfloat16 values at p as floats (vpmovzxwd + shift; Swift's generic
+ * SIMD8<UInt32>(truncatingIfNeeded:) is an out-of-line call). */
+static inline __attribute__((always_inline)) qembed__f32x8 qembed__bf16_load8(const unsigned short *p) {
+    qembed__u16x8 h;
+    qembed__u32x8 w;
+    qembed__f32x8 f;
+    __builtin_memcpy(&h, p, sizeof h);
+    w = __builtin_convertvector(h, qembed__u32x8) << 16;
+    __builtin_memcpy(&f, &w, sizeof f);
+    return f;
+}
+
 /* Prefetches `bytes` bytes at p (one hint per 64-byte line) for reading:
  * random row gathers are latency-bound without it. */
 static inline __attribute__((always_inline)) void qembed__prefetch(const void *p, long bytes) {

@@ -85,7 +85,8 @@ public enum Absmax {
             i += 32
         }
         acc0 = acc0.replacing(with: acc1, where: acc1 .> acc0)
-        var m = acc0.max()
+        var m: UInt32 = 0  // (SIMD .max() is an out-of-line generic call)
+        for l in 0..<16 { m = Swift.max(m, acc0[l]) }
         while i < count { m = Swift.max(m, p[i] & 0x7FFF_FFFF); i += 1 }
         return m
     }

@@ -1,3 +1,5 @@
+import CQembedSIMD
+
 /// Element formats the kernels read and write, as zero-size types so that
 /// generic kernels specialize per format (no per-element switch).
 public protocol FloatElement {
@@ -54,8 +56,7 @@ public enum BF16: FloatElement {
     @inline(__always) public static func load(_ p: UnsafePointer<UInt16>, _ i: Int) -> Float { bf16ToFloat(p[i]) }
     @inline(__always) public static func store(_ v: Float, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) { p[i] = floatToBF16(v) }
     @inline(__always) public static func load8(_ p: UnsafePointer<UInt16>, _ i: Int) -> SIMD8<Float> {
-        let b = SIMD8<UInt32>(truncatingIfNeeded: UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<UInt16>.self))
-        return unsafeBitCast(b &<< 16, to: SIMD8<Float>.self)
+        qembed__bf16_load8(p + i)
     }
     @inline(__always) public static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<UInt16>, _ i: Int) {
         for k in 0..<8 { p[i + k] = floatToBF16(v[k]) }
