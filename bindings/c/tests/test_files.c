@@ -19,21 +19,12 @@
 
 #include "qembed.h"
 #include "qtest.h"
+#include "qtest_dir.h"
 
-static char dir[256];
-
-/* dir/name in one of 8 rotating buffers: copy it (LOCAL_PATH) to keep it longer */
-static const char *path_of(const char *name) {
-    static char buf[8][512];
-    static int k = 0;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
 
 #define LOCAL_PATH(var, name) \
     char var[512];               \
-    snprintf(var, sizeof var, "%s", path_of(name))
+    snprintf(var, sizeof var, "%s", qt_path(name))
 
 static void write_bytes(const char *path, const void *data, size_t len) {
     FILE *f = fopen(path, "wb");
@@ -68,7 +59,7 @@ static int file_exists(const char *path) {
 
 /* number of entries of the test directory whose name contains ".tmp" */
 static int temp_files_left(void) {
-    DIR *d = opendir(dir);
+    DIR *d = opendir(qt_dir);
     struct dirent *e;
     int n = 0;
     if (d == NULL) return -1;
@@ -237,9 +228,9 @@ static void test_safetensors_roundtrip(void) {
     }
 
     /* no metadata, no tensors: a valid file with nothing in it */
-    CHECKF(qembed_save_safetensors(path_of("none.safetensors"), NULL, 0, NULL, NULL, 0) == QEMBED_OK, "%s",
+    CHECKF(qembed_save_safetensors(qt_path("none.safetensors"), NULL, 0, NULL, NULL, 0) == QEMBED_OK, "%s",
            qembed_last_error());
-    f = open_ok(path_of("none.safetensors"));
+    f = open_ok(qt_path("none.safetensors"));
     if (f != NULL) {
         n = -1;
         v = "sentinel";
@@ -274,9 +265,9 @@ static void test_npy(void) {
         int64_t n = -1, idx = -1;
         const char *v = "sentinel";
         snprintf(name, sizeof name, "t%d.npy", k);
-        CHECKF(qembed_save_npy(path_of(name), &t) == QEMBED_OK, "save_npy %s: %s", qembed_dtype_name(t.dtype),
+        CHECKF(qembed_save_npy(qt_path(name), &t) == QEMBED_OK, "save_npy %s: %s", qembed_dtype_name(t.dtype),
                qembed_last_error());
-        f = open_ok(path_of(name));
+        f = open_ok(qt_path(name));
         CHECK(f != NULL);
         if (f == NULL) continue;
         t.name = "array";
@@ -287,7 +278,7 @@ static void test_npy(void) {
         qembed_tensor_file_close(f);
         {
             size_t len = 0;
-            unsigned char *raw = read_all(path_of(name), &len);
+            unsigned char *raw = read_all(qt_path(name), &len);
             CHECKF(raw != NULL && len > 10 && raw[0] == 0x93 && memcmp(raw + 1, "NUMPY", 5) == 0 &&
                        (10 + (raw[8] | raw[9] << 8)) % 64 == 0,
                    "%s: .npy magic and a 64-byte aligned header", name);
@@ -305,8 +296,8 @@ static void test_npy(void) {
         t.shape[0] = 4;
         t.data = b;
         qembed_clear_error();
-        CHECK(qembed_save_npy(path_of("bf16.npy"), &t) == QEMBED_ERR_UNSUPPORTED && qembed_last_error()[0] != '\0');
-        CHECK(!file_exists(path_of("bf16.npy")));
+        CHECK(qembed_save_npy(qt_path("bf16.npy"), &t) == QEMBED_ERR_UNSUPPORTED && qembed_last_error()[0] != '\0');
+        CHECK(!file_exists(qt_path("bf16.npy")));
     }
     /* a hand-written version 2.0 file and a 0-d scalar */
     {
@@ -325,8 +316,8 @@ static void test_npy(void) {
         memcpy(buf + 12, hdr, strlen(hdr));
         buf[127] = '\n';
         memcpy(buf + 128, &val, 4);
-        write_bytes(path_of("v2.npy"), buf, 132);
-        f = open_ok(path_of("v2.npy"));
+        write_bytes(qt_path("v2.npy"), buf, 132);
+        f = open_ok(qt_path("v2.npy"));
         CHECK(f != NULL);
         if (f != NULL) {
             qembed_tensor_info info = info_at(f, 0);
@@ -407,23 +398,23 @@ static void test_atomic(void) {
         }
         qembed_tensor_file_close(f);
     }
-    CHECKF(temp_files_left() == 0, "%d temporary files left in %s", temp_files_left(), dir);
+    CHECKF(temp_files_left() == 0, "%d temporary files left in %s", temp_files_left(), qt_dir);
 
     /* a missing directory: QEMBED_ERR_IO, nothing created */
     qembed_clear_error();
-    CHECK(qembed_save_safetensors(path_of("no/such/dir/x.safetensors"), good, 1, NULL, NULL, 0) == QEMBED_ERR_IO &&
+    CHECK(qembed_save_safetensors(qt_path("no/such/dir/x.safetensors"), good, 1, NULL, NULL, 0) == QEMBED_ERR_IO &&
           qembed_last_error()[0]);
-    CHECK(qembed_save_npy(path_of("no/such/dir/x.npy"), &good[0]) == QEMBED_ERR_IO);
-    CHECK(!file_exists(path_of("no")));
+    CHECK(qembed_save_npy(qt_path("no/such/dir/x.npy"), &good[0]) == QEMBED_ERR_IO);
+    CHECK(!file_exists(qt_path("no")));
     /* a directory as the path: the rename fails, the directory survives */
-    mkdir(path_of("adir"), 0755);
-    CHECK(qembed_save_safetensors(path_of("adir"), good, 1, NULL, NULL, 0) != QEMBED_OK);
+    mkdir(qt_path("adir"), 0755);
+    CHECK(qembed_save_safetensors(qt_path("adir"), good, 1, NULL, NULL, 0) != QEMBED_OK);
     {
         struct stat st;
-        CHECK(stat(path_of("adir"), &st) == 0 && S_ISDIR(st.st_mode));
+        CHECK(stat(qt_path("adir"), &st) == 0 && S_ISDIR(st.st_mode));
     }
     CHECKF(temp_files_left() == 0, "%d temporary files left after the failed saves", temp_files_left());
-    rmdir(path_of("adir"));
+    rmdir(qt_path("adir"));
 }
 
 /* ---- 4. malformed files ---------------------------------------------------- */
@@ -570,8 +561,8 @@ static void test_malformed(void) {
         t[1] = t[0];
         t[1].name = "b";
         t[1].shape[0] = 4;
-        CHECK(qembed_save_safetensors(path_of("good.safetensors"), t, 2, NULL, NULL, 0) == QEMBED_OK);
-        raw = read_all(path_of("good.safetensors"), &len);
+        CHECK(qembed_save_safetensors(qt_path("good.safetensors"), t, 2, NULL, NULL, 0) == QEMBED_OK);
+        raw = read_all(qt_path("good.safetensors"), &len);
         for (cut = 0; raw != NULL && (size_t)cut < len; cut++) {
             qembed_tensor_file *f = NULL;
             qembed_status st;
@@ -643,13 +634,13 @@ static void test_malformed(void) {
     /* a .safetensors name does not make a .npy a safetensors file, and vice versa */
     write_bytes(path, "\x93NUMPY\x01\x00", 8);
     expect_open_fails(".npy bytes named .safetensors", path, FMT);
-    write_st(path_of("st.npy"), T16, zeros, 16, -1);
-    expect_open_fails("safetensors bytes named .npy", path_of("st.npy"), FMT);
+    write_st(qt_path("st.npy"), T16, zeros, 16, -1);
+    expect_open_fails("safetensors bytes named .npy", qt_path("st.npy"), FMT);
 
     /* missing files and non-files */
-    expect_open_fails("missing file", path_of("does-not-exist.safetensors"), IO);
-    expect_open_fails("missing .npy", path_of("does-not-exist.npy"), IO);
-    expect_open_fails("a directory", dir, IO);
+    expect_open_fails("missing file", qt_path("does-not-exist.safetensors"), IO);
+    expect_open_fails("missing .npy", qt_path("does-not-exist.npy"), IO);
+    expect_open_fails("a directory", qt_dir, IO);
     expect_open_fails("missing directory", "/nonexistent-qembed-dir/x.safetensors", IO);
     expect_open_fails("empty path", "", IO | (1u << QEMBED_ERR_INVALID_ARGUMENT));
 }
@@ -761,13 +752,13 @@ static void test_bad_args(void) {
     tt[1].data = NULL;
     EXPECT(QEMBED_ERR_NULL_POINTER, "data", qembed_save_safetensors(path, tt, 2, NULL, NULL, 0));
     EXPECT(QEMBED_ERR_NULL_POINTER, "path", qembed_save_npy(NULL, &t));
-    EXPECT(QEMBED_ERR_NULL_POINTER, "tensor", qembed_save_npy(path_of("x.npy"), NULL));
+    EXPECT(QEMBED_ERR_NULL_POINTER, "tensor", qembed_save_npy(qt_path("x.npy"), NULL));
     t.dtype = 99;
-    EXPECT(QEMBED_ERR_UNSUPPORTED, "dtype", qembed_save_npy(path_of("x.npy"), &t));
+    EXPECT(QEMBED_ERR_UNSUPPORTED, "dtype", qembed_save_npy(qt_path("x.npy"), &t));
     t.dtype = QEMBED_DTYPE_F32;
     t.data = NULL;
-    EXPECT(QEMBED_ERR_NULL_POINTER, "data", qembed_save_npy(path_of("x.npy"), &t));
-    CHECK(!file_exists(path_of("x.npy")));
+    EXPECT(QEMBED_ERR_NULL_POINTER, "data", qembed_save_npy(qt_path("x.npy"), &t));
+    CHECK(!file_exists(qt_path("x.npy")));
     /* the file written first is still the one there */
     f = open_ok(path);
     if (f != NULL) {
@@ -784,7 +775,7 @@ static void test_bad_args(void) {
         p.embedding_dim = 2;
         if (qembed_embedding_create(&p, &e) == QEMBED_OK) {
             EXPECT(QEMBED_ERR_NULL_POINTER, "path", qembed_embedding_save(e, NULL));
-            EXPECT(QEMBED_ERR_IO, NULL, qembed_embedding_save(e, path_of("no/such/dir/e.safetensors")));
+            EXPECT(QEMBED_ERR_IO, NULL, qembed_embedding_save(e, qt_path("no/such/dir/e.safetensors")));
             qembed_embedding_free(e);
         } else {
             CHECK(0);
@@ -853,8 +844,8 @@ static void test_embedding_save(void) {
                 CHECK(qembed_embedding_param(e, 2, &pb) == QEMBED_OK && qembed_param_load(pb, b, QEMBED_DTYPE_F32, 19) == QEMBED_OK);
             }
             snprintf(name, sizeof name, "emb_%d_%d.safetensors", stable, dt);
-            CHECKF(qembed_embedding_save(e, path_of(name)) == QEMBED_OK, "embedding_save: %s", qembed_last_error());
-            f = open_ok(path_of(name));
+            CHECKF(qembed_embedding_save(e, qt_path(name)) == QEMBED_OK, "embedding_save: %s", qembed_last_error());
+            f = open_ok(qt_path(name));
             if (f == NULL) {
                 CHECK(0);
                 qembed_embedding_free(e);
@@ -904,31 +895,14 @@ static void test_embedding_save(void) {
 
 /* ---- cleanup ---------------------------------------------------------------- */
 
-static void remove_dir(void) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    if (d == NULL) return;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        unlink(path_of(e->d_name));
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/qembed-test-files.XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (mkdtemp(dir) == NULL) {
-        perror("mkdtemp");
-        return 2;
-    }
+    qt_dir_make("test-files");
     test_safetensors_roundtrip();
     test_npy();
     test_atomic();
     test_malformed();
     test_bad_args();
     test_embedding_save();
-    remove_dir();
+    qt_dir_remove();
     return qt_summary("test_files");
 }

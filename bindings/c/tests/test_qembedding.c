@@ -27,16 +27,8 @@
 
 #include "qembed.h"
 #include "qtest.h"
+#include "qtest_dir.h"
 
-static char dir[256];
-
-static const char *path_of(const char *name) {
-    static char buf[8][512];
-    static int k = 0;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
 
 static void *xmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
@@ -431,7 +423,7 @@ static void test_against_file(void) {
                        cfg_name(c), (long long)rows, (long long)dim, (long long)info.table_bytes,
                        (long long)expected_table_bytes(c, rows, dim));
                 snprintf(name, sizeof name, "q_%d_%d_%d.safetensors", ci, si, dt);
-                path = path_of(name);
+                path = qt_path(name);
                 if (!CHECKF(qembed_qembedding_save(q, path, NULL) == QEMBED_OK, "save: %s", qembed_last_error())) goto next;
                 if (!dequant_from_file(path, "weight", c->kind, rows, dim, dt, c->kind == QEMBED_QEMB_INT8 ? 0 : c->blocksize,
                                        c->nested, ref))
@@ -509,7 +501,7 @@ static void test_prefix(void) {
         const char *prefix = "model.embed_tokens.weight";
         qembed_status st;
         if (q == NULL) continue;
-        snprintf(path, sizeof path, "%s", path_of("prefix.safetensors"));
+        snprintf(path, sizeof path, "%s", qt_path("prefix.safetensors"));
         CHECK(qembed_qembedding_save(q, path, prefix) == QEMBED_OK);
         {
             qembed_tensor_file *f = NULL;
@@ -551,9 +543,9 @@ static void test_prefix(void) {
         qembed_tensor_desc d[16];
         int64_t na = 0, nb = 0, k, m = 0;
         char pa[512], pb[512], pm[512];
-        snprintf(pa, sizeof pa, "%s", path_of("enc.safetensors"));
-        snprintf(pb, sizeof pb, "%s", path_of("dec.safetensors"));
-        snprintf(pm, sizeof pm, "%s", path_of("merged.safetensors"));
+        snprintf(pa, sizeof pa, "%s", qt_path("enc.safetensors"));
+        snprintf(pb, sizeof pb, "%s", qt_path("dec.safetensors"));
+        snprintf(pm, sizeof pm, "%s", qt_path("merged.safetensors"));
         if (a && b && qembed_qembedding_save(a, pa, "enc.weight") == QEMBED_OK &&
             qembed_qembedding_save(b, pb, "dec.weight") == QEMBED_OK && qembed_tensor_file_open(pa, &fa) == QEMBED_OK &&
             qembed_tensor_file_open(pb, &fb) == QEMBED_OK) {
@@ -641,8 +633,8 @@ static void test_from_embedding(void) {
                            cfg_name(c));
                     CHECKF(lookups_equal(a, b, 300, 40), "%s %s: from_embedding and quantize look up differently", cfg_name(c),
                            qembed_dtype_name(dt));
-                    snprintf(pa, sizeof pa, "%s", path_of("from_emb.safetensors"));
-                    snprintf(pb, sizeof pb, "%s", path_of("from_table.safetensors"));
+                    snprintf(pa, sizeof pa, "%s", qt_path("from_emb.safetensors"));
+                    snprintf(pb, sizeof pb, "%s", qt_path("from_table.safetensors"));
                     CHECK(qembed_qembedding_save(a, pa, NULL) == QEMBED_OK && qembed_qembedding_save(b, pb, NULL) == QEMBED_OK);
                     CHECKF(files_equal(pa, pb), "%s: the saved files differ", cfg_name(c));
                 }
@@ -751,8 +743,8 @@ static void test_disagreement(void) {
     qt_rng r = qt_rng_make(8);
     char src[512], dst[512], json[512];
     for (i = 0; i < rows * dim; i++) v[i] = qt_normal(&r);
-    snprintf(src, sizeof src, "%s", path_of("disagree_src.safetensors"));
-    snprintf(dst, sizeof dst, "%s", path_of("disagree.safetensors"));
+    snprintf(src, sizeof src, "%s", qt_path("disagree_src.safetensors"));
+    snprintf(dst, sizeof dst, "%s", qt_path("disagree.safetensors"));
     for (nested = 0; nested <= 1; nested++) {
         cfg c = {QEMBED_QEMB_NF4, 64, nested != 0};
         qembed_qembedding *q = quantize(v, QEMBED_DTYPE_F32, rows, dim, &c), *back = NULL;
@@ -934,7 +926,7 @@ static void test_disagreement(void) {
             fclose(f);
         }
         expect_load_fails("a malformed file", dst, FMT);
-        expect_load_fails("a missing file", path_of("missing.safetensors"), 1u << QEMBED_ERR_IO);
+        expect_load_fails("a missing file", qt_path("missing.safetensors"), 1u << QEMBED_ERR_IO);
     }
 }
 
@@ -1055,14 +1047,14 @@ static void test_bad_args(void) {
     CHECK(qembed_qembedding_forward(q, NULL, QEMBED_DTYPE_I64, 0, NULL, QEMBED_DTYPE_F32, 0) == QEMBED_OK);
     CHECK(qembed_qembedding_forward(q, ids, QEMBED_DTYPE_I64, 2, o, QEMBED_DTYPE_BF16, 32) == QEMBED_OK); /* 2x16 bf16 */
 
-    EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_save(NULL, path_of("x.safetensors"), NULL));
+    EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_save(NULL, qt_path("x.safetensors"), NULL));
     EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_save(q, NULL, NULL));
-    EXPECT(S(QEMBED_ERR_IO), qembed_qembedding_save(q, path_of("no/such/dir/x.safetensors"), NULL));
-    EXPECT(S(QEMBED_ERR_INVALID_ARGUMENT), qembed_qembedding_save(q, path_of("x.safetensors"), ""));
+    EXPECT(S(QEMBED_ERR_IO), qembed_qembedding_save(q, qt_path("no/such/dir/x.safetensors"), NULL));
+    EXPECT(S(QEMBED_ERR_INVALID_ARGUMENT), qembed_qembedding_save(q, qt_path("x.safetensors"), ""));
     out = (qembed_qembedding *)w;
     EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_load(NULL, NULL, &out));
     CHECK(out == NULL);
-    EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_load(path_of("x.safetensors"), NULL, NULL));
+    EXPECT(S(QEMBED_ERR_NULL_POINTER), qembed_qembedding_load(qt_path("x.safetensors"), NULL, NULL));
     qembed_qembedding_free(NULL);
     qembed_qembedding_free(q);
 }
@@ -1185,7 +1177,7 @@ static void test_fixtures(void) {
             {
                 char resaved[512];
                 qembed_qembedding *back = NULL;
-                snprintf(resaved, sizeof resaved, "%s", path_of("resaved.safetensors"));
+                snprintf(resaved, sizeof resaved, "%s", qt_path("resaved.safetensors"));
                 CHECK(qembed_qembedding_save(q, resaved, NULL) == QEMBED_OK);
                 CHECK(qembed_qembedding_load(resaved, NULL, &back) == QEMBED_OK);
                 if (back) CHECK(lookups_equal(q, back, 64, 32));
@@ -1215,25 +1207,8 @@ static void test_fixtures(void) {
 
 /* ---- cleanup ---------------------------------------------------------------- */
 
-static void remove_dir(void) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    if (d == NULL) return;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        unlink(path_of(e->d_name));
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/qembed-test-qembedding.XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (mkdtemp(dir) == NULL) {
-        perror("mkdtemp");
-        return 2;
-    }
+    qt_dir_make("test-qembedding");
     test_lossless_and_error();
     test_against_file();
     test_prefix();
@@ -1242,6 +1217,6 @@ int main(void) {
     test_disagreement();
     test_bad_args();
     test_fixtures();
-    remove_dir();
+    qt_dir_remove();
     return qt_summary("test_qembedding");
 }
