@@ -71,6 +71,7 @@ public final class Optimizer: @unchecked Sendable {
             }
             let fresh = work.map(\.index).filter { states[$0] == nil }
             var snapshots: [StepGuard.Snapshot] = []
+            var committed = Set<Int>()  // updates that stand even if a later one fails (out of memory only)
             do throws(QembedError) {
                 for (i, _) in work { _ = try makeState(i) }
                 // Plan every update; the ones not provably finite run first,
@@ -96,14 +97,16 @@ public final class Optimizer: @unchecked Sendable {
                     }
                 }
                 snapshots.removeAll()
+                committed = Set(risky)
                 for (i, plan) in safe {
                     try params[i].lock.withExclusive { () throws(QembedError) in try updateLocked(i) }
                     states[i]!.bound1 = plan.bound1
                     states[i]!.bound2 = plan.bound2
+                    committed.insert(i)
                 }
             } catch {
                 for snapshot in snapshots.reversed() { snapshot.param.lock.withExclusive { snapshot.restore() } }
-                for i in fresh { states[i] = nil }
+                for i in fresh where !committed.contains(i) { states[i] = nil }
                 throw error
             }
         }
