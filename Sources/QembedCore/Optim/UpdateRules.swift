@@ -111,7 +111,7 @@ enum MomentumRule: UpdateRule {
         return s1
     }
     @inline(__always) static func update8<V: SIMD>(_ k: UpdateScalars, _ g: V, _ p: inout V, _ s1: inout V, _ s2: inout V) where V.Scalar == Float {
-        let gw = g + k.wd * p
+        let gw = k.wd > 0 ? g + k.wd * p : g  // (0 * an infinite weight would be NaN)
         s1 = k.firstStep ? gw : s1 * k.b1 + gw
         p = p + k.negLr * s1
     }
@@ -153,7 +153,7 @@ enum RMSpropRule: UpdateRule {
         return gw / (vsqrt(s1) + k.eps)
     }
     @inline(__always) static func update8<V: SIMD>(_ k: UpdateScalars, _ g: V, _ p: inout V, _ s1: inout V, _ s2: inout V) where V.Scalar == Float {
-        let gw = g + k.wd * p
+        let gw = k.wd > 0 ? g + k.wd * p : g  // (0 * an infinite weight would be NaN)
         s1 = s1 * k.b1 + k.oneMinusB1 * gw * gw
         p = p + k.negLr * (gw / (vsqrt(s1) + k.eps))
     }
@@ -167,7 +167,7 @@ enum AdagradRule: UpdateRule {
         return gw / (vsqrt(s1) + k.eps)
     }
     @inline(__always) static func update8<V: SIMD>(_ k: UpdateScalars, _ g: V, _ p: inout V, _ s1: inout V, _ s2: inout V) where V.Scalar == Float {
-        let gw = g + k.wd * p
+        let gw = k.wd > 0 ? g + k.wd * p : g  // (0 * an infinite weight would be NaN)
         s1 = s1 + gw * gw
         p = p + k.negLr * (gw / (vsqrt(s1) + k.eps))
     }
