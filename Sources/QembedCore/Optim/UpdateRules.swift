@@ -29,8 +29,8 @@ func vfma<V: SIMD>(_ a: V, _ b: V, _ c: V) -> V where V.Scalar == Float {
 /// step rounds to the quotient (Markstein's theorem). It holds while the
 /// residual is not subnormal: for all x >= 2^-100 (checked exhaustively
 /// over every normal float for the c2 of Adam's first steps and on a 1 in
-/// 10^4 sample for thousands of others: no difference above 2^-103), which
-/// covers every sqrt(v) (>= 2^-75 or 0).
+/// 10^4 sample for ~600 others: no difference above 2^-103), which
+/// covers every sqrt(v) (>= 2^-75 or 0). Rerun: tools/markstein_check.c.
 @inline(__always)
 func divideByC2<V: SIMD>(_ x: V, _ k: UpdateScalars) -> V where V.Scalar == Float {
     let q = x * k.invC2
