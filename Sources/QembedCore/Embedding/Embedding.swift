@@ -207,7 +207,7 @@ public final class Embedding: @unchecked Sendable {
         try indices.validate(rows: config.numEmbeddings)
         let dim = config.embeddingDim
         let total = try checkedMul(indices.count, dim, "count x embedding_dim")
-        try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
+        _ = try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
         if indices.count == 0 { return }
         try lock.withExclusive { () throws(QembedError) in
             // Gradient rows as float32: the caller's buffer when it already is

@@ -99,7 +99,7 @@ public final class Parameter: @unchecked Sendable {
     public func load(_ src: UnsafeRawPointer, dtype srcDtype: DType, count: Int, argument: String = "src") throws(QembedError) {
         guard srcDtype.isFloat else { throw .unsupported("dtype \(srcDtype.name) cannot be loaded into a float parameter") }
         guard count == numel else { throw .shape("numel: \(name) holds \(numel) elements, got numel = \(count)") }
-        try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: argument) }
+        _ = try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: argument) }
         if dtype != srcDtype && dtype != .f32 {
             // Narrowing: refuse values that would become inf in the parameter's dtype.
             for i in 0..<count {
@@ -123,10 +123,14 @@ public final class Parameter: @unchecked Sendable {
     p.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
 }
 
-/// Throws `.nonFinite` naming the first NaN/Inf element.
-public func checkFinite<E: FloatElement>(_ e: E.Type, _ p: UnsafeRawPointer, _ count: Int, argument: String) throws(QembedError) {
+/// Throws `.nonFinite` naming the first NaN/Inf element; else returns the
+/// largest magnitude. Scanned by all threads.
+@discardableResult
+public func checkFinite<E: FloatElement>(_ e: E.Type, _ p: UnsafeRawPointer, _ count: Int, argument: String) throws(QembedError) -> Double {
     let src = p.assumingMemoryBound(to: E.Storage.self)
-    if Absmax.maxMagnitudeBits(e, src, count) >= E.nonFiniteBits {
+    let bits = Absmax.parallelMaxMagnitudeBits(e, src, count)
+    if bits >= E.nonFiniteBits {
         throw Absmax.firstNonFinite(e, src, n: count, argument: argument)
     }
+    return Double(E.float(fromMagnitudeBits: bits))
 }

@@ -60,12 +60,10 @@ public final class Optimizer: @unchecked Sendable {
                     if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad && bits(for: i) == 32 {
                         throw .unsupported("max_unorm is not supported with sparse gradients (\(p.name))")
                     }
-                    gmax = try p.sparseValues.withUnsafeBufferPointer { (b) throws(QembedError) in
-                        try Optimizer.gradientMax(b.baseAddress!, b.count, p.name)
-                    }
+                    gmax = try checkFinite(F32.self, p.sparseValues, p.sparseValues.count, argument: "\(p.name).grad")
                 } else {
                     guard let g = p.grad else { continue }
-                    gmax = try Optimizer.gradientMax(g.floats(), p.numel, p.name)
+                    gmax = try checkFinite(F32.self, g.raw, p.numel, argument: "\(p.name).grad")
                 }
                 work.append((i, gmax))
             }
@@ -81,7 +79,7 @@ public final class Optimizer: @unchecked Sendable {
                 for (i, g) in work {
                     let p = params[i], s = states[i]!, c = config(for: i)
                     let plan = StepGuard.plan(c, UpdateScalars(c, step: s.step + 1), bits: s.bits, dtype: p.dtype, state: s, g: g) {
-                        p.lock.withShared { Optimizer.maxMagnitude(p) }
+                        p.lock.withShared { Absmax.maxMagnitude(p.dtype, p.data.raw, p.numel) }
                     }
                     if plan.safe { safe.append((i, plan)) } else { risky.append(i) }
                 }
@@ -126,16 +124,6 @@ public final class Optimizer: @unchecked Sendable {
             try DenseStep32.run(k, c, p, s)
         }
     }
-
-    /// max |g| over a gradient; throws `.nonFinite` naming the first NaN/Inf.
-    static func gradientMax(_ g: UnsafePointer<Float>, _ count: Int, _ name: String) throws(QembedError) -> Double {
-        let bits = Absmax.parallelMaxMagnitudeBits(F32.self, g, count)
-        if bits >= F32.nonFiniteBits { throw Absmax.firstNonFinite(F32.self, g, n: count, argument: "\(name).grad") }
-        return Double(Float(bitPattern: bits))
-    }
-
-    /// max |x| over a parameter's data (infinity when any is not finite).
-    static func maxMagnitude(_ p: Parameter) -> Double { Absmax.maxMagnitude(p.dtype, p.data.raw, p.numel) }
 
     public func zeroGrad() {
         for p in params { p.lock.withExclusive { p.zeroGrad() } }

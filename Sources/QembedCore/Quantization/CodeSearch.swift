@@ -84,8 +84,10 @@ public struct CodeSearch: @unchecked Sendable {
         let midPtr = UnsafeMutablePointer<Float>.allocate(capacity: 255 + span + 1)
         for i in 0..<255 { midPtr[i] = m[i] }
         for i in 255..<(255 + span + 1) { midPtr[i] = .infinity }
+        // The 16-bit bucket table only when the L1-sized one does not apply.
+        let compact = CompactCodeTable(mids: m)
         var packed: UnsafeMutablePointer<UInt32>? = nil
-        if span <= 1 {
+        if span <= 1 && compact == nil {
             let p = UnsafeMutablePointer<UInt32>.allocate(capacity: buckets)
             for b in 0..<buckets {
                 let start = CodeSearch.keyMin &+ (UInt32(b) << CodeSearch.shift)
@@ -104,7 +106,6 @@ public struct CodeSearch: @unchecked Sendable {
         self.lo = loPtr
         self.span = span
         self.bucketCount = buckets
-        let compact = CompactCodeTable(mids: m)
         self.compact = compact
         self.storage = Storage(midPtr, loPtr, packed, compact?.entries)
     }

@@ -870,25 +870,36 @@ static void free_saved(saved *s) {
 
 /* ---- NaN / Inf gradients ----------------------------------------------------------- */
 
+/* Two R8 x C8 layers (seeds sa, sb) without the layers' optim_bits override,
+ * an optimizer of `kind`/`bits` over their weights, gradients allocated. */
+static qembed_optimizer *two_layer_opt(int kind, int bits, uint64_t sa, uint64_t sb, qembed_embedding **a,
+                                       qembed_embedding **b, qembed_param *ps[2]) {
+    qembed_optimizer_params op = defaults(kind, bits);
+    qembed_optimizer *o;
+    *a = make_layer(R8, C8, sa, 0, false, NULL);
+    *b = make_layer(R8, C8, sb, 0, false, NULL);
+    ps[0] = param_of(*a, 0);
+    ps[1] = param_of(*b, 0);
+    CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+    CHECK(qembed_param_clear_override(ps[1], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+    o = make_opt(&op, ps, 2);
+    ensure_grads(*a);
+    ensure_grads(*b);
+    return o;
+}
+
+
 static void test_nonfinite(void) {
     int bits;
     for (bits = 8; bits <= 32; bits += 24) {
         int kind;
         for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind += 3) { /* adam, lion */
-            qembed_embedding *a = make_layer(R8, C8, 1, 0, false, NULL), *b = make_layer(R8, C8, 2, 0, false, NULL);
+            qembed_embedding *a, *b;
             qembed_param *ps[2];
-            qembed_optimizer_params op = defaults(kind, bits);
-            qembed_optimizer *o;
+            qembed_optimizer *o = two_layer_opt(kind, bits, 1, 2, &a, &b, ps);
             qt_rng rng = qt_rng_make(77);
             const float bad[3] = {NAN, INFINITY, -INFINITY};
             int t, k;
-            ps[0] = param_of(a, 0);
-            ps[1] = param_of(b, 0);
-            CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
-            CHECK(qembed_param_clear_override(ps[1], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
-            o = make_opt(&op, ps, 2);
-            ensure_grads(a);
-            ensure_grads(b);
             for (t = 0; t < 2; t++) {
                 fill_grad(ps[0], &rng, 1.0f);
                 fill_grad(ps[1], &rng, 1.0f);
@@ -971,21 +982,13 @@ static void test_overflow(void) {
         for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
             const int squares = kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW || kind == QEMBED_OPTIM_RMSPROP ||
                                 kind == QEMBED_OPTIM_ADAGRAD;
-            qembed_embedding *a = make_layer(R8, C8, 3, 0, false, NULL), *b = make_layer(R8, C8, 4, 0, false, NULL);
+            qembed_embedding *a, *b;
             qembed_param *ps[2];
-            qembed_optimizer_params op = defaults(kind, bits);
-            qembed_optimizer *o;
+            qembed_optimizer *o = two_layer_opt(kind, bits, 3, 4, &a, &b, ps);
             qt_rng rng = qt_rng_make(91);
             float *pa, *pb;
             saved sa, sb, sa2, sb2;
             qembed_status st;
-            ps[0] = param_of(a, 0);
-            ps[1] = param_of(b, 0);
-            CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
-            CHECK(qembed_param_clear_override(ps[1], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
-            o = make_opt(&op, ps, 2);
-            ensure_grads(a);
-            ensure_grads(b);
             fill_grad(ps[0], &rng, 1.0f);
             fill_grad(ps[1], &rng, 1.0f);
             CHECK(qembed_optimizer_step(o) == QEMBED_OK);
