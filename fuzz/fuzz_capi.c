@@ -1092,6 +1092,82 @@ static void op_zero_grad(fuzz_reader *r) {
     if (layers[k] != NULL) FUZZ_ASSERT(qembed_embedding_zero_grad(layers[k]) == QEMBED_OK);
 }
 
+/* Embedding training, the way tables are trained: each step's gradient
+ * touches a few rows (scaled by 10^-6 .. 10^1, so the rows of one 256-block
+ * span many orders of magnitude) and is zero elsewhere; an 8-bit optimizer
+ * (dense or sparse gradient) steps a private layer. Oracle: every step's
+ * change of every weight is bounded by the rule's own bound with default
+ * hyperparameters (weight decay's share lr * wd * |p| added):
+ *   adam/adamw  |m| / (sqrt(v) / c2 + eps) * lr / c1 <= 100 lr (the float
+ *               rule's bound is (1-b1) / (sqrt(1-b2) (1 - b1/sqrt(b2))) ~ 32;
+ *               before the second-moment floor an element whose v rounded to
+ *               0 moved by m / eps ~ 1e4 lr)
+ *   lion        lr;  adagrad  lr;  rmsprop  lr / sqrt(1 - alpha)
+ * SGD momentum scales with the gradient and has no such bound. */
+static void op_train_rows(fuzz_reader *r) {
+    const uint8_t m = fr_u8(r);
+    static const int kinds[5] = {QEMBED_OPTIM_ADAM, QEMBED_OPTIM_ADAMW, QEMBED_OPTIM_LION, QEMBED_OPTIM_RMSPROP,
+                                 QEMBED_OPTIM_ADAGRAD};
+    const int kind = kinds[m % 5];
+    qembed_embedding_params p;
+    qembed_optimizer_params op;
+    qembed_embedding *e = NULL;
+    qembed_optimizer *o = NULL;
+    qembed_param *w = NULL;
+    qembed_param_info info;
+    int64_t n, i, k, idx[8];
+    int t;
+    const int steps = 1 + fr_u8(r) % 8;
+    float *before, *grad;
+    double bound;
+    qembed_embedding_params_init(&p);
+    p.num_embeddings = 4 + fr_u8(r) % 60;
+    p.embedding_dim = 1 + fr_u8(r) % 70;
+    p.sparse = (m & 8) != 0;
+    FUZZ_ASSERT(qembed_embedding_create(&p, &e) == QEMBED_OK);
+    FUZZ_ASSERT(qembed_embedding_param(e, 0, &w) == QEMBED_OK);
+    FUZZ_ASSERT(qembed_param_clear_override(w, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+    FUZZ_ASSERT(qembed_optimizer_params_init(&op, kind, 8) == QEMBED_OK);
+    op.min_8bit_size = 0;
+    op.lr = (m & 16) ? 1e-2 : 1e-3;
+    FUZZ_ASSERT(qembed_optimizer_create(&op, &w, 1, &o) == QEMBED_OK);
+    bound = kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW ? 100.0 * op.lr
+            : kind == QEMBED_OPTIM_RMSPROP                         ? op.lr / sqrt(1.0 - op.beta1) * (1 + 1e-4)
+                                                                   : op.lr * (1 + 1e-4);
+    n = p.num_embeddings * p.embedding_dim;
+    before = (float *)xmalloc((size_t)n * 4);
+    grad = (float *)xmalloc((size_t)(8 * p.embedding_dim) * 4);
+    for (t = 0; t < steps; t++) {
+        const int64_t rows = 1 + fr_u8(r) % 8;
+        for (k = 0; k < rows; k++) {
+            const float scale = powf(10.0f, -6.0f + (float)(fr_u8(r) % 71) / 10.0f);
+            idx[k] = (int64_t)(fr_u8(r) % (uint8_t)p.num_embeddings);
+            for (i = 0; i < p.embedding_dim; i++) grad[k * p.embedding_dim + i] = scale * (float)((int)fr_u8(r) - 128) / 64.0f;
+        }
+        info.struct_size = sizeof info;
+        FUZZ_ASSERT(qembed_param_info_get(w, &info) == QEMBED_OK);
+        memcpy(before, info.data, (size_t)n * 4);
+        FUZZ_ASSERT(qembed_embedding_zero_grad(e) == QEMBED_OK);
+        FUZZ_ASSERT(qembed_embedding_backward(e, idx, QEMBED_DTYPE_I64, rows, grad, QEMBED_DTYPE_F32, rows * p.embedding_dim) ==
+                    QEMBED_OK);
+        FUZZ_ASSERT(qembed_optimizer_step(o) == QEMBED_OK);
+        FUZZ_ASSERT(qembed_param_info_get(w, &info) == QEMBED_OK);
+        for (i = 0; i < n; i++) {
+            const double now = ((const float *)info.data)[i], was = before[i];
+            const double allowed = bound + op.lr * op.weight_decay * fabs(was) * (1 + 1e-4) + 1e-6 * fabs(was);
+            if (!(fabs(now - was) <= allowed)) {
+                fprintf(stderr, "fuzz_capi: train_rows: kind %d step %d element %lld moved %g (allowed %g)\n", kind, t + 1,
+                        (long long)i, fabs(now - was), allowed);
+                FUZZ_ASSERT(0);
+            }
+        }
+    }
+    free(before);
+    free(grad);
+    qembed_optimizer_free(o);
+    qembed_embedding_free(e);
+}
+
 typedef void (*op_fn)(fuzz_reader *);
 
 /* The opcode is the input byte modulo 32. The inputs kept under
@@ -1103,14 +1179,14 @@ static const op_fn ops[NOPS] = {
     [0] = op_blockwise,      [1] = op_dequantize_blockwise, [2] = op_4bit,     [3] = op_dequantize_4bit,
     [4] = op_int8,           [5] = op_statistics,           [6] = op_create,   [7] = op_forward,
     [8] = op_backward,       [9] = op_quantize_layer,       [10] = op_qforward, [11] = op_optimizer,
-    [12] = op_step,          [13] = op_zero_grad,           [14] = op_state,
+    [12] = op_step,          [13] = op_zero_grad,           [14] = op_state,   [15] = op_train_rows,
     /* the common ones twice as often */
     [16] = op_create,        [17] = op_forward,             [18] = op_backward, [19] = op_step,
     [20] = op_blockwise,     [21] = op_4bit,                [22] = op_int8,     [23] = op_qforward,
 };
 static const char *const op_names[NOPS] = {
     "blockwise", "dequantize_blockwise", "4bit", "dequantize_4bit", "int8", "statistics", "create", "forward",
-    "backward", "quantize_layer", "qforward", "optimizer", "step", "zero_grad", "state", NULL,
+    "backward", "quantize_layer", "qforward", "optimizer", "step", "zero_grad", "state", "train_rows",
     "create", "forward", "backward", "step", "blockwise", "4bit", "int8", "qforward",
 };
 

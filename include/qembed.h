@@ -526,7 +526,13 @@ QEMBED_API qembed_status qembed_embedding_param(qembed_embedding *e, int64_t i, 
 /* ======================================================================== */
 /* bitsandbytes' optimizers over qembed parameters. 8-bit state is blockwise
  * (256 elements per block, float32 absmax per block; state1 with the signed
- * dynamic map, state2 with the unsigned one); a parameter with fewer than
+ * dynamic map, state2 with the unsigned one; the exact nearest code, except
+ * that a positive second moment -- Adam's state2, RMSprop's and Adagrad's
+ * state1 -- never rounds to the zero code but to the smallest positive one,
+ * so the update m / (sqrt(v) + eps) stays bounded; qembed_optimizer_state_import
+ * raises an Adam state2 code of zero beside a nonzero state1 code the same
+ * way, so older checkpoints and bitsandbytes' states load into
+ * the same rule); a parameter with fewer than
  * min_8bit_size elements, or whose optim_bits override is 32 (Embedding and
  * StableEmbedding weights), keeps 32-bit state. Overrides are read from each
  * parameter (qembed_param_set_override), so they never leak to another

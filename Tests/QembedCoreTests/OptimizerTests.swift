@@ -69,6 +69,66 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Embedding-training gradients (a few rows of a block nonzero, rows
+    /// spanning 1e-6 .. 10): after each 8-bit step, the stored state equals
+    /// the scalar reference of the optimizer-state rule applied to the float
+    /// state the rule computes from the previous (dequantized) state, byte for
+    /// byte, for every rule; Adam's second moment and RMSprop/Adagrad's state
+    /// never hold a positive value at the zero code.
+    func testEightBitStateFollowsTheStateRoundingReference() throws {
+        let rows = 64, cols = 48  // 3072 elements: 12 blocks, rows straddle blocks
+        for kind in OptimizerKind.allCases {
+            let (e, p) = try param(rows, cols, seed: 11)
+            var c = OptimizerConfig.defaults(kind, optimBits: 8)
+            c.min8bitSize = 1
+            let opt = try Optimizer(c, params: [p])
+            var rng = Rng(12)
+            var prev1 = [Float](repeating: 0, count: p.numel), prev2 = prev1
+            for t in 1...6 {
+                var g = [Float](repeating: 0, count: p.numel)
+                for r in 0..<rows where rng.next() % 5 == 0 {
+                    let scale = Float(pow(10.0, -6.0 + 7.0 * Double(rng.next() % 1000) / 1000))
+                    for j in 0..<cols { g[r * cols + j] = rng.floats(1, scale: scale)[0] }
+                }
+                e.zeroGrad()
+                try setGrad(p, g)
+                try opt.step()
+                let saved = opt.savedState(0)!
+                let (b1, b2) = (Float(c.beta1), Float(c.beta2))
+                var n1 = [Float](repeating: 0, count: p.numel), n2 = n1
+                for i in 0..<p.numel {
+                    switch kind {
+                    case .adam, .adamw:
+                        n1[i] = prev1[i] * b1 + g[i] * Float(1 - c.beta1)
+                        n2[i] = prev2[i] * b2 + Float(1 - c.beta2) * g[i] * g[i]
+                    case .momentum: n1[i] = t == 1 ? g[i] : prev1[i] * b1 + g[i]
+                    case .lion: n1[i] = prev1[i] * b2 + g[i] * Float(1 - c.beta2)
+                    case .rmsprop: n1[i] = prev1[i] * b1 + Float(1 - c.beta1) * g[i] * g[i]
+                    case .adagrad: n1[i] = prev1[i] + g[i] * g[i]
+                    }
+                }
+                let square1 = kind == .rmsprop || kind == .adagrad
+                let r1 = Blockwise8Reference.quantizeState(n1, code: QuantMap.signedDynamic, blocksize: 256, floorPositive: square1)
+                XCTAssertEqual(saved.state1, r1.q, "\(kind.name) step \(t): state1 codes")
+                XCTAssertEqual(saved.absmax1!, r1.absmax, "\(kind.name) step \(t): absmax1")
+                prev1 = Blockwise8Reference.dequantize(saved.state1, absmax: saved.absmax1!, code: QuantMap.signedDynamic, blocksize: 256)
+                if kind.stateCount == 2 {
+                    let r2 = Blockwise8Reference.quantizeState(n2, code: QuantMap.unsignedDynamic, blocksize: 256, floorPositive: true)
+                    XCTAssertEqual(saved.state2!, r2.q, "\(kind.name) step \(t): state2 codes")
+                    XCTAssertEqual(saved.absmax2!, r2.absmax, "\(kind.name) step \(t): absmax2")
+                    prev2 = Blockwise8Reference.dequantize(saved.state2!, absmax: saved.absmax2!, code: QuantMap.unsignedDynamic, blocksize: 256)
+                    let raised = (0..<p.numel).filter { n2[$0] > 0 && r2.q[$0] == 1 }.count
+                    let exact = Blockwise8Reference.quantize(n2, code: QuantMap.unsignedDynamic, blocksize: 256).q
+                    if t == 6 { XCTAssertGreaterThan(raised - (0..<p.numel).filter { exact[$0] == 1 }.count, 0, "the floor was never exercised") }
+                }
+                for i in 0..<p.numel where square1 || kind.stateCount == 2 {
+                    let v = kind.stateCount == 2 ? n2[i] : n1[i], q = kind.stateCount == 2 ? saved.state2![i] : saved.state1[i]
+                    if v > 0 { XCTAssertNotEqual(q, kind.stateCount == 2 ? 0 : 127, "\(kind.name) step \(t) element \(i)") }
+                }
+            }
+        }
+    }
+
     func testMinEightBitSizeAndLayerOverride() throws {
         let e = try Embedding(EmbeddingConfig(numEmbeddings: 100, embeddingDim: 100), stable: true, seed: 1)
         let opt = try Optimizer(OptimizerConfig.defaults(.adam, optimBits: 8), params: e.parameters)

@@ -9,7 +9,8 @@
 /// parameter or its state (see StepGuard). Sparse gradients update only the touched
 /// rows; untouched rows' state is not decayed (as torch's SparseAdam). The
 /// 8-bit step is one fused pass per block: dequantize the block's state,
-/// update the parameter, requantize with the exact nearest rule.
+/// update the parameter, requantize with the exact nearest rule, except that
+/// a positive second moment never rounds to zero (StateRounding).
 public final class Optimizer: @unchecked Sendable {
     public let config: OptimizerConfig
     public let params: [Parameter]
@@ -185,6 +186,12 @@ public final class Optimizer: @unchecked Sendable {
             } else {
                 try checkFinite(F32.self, s.absmax1!.raw, s.blocks, argument: "absmax1")
                 if let a2 = s.absmax2 { try checkFinite(F32.self, a2.raw, s.blocks, argument: "absmax2") }
+                // A state written before the second-moment floor (or by
+                // bitsandbytes) may hold v = 0 beside m != 0: raise it.
+                if let q2 = s.state2 {
+                    StateRounding.repairLoaded(q1: s.state1.raw.assumingMemoryBound(to: UInt8.self),
+                                               q2: q2.raw.assumingMemoryBound(to: UInt8.self), count: p.numel)
+                }
             }
             s.step = saved.step
             (s.bound1, s.bound2) = StepGuard.measure(s)

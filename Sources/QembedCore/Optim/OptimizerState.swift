@@ -31,7 +31,7 @@ public final class OptimizerState: @unchecked Sendable {
         if bits == 8 {
             let blocks = OptimizerState.blockCount(numel: numel, cols: cols, rowAligned: rowAligned)
             // Zero state quantizes to the code index of 0: 127 (signed), 0 (unsigned).
-            state1.raw.initializeMemory(as: UInt8.self, repeating: OptimizerState.zeroCode1, count: numel)
+            state1.raw.initializeMemory(as: UInt8.self, repeating: StateRounding.zeroSigned, count: numel)
             absmax1 = try AlignedBuffer(byteCount: blocks * 4)
             absmax2 = states == 2 ? try AlignedBuffer(byteCount: blocks * 4) : nil
         } else {
@@ -39,8 +39,6 @@ public final class OptimizerState: @unchecked Sendable {
             absmax2 = nil
         }
     }
-
-    static let zeroCode1 = UInt8(QuantMap.signedDynamic.firstIndex(of: 0)!)
 
     public static func blockCount(numel: Int, cols: Int, rowAligned: Bool) -> Int {
         rowAligned ? (numel / cols) * ceilDiv(cols, blocksize) : ceilDiv(numel, blocksize)

@@ -40,7 +40,7 @@ enum StepKernels {
 
     /// The fused 8-bit step of one block: one pass dequantizes the state,
     /// updates parameter and state and tracks the new absmax; then the state
-    /// is requantized with the exact rule. `t1`/`t2` are scratch for >= count floats.
+    /// is requantized with the exact rule, square states floored (StateRounding). `t1`/`t2` are scratch for >= count floats.
     @inline(__always)
     static func block8<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, skipZeros: Bool,
                                                        p: UnsafeMutablePointer<E.Storage>, g: UnsafePointer<Float>,
@@ -89,8 +89,10 @@ enum StepKernels {
             top2 = max(top2, b[0].bitPattern & 0x7FFF_FFFF)
             j += 1
         }
-        requantize(t1, count, Float(bitPattern: top1), CodeSearch.signedDynamic, q1, a1)
-        if let q2, let a2 { requantize(t2, count, Float(bitPattern: top2), CodeSearch.unsignedDynamic, q2, a2) }
+        requantize(t1, count, Float(bitPattern: top1), CodeSearch.signedDynamic, q1, a1, floorPositive: R.squareState1)
+        if let q2, let a2 {
+            requantize(t2, count, Float(bitPattern: top2), CodeSearch.unsignedDynamic, q2, a2, floorPositive: true)
+        }
     }
 
     /// code[q[i]] for 8 bytes.
@@ -100,14 +102,17 @@ enum StepKernels {
               code[Int(q[4])], code[Int(q[5])], code[Int(q[6])], code[Int(q[7])])
     }
 
-    /// Stores absmax `m` and the exact nearest codes of count floats.
+    /// Stores absmax `m` and the codes of count floats: the exact nearest
+    /// ones, and with `floorPositive` no positive value at the zero code
+    /// (the optimizer-state rule, see StateRounding).
     @inline(__always)
     static func requantize(_ t: UnsafeMutablePointer<Float>, _ count: Int, _ m: Float, _ search: CodeSearch,
-                           _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>) {
+                           _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>, floorPositive: Bool) {
         absmax.pointee = m
         let scale = BlockScale(absmax: m)
         var j = scale.divides ? 0 : search.quantize8(F32.self, t, count, reciprocal: scale.reciprocal, q)
         while j < count { q[j] = search.index(scale.scaled(t[j])); j += 1 }
+        if floorPositive { StateRounding.floorPositive(t, q, count, zero: StateRounding.zeroIndex(search)) }
     }
 }
 

@@ -80,10 +80,15 @@ protocol UpdateRule {
     static func alpha32(_ k: UpdateScalars) -> Float
     /// Two states (Adam's m and v), else one.
     static var twoStates: Bool { get }
+    /// state1 accumulates squares that feed a square root in a denominator
+    /// (RMSprop, Adagrad): 8-bit rounding floors it (see StateRounding).
+    /// Adam's state2 always is such a state.
+    static var squareState1: Bool { get }
 }
 
 extension UpdateRule {
     static var twoStates: Bool { false }
+    static var squareState1: Bool { false }
 }
 
 enum AdamRule: UpdateRule {
@@ -158,6 +163,7 @@ enum RMSpropRule: UpdateRule {
         p = p + k.negLr * (gw / (vsqrt(s1) + k.eps))
     }
     @inline(__always) static func alpha32(_ k: UpdateScalars) -> Float { k.negLr }
+    static var squareState1: Bool { true }
 }
 
 enum AdagradRule: UpdateRule {
@@ -172,6 +178,7 @@ enum AdagradRule: UpdateRule {
         p = p + k.negLr * (gw / (vsqrt(s1) + k.eps))
     }
     @inline(__always) static func alpha32(_ k: UpdateScalars) -> Float { k.negLr }
+    static var squareState1: Bool { true }
 }
 
 /// Calls `body` with the rule type of `kind`.

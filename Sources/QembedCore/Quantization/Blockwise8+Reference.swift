@@ -31,4 +31,16 @@ public enum Blockwise8Reference {
     public static func dequantize(_ q: [UInt8], absmax: [Float], code: [Float], blocksize: Int) -> [Float] {
         q.indices.map { code[Int(q[$0])] * absmax[$0 / blocksize] }
     }
+
+    /// The optimizer-state rule (StateRounding): the exact codes, and with
+    /// `floorPositive` a positive value never at the zero code (it takes the
+    /// smallest positive code). The 8-bit optimizer steps must equal it.
+    public static func quantizeState(_ x: [Float], code: [Float], blocksize: Int, floorPositive: Bool) -> (q: [UInt8], absmax: [Float]) {
+        var (q, absmax) = quantize(x, code: code, blocksize: blocksize)
+        if floorPositive {
+            let zero = code.firstIndex(of: 0)!
+            for i in x.indices where x[i] > 0 && Int(q[i]) == zero { q[i] = UInt8(zero + 1) }
+        }
+        return (q, absmax)
+    }
 }

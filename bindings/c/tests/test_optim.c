@@ -755,6 +755,8 @@ static void test_8bit_trajectory(void) {
     }
 }
 
+
+
 /* ---- overrides of one parameter do not leak --------------------------------------- */
 
 static void test_override_isolation(void) {
@@ -968,6 +970,136 @@ static int import_saved(qembed_optimizer *o, int64_t i, const saved *s) {
                                          s->ns == 2 ? s->s_bytes : 0, s->bits == 8 ? s->a1 : NULL,
                                          s->bits == 8 ? s->blocks : 0, s->bits == 8 && s->ns == 2 ? s->a2 : NULL,
                                          s->bits == 8 && s->ns == 2 ? s->blocks : 0) == QEMBED_OK;
+}
+
+/* ---- embedding-training gradients: a few rows per step, zero elsewhere -------------- */
+
+/* Each step touches RS_ROWS distinct random rows of an RS_V x RS_D table; a
+ * touched row is standard normal times 10^u, u ~ U(-6, 1), so the rows of one
+ * 256-block span seven orders of magnitude. The 8-bit run of every optimizer
+ * (dense gradient with zero rows, and the sparse-gradient path) must stay
+ * finite and move no weight more than twice as far as the 32-bit run's
+ * farthest-moving weight (before the second-moment floor Adam8bit moved
+ * weights by hundreds here). */
+enum { RS_V = 2003, RS_D = 64, RS_ROWS = 150, RS_STEPS = 12 };
+
+static void pick_rows(qt_rng *r, int64_t *rows) {
+    static int64_t perm[RS_V];
+    int64_t i;
+    for (i = 0; i < RS_V; i++) perm[i] = i;
+    for (i = 0; i < RS_ROWS; i++) {
+        int64_t j = i + (int64_t)(qt_next(r) % (uint64_t)(RS_V - i)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        rows[i] = perm[i];
+    }
+}
+
+/* max |w - w0| over the table; -1 when a value is not finite */
+static double max_move(const float *w, const float *w0, int64_t n) {
+    double m = 0.0;
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        double d = fabs((double)w[i] - w0[i]);
+        if (!isfinite(w[i])) return -1.0;
+        if (d > m) m = d;
+    }
+    return m;
+}
+
+static void test_row_sparse_training(void) {
+    const int64_t n = (int64_t)RS_V * RS_D;
+    int kind, sparse;
+    for (sparse = 0; sparse < 2; sparse++) {
+        for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
+            qembed_embedding *e[2];
+            qembed_param *w[2];
+            qembed_optimizer *o[2];
+            float *w0, *go = (float *)xmalloc((size_t)(RS_ROWS * RS_D) * sizeof(float));
+            int64_t rows[RS_ROWS];
+            qt_rng rng = qt_rng_make(77 + (uint64_t)kind);
+            double worst = 0.0, m8 = 0.0, m32 = 0.0;
+            int b, t, k, j;
+            for (b = 0; b < 2; b++) {
+                qembed_optimizer_params op = defaults(kind, b == 0 ? 8 : 32);
+                e[b] = make_layer(RS_V, RS_D, 5, 0, sparse != 0, NULL);
+                w[b] = param_of(e[b], 0);
+                CHECK(qembed_param_clear_override(w[b], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+                if (kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW) op.lr = 1e-2;
+                o[b] = make_opt(&op, &w[b], 1);
+            }
+            w0 = data_copy(w[0]);
+            for (t = 0; t < RS_STEPS; t++) {
+                pick_rows(&rng, rows);
+                for (k = 0; k < RS_ROWS; k++) {
+                    float scale = powf(10.0f, -6.0f + 7.0f * qt_uniform(&rng));
+                    for (j = 0; j < RS_D; j++) go[k * RS_D + j] = qt_normal(&rng) * scale;
+                }
+                for (b = 0; b < 2; b++) {
+                    CHECK(qembed_embedding_zero_grad(e[b]) == QEMBED_OK);
+                    CHECK(qembed_embedding_backward(e[b], rows, QEMBED_DTYPE_I64, RS_ROWS, go, QEMBED_DTYPE_F32,
+                                                    RS_ROWS * RS_D) == QEMBED_OK);
+                    CHECKF(qembed_optimizer_step(o[b]) == QEMBED_OK, "%s step: %s", kind_names[kind], qembed_last_error());
+                }
+                m8 = max_move((const float *)info_of(w[0]).data, w0, n);
+                m32 = max_move((const float *)info_of(w[1]).data, w0, n);
+                if (m8 < 0 || m32 <= 0) {
+                    worst = INFINITY;
+                } else if (m8 / m32 > worst) {
+                    worst = m8 / m32;
+                }
+            }
+            CHECK(state_info(o[0], 0).bits == 8 && state_info(o[1], 0).bits == 32);
+            CHECKF(worst <= 2.0, "%s (%s gradient): 8-bit moved a weight %.3g times the 32-bit run's largest move",
+                   kind_names[kind], sparse ? "sparse" : "dense", worst);
+            for (b = 0; b < 2; b++) {
+                qembed_optimizer_free(o[b]);
+                qembed_embedding_free(e[b]);
+            }
+            free(w0);
+            free(go);
+        }
+    }
+}
+
+/* A state written before the floor (or by bitsandbytes) can hold Adam's second
+ * moment at code 0 beside a nonzero first moment; import raises those codes to
+ * the smallest positive one, and the next step stays bounded. */
+static void test_import_repairs_zero_second_moment(void) {
+    qembed_embedding *e = make_layer(R8, C8, 21, 0, false, NULL);
+    qembed_param *w = param_of(e, 0);
+    qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
+    qembed_optimizer *o;
+    qt_rng rng = qt_rng_make(5);
+    saved s, back;
+    int64_t i, zeroed = 0, raised = 0, changed = 0;
+    CHECK(qembed_param_clear_override(w, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+    o = make_opt(&op, &w, 1);
+    ensure_grads(e);
+    fill_grad(w, &rng, 1.0f);
+    CHECK(qembed_optimizer_step(o) == QEMBED_OK);
+    s = save_state(o, 0);
+    CHECK(s.bits == 8 && s.ns == 2);
+    for (i = 0; i < s.s_bytes; i += 7) {
+        if (s.s1[i] != 127) {
+            s.s2[i] = 0; /* what the exact rule stored for a tiny v */
+            zeroed++;
+        }
+    }
+    CHECK(zeroed > 0);
+    CHECKF(import_saved(o, 0, &s), "import: %s", qembed_last_error());
+    back = save_state(o, 0);
+    for (i = 0; i < s.s_bytes; i++) {
+        if (back.s2[i] != s.s2[i]) changed++;
+        if (i % 7 == 0 && s.s1[i] != 127 && back.s2[i] == 1) raised++;
+    }
+    CHECKF(raised == zeroed && changed == zeroed, "raised %lld of %lld zeroed codes, %lld changed",
+           (long long)raised, (long long)zeroed, (long long)changed);
+    CHECK(memcmp(back.s1, s.s1, (size_t)s.s_bytes) == 0);
+    free_saved(&s);
+    free_saved(&back);
+    qembed_optimizer_free(o);
+    qembed_embedding_free(e);
 }
 
 /* A finite gradient of 1e30 overflows the squared-gradient states (Adam's v,
@@ -1568,6 +1700,8 @@ int main(void) {
     test_nonfinite();
     test_overflow();
     test_export_import();
+    test_row_sparse_training();
+    test_import_repairs_zero_second_moment();
     test_sparse();
     test_skip_zeros();
     test_max_unorm();
