@@ -5,27 +5,55 @@
 #   make bench      the benchmark suite (qembed bench)
 #   make cli        the qembed command (.build/release/qembed-cli, installed as qembed)
 #   make install PREFIX=/usr/local
-# QEMBED_CPU picks the instruction set (default: the build machine's, like
-# llama.cpp's GGML_NATIVE); use QEMBED_CPU=x86-64 for a portable build.
+#   make install-debug   the same, binaries not stripped
+# QEMBED_CPU picks how the library is built. On x86-64 the default,
+# `dispatch`, builds it once per CPU tier (baseline = x86-64-v2, avx2 =
+# x86-64-v3, avx512 = x86-64-v4) behind a small libqembed.so that loads the
+# best one the CPU supports at run time (as ggml's CPU backend variants;
+# swiftc's -target-cpu takes CPU names only: nehalem, haswell and
+# skylake-avx512 carry exactly the features of the x86-64-v2/v3/v4 levels
+# the dispatcher checks, and no instruction beyond them is ever generated);
+# the qembed command is built for the baseline tier. QEMBED_CPU=native builds
+# one library and command for the build machine only (fastest there, may
+# not run elsewhere); any other value is passed to -target-cpu. Other
+# architectures build one library for their default target.
+# Everything links the Swift runtime statically (-static-stdlib): the
+# installed files need no Swift toolchain.
 
 PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PYTHON     ?= python3
+ARCH       := $(shell uname -m)
+ifeq ($(ARCH),x86_64)
+QEMBED_CPU ?= dispatch
+else
 QEMBED_CPU ?= native
+endif
 CC         ?= cc
+STRIP      ?= strip
 
 MAJOR := $(shell sed -n 's/^\#define QEMBED_VERSION_MAJOR \([0-9]*\).*/\1/p' include/qembed.h)
 MINOR := $(shell sed -n 's/^\#define QEMBED_VERSION_MINOR \([0-9]*\).*/\1/p' include/qembed.h)
 PATCH := $(shell sed -n 's/^\#define QEMBED_VERSION_PATCH \([0-9]*\).*/\1/p' include/qembed.h)
 VERSION := $(MAJOR).$(MINOR).$(PATCH)
 
-SWIFT_RELEASE := -c release -Xswiftc -target-cpu -Xswiftc $(QEMBED_CPU)
+STATIC := -Xswiftc -static-stdlib
+TIERS  := baseline avx2 avx512
+cpu_baseline := nehalem
+cpu_avx2     := haswell
+cpu_avx512   := skylake-avx512
+ifeq ($(QEMBED_CPU),dispatch)
+SWIFT_RELEASE := -c release $(STATIC) -Xswiftc -target-cpu -Xswiftc $(cpu_baseline)
+else
+SWIFT_RELEASE := -c release $(STATIC) -Xswiftc -target-cpu -Xswiftc $(QEMBED_CPU)
+endif
 BUILD := .build/release
 LIB   := $(BUILD)/libqembed.so
-SWIFT_SOURCES := $(shell find Sources -name '*.swift' -o -name '*.c' -o -name '*.h') Package.swift include/qembed.h qembed.map
+SWIFT_SOURCES := $(shell find Sources -path Sources/dispatch -prune -o \( -name '*.swift' -o -name '*.c' -o -name '*.h' \) -print) Package.swift include/qembed.h qembed.map
+VARIANTS := $(if $(filter dispatch,$(QEMBED_CPU)),$(foreach t,$(TIERS),$(BUILD)/libqembed-$(t).so))
 
-.PHONY: all build cli deps demo test test-swift test-c test-python test-cli bench install uninstall clean pc sanitize valgrind fuzz fuzz-ci
+.PHONY: all build cli deps demo test test-swift test-c test-python test-cli test-tiers test-portable bench install install-debug uninstall clean pc sanitize valgrind fuzz fuzz-ci
 
 all: build
 
@@ -35,12 +63,33 @@ deps:
 
 build: $(LIB)
 
+ifeq ($(QEMBED_CPU),dispatch)
+# One Swift build per tier, each in its own scratch directory, then the
+# dispatching libqembed.so (Sources/dispatch) over them.
+$(BUILD)/libqembed-%.so: $(SWIFT_SOURCES)
+	QEMBED_SONAME=libqembed-$*.so QEMBED_TIER=$* swift build -c release $(STATIC) \
+	    -Xswiftc -target-cpu -Xswiftc $(cpu_$*) --scratch-path .build-tier-$* --product qembed
+	@mkdir -p $(BUILD)
+	cp .build-tier-$*/release/libqembed.so $@
+
+$(BUILD)/qembed_dispatch_gen.h: qembed.map
+	@mkdir -p $(BUILD)
+	awk 'BEGIN { print "#define QEMBED_DISPATCH_FUNCTIONS(X) \\" } \
+	     /^ *qembed_[a-z0-9_]*;/ { gsub(/[ ;]/, ""); if ($$0 != "qembed_cpu_tier") printf "    X(%d, %s) \\\n", n++, $$0 } \
+	     END { print "" }' qembed.map > $@
+
+$(LIB): $(VARIANTS) $(BUILD)/qembed_dispatch_gen.h Sources/dispatch/qembed_dispatch.c include/qembed.h qembed.map
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -fPIC -shared -Iinclude -I$(BUILD) Sources/dispatch/qembed_dispatch.c \
+	    -o $@ -Wl,-soname,libqembed.so.$(MAJOR) -Wl,--version-script=qembed.map -Wl,-z,noexecstack -ldl
+	ln -sf libqembed.so $(BUILD)/libqembed.so.$(MAJOR)
+else
 # The version script is not a Swift source: relink when it changes.
 $(LIB): $(SWIFT_SOURCES)
 	rm -f $(LIB)
 	swift build $(SWIFT_RELEASE) --product qembed
 	@touch $(LIB)
 	ln -sf libqembed.so $(BUILD)/libqembed.so.$(MAJOR)
+endif
 
 CLI := $(BUILD)/qembed-cli
 cli: $(CLI)
@@ -52,7 +101,28 @@ $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks
 demo: build cli
 	$(CLI) demo
 
-test: deps build test-swift test-c test-python test-cli fuzz-ci
+test: deps build test-swift test-c test-python test-tiers test-cli fuzz-ci
+
+# The parity suites (C tests, Python tests) again under every lower CPU tier
+# this machine supports (QEMBED_CPU forces the tier at run time; make test-c
+# and test-python above ran the best one). A tier the CPU lacks is reported
+# as skipped, after checking that forcing it is refused cleanly.
+test-tiers: build
+	@if [ "$(QEMBED_CPU)" != dispatch ]; then echo "test-tiers: one tier in this build ($(QEMBED_CPU)): nothing to repeat"; exit 0; fi; \
+	best=$$(PYTHONPATH=bindings/python $(PYTHON) -c "import qembed; print(qembed.cpu_tier())"); \
+	status=0; \
+	for t in $(TIERS); do \
+	  if [ "$$t" = "$$best" ]; then echo "test-tiers: $$t: the default here, tested above"; continue; fi; \
+	  got=$$(QEMBED_CPU=$$t PYTHONPATH=bindings/python $(PYTHON) -c "import qembed; print(qembed.cpu_tier())" 2>&1 | tail -n 1); \
+	  if [ "$$got" = "$$t" ]; then \
+	    echo "test-tiers: $$t"; \
+	    QEMBED_CPU=$$t sh -c 'cd bindings/c && sh ./run_tests.sh --no-install $$(cd build && ls test_*)' || status=1; \
+	    (cd bindings/python && QEMBED_CPU=$$t $(PYTHON) -m pytest -q -p no:cacheprovider tests) || status=1; \
+	  else \
+	    case "$$got" in *"QEMBED_CPU=$$t refused"*) echo "test-tiers: $$t: not supported by this CPU: forcing it is refused cleanly ($$got)";; \
+	    *) echo "test-tiers: $$t: unexpected answer: $$got"; status=1;; esac; \
+	  fi; \
+	done; exit $$status
 
 # swift test's own summary lines are printed; the log keeps the rest.
 test-swift:
@@ -90,26 +160,37 @@ $(BUILD)/qembed.pc: pkgconfig/qembed.pc.in include/qembed.h
 	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $@
 
 # The .pc is regenerated for each install so that PREFIX is always the given one.
+# Binaries are stripped (install-debug keeps their symbols). The Python package
+# goes where the target interpreter looks for a prefix's packages (sysconfig
+# purelib with that prefix), or PYTHON_SITE=<dir>.
+PYTHON_SITE ?= $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '$(PREFIX)', 'platbase': '$(PREFIX)'}))" 2>/dev/null || echo $(LIBDIR)/python3/site-packages)
+INSTALL_STRIP ?= -s
+install-debug:
+	$(MAKE) install INSTALL_STRIP=
+
 install: build cli
 	@mkdir -p $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PREFIX)/bin
-	install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/qembed
-	install -m 755 $(LIB) $(DESTDIR)$(LIBDIR)/libqembed.so.$(VERSION)
+	install -m 755 $(INSTALL_STRIP) $(CLI) $(DESTDIR)$(PREFIX)/bin/qembed
+	install -m 755 $(INSTALL_STRIP) $(LIB) $(DESTDIR)$(LIBDIR)/libqembed.so.$(VERSION)
+	for v in $(VARIANTS); do install -m 755 $(INSTALL_STRIP) $$v $(DESTDIR)$(LIBDIR)/$$(basename $$v); done
 	ln -sf libqembed.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libqembed.so.$(MAJOR)
 	ln -sf libqembed.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libqembed.so
 	install -m 644 include/qembed.h $(DESTDIR)$(INCLUDEDIR)/qembed.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' pkgconfig/qembed.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc
-	@mkdir -p $(DESTDIR)$(LIBDIR)/python3/site-packages
-	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
-	if [ -d bindings/python/qembed ]; then \
-	  cp -r bindings/python/qembed $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed && \
-	  find $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed -name __pycache__ -prune -exec rm -rf {} + && \
-	  ln -sf ../../../libqembed.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed/libqembed.so; fi
-	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX)"
+	@mkdir -p $(DESTDIR)$(PYTHON_SITE)
+	rm -rf $(DESTDIR)$(PYTHON_SITE)/qembed
+	cp -r bindings/python/qembed $(DESTDIR)$(PYTHON_SITE)/qembed
+	find $(DESTDIR)$(PYTHON_SITE)/qembed -name __pycache__ -prune -exec rm -rf {} +
+	ln -sf $(LIBDIR)/libqembed.so.$(MAJOR) $(DESTDIR)$(PYTHON_SITE)/qembed/libqembed.so
+	@echo "installed qembed $(VERSION) into $(DESTDIR)$(PREFIX); the Python package is in $(PYTHON_SITE)"
+	@if [ -z "$(DESTDIR)" ] && ! $(PYTHON) -c "import sys; sys.exit(0 if '$(PYTHON_SITE)' in sys.path else 1)" 2>/dev/null; then \
+	  echo "note: $(PYTHON_SITE) is not on $(PYTHON)'s sys.path: export PYTHONPATH=$(PYTHON_SITE)"; fi
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libqembed.so* $(DESTDIR)$(INCLUDEDIR)/qembed.h $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc $(DESTDIR)$(PREFIX)/bin/qembed
-	rm -rf $(DESTDIR)$(LIBDIR)/python3/site-packages/qembed
+	rm -f $(DESTDIR)$(LIBDIR)/libqembed.so* $(DESTDIR)$(LIBDIR)/libqembed-*.so $(DESTDIR)$(INCLUDEDIR)/qembed.h \
+	    $(DESTDIR)$(LIBDIR)/pkgconfig/qembed.pc $(DESTDIR)$(PREFIX)/bin/qembed
+	rm -rf $(DESTDIR)$(PYTHON_SITE)/qembed
 
 clean:
 	swift package clean

@@ -6,9 +6,16 @@ import PackageDescription
 // SwiftPM sets no SONAME and exports every public Swift symbol; the version
 // script keeps the exported set equal to the functions declared in
 // include/qembed.h, and the SONAME carries the ABI major version.
+//
+// QEMBED_SONAME / QEMBED_TIER (set by the Makefile): the x86-64 build makes one
+// library per CPU tier (libqembed-avx2.so, ...) behind a small dispatching
+// libqembed.so (Sources/dispatch); QEMBED_TIER names the tier this build is
+// for, reported by qembed_cpu_tier() when the library is used directly.
+let soname = Context.environment["QEMBED_SONAME"] ?? "libqembed.so.0"
+let tier = Context.environment["QEMBED_TIER"] ?? "native"
 let libraryLinkerSettings: [LinkerSetting] = [
     .unsafeFlags([
-        "-Xlinker", "-soname=libqembed.so.0",
+        "-Xlinker", "-soname=\(soname)",
         "-Xlinker", "--version-script=qembed.map",
     ]),
 ]
@@ -45,6 +52,7 @@ let package = Package(
             name: "Qembed",
             dependencies: ["CQembed", "QembedCore"],
             path: "Sources/Qembed",
+            swiftSettings: [.define("QEMBED_TIER_" + tier.uppercased())],
             linkerSettings: libraryLinkerSettings
         ),
 

@@ -81,6 +81,18 @@ typedef enum qembed_status {
  *  static. Thread-safe. Since 0.1. */
 QEMBED_API const char *qembed_status_string(int status);
 
+/*! qembed_cpu_tier() :
+ *  The instruction-set tier in use: "baseline" (x86-64-v2), "avx2" (x86-64-v3:
+ *  AVX2, FMA, F16C), "avx512" (x86-64-v4: AVX-512 F/BW/DQ/VL), "native" (a
+ *  build for the build machine's CPU, `make QEMBED_CPU=native`, or a non-x86
+ *  build), or "none". On x86-64, libqembed.so picks the best tier the CPU and
+ *  OS support once per process; the environment variable
+ *  QEMBED_CPU=baseline|avx2|avx512 forces a tier. A tier the CPU lacks (or an
+ *  unknown name) is refused: the tier is "none", every function that returns a
+ *  status returns QEMBED_ERR_UNSUPPORTED and qembed_last_error() says why.
+ *  Every tier gives byte-identical results. Since 0.1. */
+QEMBED_API const char *qembed_cpu_tier(void);
+
 /*! qembed_last_error() :
  *  @return the detailed message of the last failing qembed call made by the
  *  calling thread, or "" if none has failed. Each thread has its own message

@@ -97,6 +97,21 @@ else
     sed 's/^/    /' "$tmp/ldd" >&2
 fi
 
+# 7. the per-tier builds the dispatching libqembed.so loads (x86-64): each
+# exports exactly the header's functions, needs no Swift runtime library,
+# and nothing Swift-mangled is global
+for v in "$(dirname "$lib")"/libqembed-*.so; do
+    [ -e "$v" ] || continue
+    nm -D --defined-only "$v" | awk '$2 == "T" || $2 == "W" { print $3 }' | sed 's/@.*//' | sort -u > "$tmp/vexported"
+    nm -D --defined-only "$v" | awk '$2 ~ /^[A-Z]$/ && $2 != "A" { print $3 }' | sed 's/@.*//' | sort -u > "$tmp/vglobal"
+    if diff "$tmp/header" "$tmp/vexported" > /dev/null && diff "$tmp/header" "$tmp/vglobal" > /dev/null &&
+        ! env -u LD_LIBRARY_PATH ldd "$v" | grep -qiE 'swift|not found'; then
+        ok
+    else
+        fail "$(basename "$v"): exports differ from the header or it needs a Swift runtime library"
+    fi
+done
+
 echo "check_symbols: $(wc -l < "$tmp/header" | tr -d ' ') functions in the header, SONAME $soname"
 echo "check_symbols: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

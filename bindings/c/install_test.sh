@@ -110,8 +110,38 @@ if [ -x "$work/word2vec" ]; then
     fi
 fi
 
+# 4c. pkg-config --static --libs links too (the Swift runtime is inside libqembed.so)
+sflags=$(pkg-config --cflags --static --libs qembed 2>&1)
+# shellcheck disable=SC2086
+if $CC -std=c11 "$here/examples/quickstart.c" $sflags -Wl,-rpath,"$prefix/lib" -o "$work/quickstart_s" > "$work/cc3.log" 2>&1 &&
+    (cd "$work" && env -u LD_LIBRARY_PATH ./quickstart_s) > /dev/null 2>&1; then
+    ok
+else
+    fail "building/running quickstart.c with pkg-config --static --libs ($sflags):"
+    sed 's/^/    /' "$work/cc3.log" >&2
+fi
+
+# 4d. no installed binary depends on the Swift toolchain; installed binaries are stripped
+toolchain=$(command -v swift 2>/dev/null || true)
+toolchain_root=${toolchain%/usr/bin/swift}
+bad=""
+for f in "$prefix/lib/libqembed.so.$version" "$prefix"/lib/libqembed-*.so "$prefix/bin/qembed"; do
+    [ -e "$f" ] || continue
+    if env -u LD_LIBRARY_PATH ldd "$f" | grep -qiE 'swift|not found' ||
+        { [ -n "$toolchain_root" ] && env -u LD_LIBRARY_PATH ldd "$f" | grep -q "$toolchain_root"; }; then
+        bad="$bad $f"
+    fi
+    if readelf -d "$f" 2>/dev/null | grep -E 'RUNPATH|RPATH' | grep -qiE 'swift|toolchain'; then bad="$bad $f(runpath)"; fi
+    if readelf -S "$f" 2>/dev/null | grep -q '\.symtab'; then bad="$bad $f(not stripped)"; fi
+done
+if [ -z "$bad" ]; then
+    ok
+else
+    fail "installed binaries that need the toolchain or are not stripped:$bad"
+fi
+
 # 5. the Python package
-site="$prefix/lib/python3/site-packages"
+site=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '$prefix', 'platbase': '$prefix'}))")
 if [ -f "$site/qembed/__init__.py" ]; then
     if (cd "$work" && env -u LD_LIBRARY_PATH PYTHONPATH="$site" "$PYTHON" -c \
         "import qembed, sys; sys.stdout.write('python: qembed from %s\n' % qembed.__file__)") > "$work/py.log" 2>&1; then
@@ -123,6 +153,45 @@ if [ -f "$site/qembed/__init__.py" ]; then
     fi
 else
     echo "install_test: skipped the Python check: $site/qembed/__init__.py was not installed (no Python package yet)"
+fi
+
+# 5b. with the Swift toolchain hidden (a private mount namespace with an empty
+# tmpfs over the toolchain's root), the installed C program, the qembed command
+# and `import qembed` each do real work: quantize, look up, save, reload.
+if [ -z "$toolchain_root" ] || [ ! -d "$toolchain_root" ]; then
+    echo "install_test: skipped the hidden-toolchain check: no Swift toolchain found to hide"
+elif ! unshare -m true 2> /dev/null; then
+    echo "install_test: skipped the hidden-toolchain check: unshare -m is refused here"
+else
+    cat > "$work/hidden.sh" << EOF
+set -e
+mount -t tmpfs none "$toolchain_root"
+[ ! -e "$toolchain" ]
+cd "$work"
+./quickstart
+"$PYTHON" -c "import numpy as np; np.save('t.npy', np.random.default_rng(1).standard_normal((300, 64)).astype(np.float32))"
+"$prefix/bin/qembed" quantize t.npy -o t.nf4.safetensors --type nf4 --blocksize 64
+"$prefix/bin/qembed" lookup t.nf4.safetensors 3 299 > lookup.txt
+PYTHONPATH="$site" "$PYTHON" -c "
+import numpy as np, qembed, qembed.functional as F
+from qembed.nn import EmbeddingNF4
+w = np.load('t.npy')
+q, s = F.quantize_4bit(w, blocksize=64, quant_type='nf4')
+back = F.dequantize_4bit(q, s)
+assert np.abs(back - w).max() < 0.5
+e = EmbeddingNF4.load('t.nf4.safetensors', prefix='array')
+rows = e(np.array([3, 299]))
+assert np.abs(rows - back[[3, 299]]).max() == 0, 'the command and the binding disagree'
+print('hidden-toolchain python ok, tier', qembed.cpu_tier())
+"
+EOF
+    if env -u LD_LIBRARY_PATH unshare -m sh "$work/hidden.sh" > "$work/hidden.log" 2>&1; then
+        ok
+        grep 'hidden-toolchain' "$work/hidden.log" | sed 's/^/install_test: /'
+    else
+        fail "with the toolchain at $toolchain_root hidden:"
+        tail -n 20 "$work/hidden.log" | sed 's/^/    /' >&2
+    fi
 fi
 
 # 6. DESTDIR staging puts everything under DESTDIR/PREFIX

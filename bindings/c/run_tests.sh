@@ -4,7 +4,14 @@
 # build/), check_symbols.sh and install_test.sh. Each runner ends with
 # "<name>: P passed, F failed"; this script adds them up and ends with
 # the line "N passed, M failed". Exit status 1 when anything failed.
+# --no-install: the header checks and the test programs only (make test-tiers
+# reruns them under each CPU tier).
 set -u
+no_install=0
+if [ "${1:-}" = --no-install ]; then
+    no_install=1
+    shift
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 CC=${CC:-cc}
@@ -69,6 +76,7 @@ done
 
 # 3. the ABI and the install
 for s in check_symbols install_test; do
+    [ "$no_install" -eq 1 ] && break
     sh "$here/$s.sh" > "$log" 2>&1
     status=$?
     cat "$log"

@@ -11,6 +11,21 @@ public func qembed_version() -> UnsafePointer<CChar>! {
     staticCString("0.1.0")
 }
 
+/// The tier this build was compiled for (the dispatching libqembed.so of the
+/// x86-64 build answers itself and never forwards this call).
+@c @implementation
+public func qembed_cpu_tier() -> UnsafePointer<CChar>! {
+    #if QEMBED_TIER_BASELINE
+    staticCString("baseline")
+    #elseif QEMBED_TIER_AVX2
+    staticCString("avx2")
+    #elseif QEMBED_TIER_AVX512
+    staticCString("avx512")
+    #else
+    staticCString("native")
+    #endif
+}
+
 @c @implementation
 public func qembed_status_string(_ status: CInt) -> UnsafePointer<CChar>! {
     switch status {

@@ -17,10 +17,18 @@ __version__ = _capi.version()
 
 __all__ = ["functional", "QembedError", "QembedValueError", "QembedTypeError", "QembedMemoryError",
            "QembedOSError", "QembedInternalError", "get_num_threads", "set_num_threads", "library_path",
-           "__version__"]
+           "cpu_tier", "__version__"]
 
 #: Path of the loaded libqembed.
 library_path = _capi.lib._qembed_path
+
+
+def cpu_tier():
+    """The instruction-set tier the library runs: "baseline" (x86-64-v2),
+    "avx2" (x86-64-v3), "avx512" (x86-64-v4) or "native" (a build for one
+    machine). Picked once per process (the best the CPU supports);
+    QEMBED_CPU=baseline|avx2|avx512 in the environment forces a lower one."""
+    return _capi.lib.qembed_cpu_tier().decode("ascii")
 
 
 def get_num_threads():

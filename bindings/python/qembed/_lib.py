@@ -72,8 +72,7 @@ def load_library():
     try:
         lib = ctypes.CDLL(path)
     except OSError as e:
-        raise OSError(f"could not load {path}: {e} (libqembed needs the Swift runtime, "
-                      f"libswiftCore.so, on its RUNPATH or LD_LIBRARY_PATH)") from e
+        raise OSError(f"could not load {path}: {e}") from e
     lib.qembed_version_number.argtypes = []
     lib.qembed_version_number.restype = ctypes.c_uint
     number = lib.qembed_version_number()
@@ -81,5 +80,13 @@ def load_library():
         raise ImportError(
             f"{path} has ABI major version {number // 10000} (version number {number}), "
             f"but this qembed binding needs ABI major {ABI_MAJOR}")
+    # The x86-64 library picks a CPU tier at load (QEMBED_CPU forces one); a
+    # refused tier leaves every call failing, so say why here.
+    lib.qembed_cpu_tier.argtypes = []
+    lib.qembed_cpu_tier.restype = ctypes.c_char_p
+    if lib.qembed_cpu_tier() == b"none":
+        lib.qembed_last_error.argtypes = []
+        lib.qembed_last_error.restype = ctypes.c_char_p
+        raise ImportError(f"{path}: {lib.qembed_last_error().decode()}")
     lib._qembed_path = path
     return lib
