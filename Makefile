@@ -53,7 +53,7 @@ LIB   := $(BUILD)/libqembed.so
 SWIFT_SOURCES := $(shell find Sources -path Sources/dispatch -prune -o \( -name '*.swift' -o -name '*.c' -o -name '*.h' \) -print) Package.swift include/qembed.h qembed.map
 VARIANTS := $(if $(filter dispatch,$(QEMBED_CPU)),$(foreach t,$(TIERS),$(BUILD)/libqembed-$(t).so))
 
-.PHONY: all build cli deps demo test test-swift test-c test-python test-cli test-tiers test-portable bench install install-debug uninstall clean pc sanitize valgrind fuzz fuzz-ci
+.PHONY: all build cli deps demo test test-swift test-c test-python test-cli test-tiers test-wheel bench install install-debug uninstall clean pc sanitize valgrind fuzz fuzz-ci
 
 all: build
 
@@ -101,7 +101,11 @@ $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks
 demo: build cli
 	$(CLI) demo
 
-test: deps build test-swift test-c test-python test-tiers test-cli fuzz-ci
+test: deps build test-swift test-c test-python test-tiers test-cli test-wheel fuzz-ci
+
+# The wheel: built, installed into a fresh venv, used with the toolchain hidden.
+test-wheel: build cli
+	PYTHON=$(PYTHON) sh tools/wheel_test.sh
 
 # The parity suites (C tests, Python tests) again under every lower CPU tier
 # this machine supports (QEMBED_CPU forces the tier at run time; make test-c

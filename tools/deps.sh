@@ -18,4 +18,9 @@ PY=${PYTHON:-python3}
 $PY -c "import numpy" 2>/dev/null || { echo "deps: pip install numpy"; $PY -m pip install -q numpy; }
 $PY -c "import pytest" 2>/dev/null || { echo "deps: pip install pytest"; $PY -m pip install -q pytest; }
 $PY -c "import ml_dtypes" 2>/dev/null || { echo "deps: pip install ml_dtypes"; $PY -m pip install -q ml_dtypes || true; }
+# the wheel test (tools/wheel_test.sh): a build backend without network
+# isolation, and auditwheel's verdict (information only)
+$PY -c "import setuptools, wheel; import sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 68)" 2>/dev/null ||
+  { echo "deps: pip install setuptools>=68 wheel"; $PY -m pip install -q "setuptools>=68" wheel || true; }
+command -v auditwheel >/dev/null 2>&1 || { echo "deps: pip install auditwheel"; $PY -m pip install -q auditwheel || true; }
 exit 0

@@ -28,7 +28,7 @@ def cpu_tier():
     "avx2" (x86-64-v3), "avx512" (x86-64-v4) or "native" (a build for one
     machine). Picked once per process (the best the CPU supports);
     QEMBED_CPU=baseline|avx2|avx512 in the environment forces a lower one."""
-    return _capi.lib.qembed_cpu_tier().decode("ascii")
+    return _capi.qembed_cpu_tier().decode("ascii")
 
 
 def get_num_threads():

@@ -232,6 +232,8 @@ qembed_version = _fn("qembed_version", c_char_p)
 
 # --- Status codes and errors -------------------------------------------------
 
+# const char *qembed_cpu_tier(void);
+qembed_cpu_tier = _fn("qembed_cpu_tier", c_char_p)
 # const char *qembed_status_string(int status);
 qembed_status_string = _fn("qembed_status_string", c_char_p, c_int)
 # const char *qembed_last_error(void);
