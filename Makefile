@@ -93,8 +93,9 @@ endif
 
 CLI := $(BUILD)/qembed-cli
 cli: $(CLI)
+CLI_TIER := $(if $(filter dispatch,$(QEMBED_CPU)),baseline,native)
 $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks -name '*.swift')
-	swift build $(SWIFT_RELEASE) --product qembed-cli
+	QEMBED_TIER=$(CLI_TIER) swift build $(SWIFT_RELEASE) --product qembed-cli
 	@touch $(CLI)
 
 # The main job: train, quantize, save, reload, compare (about 15 s here).
@@ -154,8 +155,14 @@ fuzz-ci:
 test-python: build
 	cd bindings/python && $(PYTHON) -m pytest -q tests
 
-bench: build cli
-	$(CLI) bench
+# The benchmark suite runs in the qembed command's copy of the core, built
+# here for BENCH_CPU (default: this machine, as the tier builds are for
+# theirs; BENCH_CPU=haswell measures exactly the avx2 tier's code generation,
+# nehalem the baseline's, skylake-avx512 the avx512 one's).
+BENCH_CPU ?= native
+bench:
+	QEMBED_TIER=native swift build -c release $(STATIC) -Xswiftc -target-cpu -Xswiftc $(BENCH_CPU) --scratch-path .build-bench-$(BENCH_CPU) --product qembed-cli
+	.build-bench-$(BENCH_CPU)/release/qembed-cli bench $(BENCH_ARGS)
 
 pc: $(BUILD)/qembed.pc
 $(BUILD)/qembed.pc: pkgconfig/qembed.pc.in include/qembed.h

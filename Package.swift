@@ -74,7 +74,7 @@ let package = Package(
             name: "QembedCLI",
             dependencies: ["QembedCore", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/QembedCLI",
-            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+            swiftSettings: [.unsafeFlags(["-Ounchecked"]), .define("QEMBED_TIER_" + tier.uppercased())]
         ),
 
         // MARK: - Tests

@@ -24,6 +24,10 @@
 # report, failed oracle or failed regression. A crashing input is kept as
 # .build/fuzz/work/<t>-artifacts/crash-*: copy it to fuzz/regressions/<t>/.
 set -u
+# libFuzzer reports a crash itself; the Swift runtime's backtracer, started on
+# the same signal, was seen to hang after it (swift-backtrace waiting on the
+# dead process): leave crash reports to libFuzzer.
+export SWIFT_BACKTRACE=enable=no
 
 seconds=${1:-60}
 # (libFuzzer reads -max_total_time=0 as "no limit": SECONDS must be >= 1)

@@ -11,7 +11,7 @@ struct Qembed: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qembed",
         abstract: "Quantized and trainable embedding tables (bitsandbytes-compatible) on the CPU.",
-        version: "0.1.0",
+        version: qembedVersion,
         subcommands: [Quantize.self, Inspect.self, Lookup.self, BenchCommand.self, Demo.self]
     )
 
@@ -103,3 +103,12 @@ func checkOutputDirectory(_ path: String) throws {
         throw CLIError(message: "output directory \(dir) does not exist")
     }
 }
+
+/// `qembed --version`: the version and the CPU tier this command was built
+/// for (the command carries its own copy of the core; the installed one is
+/// the baseline build, which runs on every x86-64-v2 CPU).
+#if QEMBED_TIER_BASELINE
+let qembedVersion = "0.1.0 (cpu tier: baseline, x86-64-v2)"
+#else
+let qembedVersion = "0.1.0 (cpu tier: native, built for its build machine)"
+#endif

@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from . import _arrays
 from . import _capi as C
 from ._capi import QembedError, QembedTypeError, QembedValueError
 
@@ -106,13 +107,16 @@ def _from_dlpack(obj):
     """A numpy view of an object exporting __dlpack__ (bfloat16 via its bits)."""
     if hasattr(obj, "detach"):
         obj = obj.detach()
+    _arrays.check_cpu(obj)
     if str(getattr(obj, "dtype", "")) == "torch.bfloat16":
         torch = sys.modules["torch"]
         bits = np.from_dlpack(obj.contiguous().view(torch.int16)).view(np.uint16)
         return bits.view(BFLOAT16) if BFLOAT16 is not None else _Bits(bits)
     try:
-        return np.from_dlpack(obj)
+        return _arrays.from_dlpack(obj)
     except (TypeError, BufferError, RuntimeError) as e:
+        if isinstance(e, QembedTypeError):
+            raise
         raise _type_error(f"cannot read {type(obj).__name__} through DLPack: {e}") from e
 
 
@@ -565,7 +569,7 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics=
     n = a.size
     nbytes = ctypes.c_int64()
     C._check(C.qembed_4bit_packed_bytes(n, ctypes.byref(nbytes)))
-    storage = np.dtype(quant_storage)
+    storage = _arrays.storage_dtype(quant_storage)
     if nbytes.value % storage.itemsize:
         raise _value_error(f"quant_storage {storage}: {nbytes.value} packed bytes are not a whole number "
                            f"of {storage.itemsize}-byte elements", C.QEMBED_ERR_SHAPE)

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from . import _arrays
 from . import _capi_layers as L
 from ._capi import QembedTypeError, QembedValueError
 
@@ -133,11 +134,12 @@ def to_numpy(x):
     bits) and anything np.asarray accepts."""
     if isinstance(x, np.ndarray):
         return x
+    _arrays.check_cpu(x)
     if str(getattr(x, "dtype", "")) == "torch.bfloat16":
         bits = _torch_bf16_bits(x)
         return bits.view(BFLOAT16) if BFLOAT16 is not None else bits
-    if hasattr(x, "detach") and hasattr(x, "__dlpack__"):
-        return np.from_dlpack(x.detach().cpu())
+    if hasattr(x, "__dlpack__"):
+        return _arrays.from_dlpack(x)
     return np.asarray(x)
 
 
