@@ -65,15 +65,16 @@ build: $(LIB)
 
 ifeq ($(QEMBED_CPU),dispatch)
 # One Swift build per tier, each in its own scratch directory, then the
-# dispatching libqembed.so (Sources/dispatch) over them.
-$(BUILD)/libqembed-%.so: $(SWIFT_SOURCES)
+# dispatching libqembed.so (Sources/dispatch) over them. All land in
+# .build/release, which SwiftPM owns: it replaces a plain directory there by
+# its symlink on its first release build, so the command is built first
+# (order-only) and the files go into SwiftPM's directory.
+$(BUILD)/libqembed-%.so: $(SWIFT_SOURCES) | $(CLI)
 	QEMBED_SONAME=libqembed-$*.so QEMBED_TIER=$* swift build -c release $(STATIC) \
 	    -Xswiftc -target-cpu -Xswiftc $(cpu_$*) --scratch-path .build-tier-$* --product qembed
-	@mkdir -p $(BUILD)
 	cp .build-tier-$*/release/libqembed.so $@
 
-$(BUILD)/qembed_dispatch_gen.h: qembed.map
-	@mkdir -p $(BUILD)
+$(BUILD)/qembed_dispatch_gen.h: qembed.map | $(CLI)
 	awk 'BEGIN { print "#define QEMBED_DISPATCH_FUNCTIONS(X) \\" } \
 	     /^ *qembed_[a-z0-9_]*;/ { gsub(/[ ;]/, ""); if ($$0 != "qembed_cpu_tier") printf "    X(%d, %s) \\\n", n++, $$0 } \
 	     END { print "" }' qembed.map > $@
