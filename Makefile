@@ -50,6 +50,7 @@ SWIFT_RELEASE := -c release $(STATIC) -Xswiftc -target-cpu -Xswiftc $(QEMBED_CPU
 endif
 BUILD := .build/release
 LIB   := $(BUILD)/libqembed.so
+CLI   := $(BUILD)/qembed-cli
 SWIFT_SOURCES := $(shell find Sources -path Sources/dispatch -prune -o \( -name '*.swift' -o -name '*.c' -o -name '*.h' \) -print) Package.swift include/qembed.h qembed.map
 VARIANTS := $(if $(filter dispatch,$(QEMBED_CPU)),$(foreach t,$(TIERS),$(BUILD)/libqembed-$(t).so))
 
@@ -92,7 +93,6 @@ $(LIB): $(SWIFT_SOURCES)
 	ln -sf libqembed.so $(BUILD)/libqembed.so.$(MAJOR)
 endif
 
-CLI := $(BUILD)/qembed-cli
 cli: $(CLI)
 CLI_TIER := $(if $(filter dispatch,$(QEMBED_CPU)),baseline,native)
 $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks -name '*.swift')
