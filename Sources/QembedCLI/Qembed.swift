@@ -95,6 +95,40 @@ func fileSize(_ path: String) -> Int {
 }
 
 /// Fails (usage-independent) when the directory of `path` does not exist.
+/// Checks an output path before any work: its directory exists; the path is
+/// not a directory, not the input itself (never replaced, with or without
+/// --force), and does not exist unless `force`.
+func checkOutput(_ path: String, input: String, force: Bool) throws {
+    if path.hasSuffix("/") { throw CLIError(message: "-o \(path) names a directory; give a file name") }
+    try checkOutputDirectory(path)
+    var st = stat(), si = stat()
+    guard stat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR { throw CLIError(message: "-o \(path) is a directory; give a file name") }
+    if stat(input, &si) == 0 && si.st_dev == st.st_dev && si.st_ino == st.st_ino {
+        throw CLIError(message: "-o \(path) is the input file: refusing to replace it (write to another file)")
+    }
+    if !force { throw CLIError(message: "\(path) exists: use --force to replace it") }
+}
+
+/// SIGINT/SIGTERM: remove the temporary file of a write in progress (the
+/// old output stays, as the write is a rename), then die of the signal.
+func installSignalCleanup() {
+    _ = AtomicFile.pendingTemp  // initialized here, never first in the handler
+    let handler: @convention(c) (Int32) -> Void = { sig in
+        if AtomicFile.pendingTemp[0] != 0 { unlink(AtomicFile.pendingTemp) }
+        signal(sig, SIG_DFL)
+        raise(sig)
+    }
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        // A signal ignored when the command started (nohup, a background job
+        // of a non-interactive shell) stays ignored, as the convention is.
+        var old = sigaction()
+        sigaction(sig, nil, &old)
+        if unsafeBitCast(old.__sigaction_handler.sa_handler, to: Int.self) == 1 { continue }  // SIG_IGN
+        signal(sig, handler)
+    }
+}
+
 func checkOutputDirectory(_ path: String) throws {
     let dir: String
     if let slash = path.lastIndex(of: "/") { dir = slash == path.startIndex ? "/" : String(path[..<slash]) } else { dir = "." }

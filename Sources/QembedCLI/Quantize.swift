@@ -11,6 +11,7 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Block size (4-bit: 32..4096, default 64; blockwise8: any, default 4096).") var blocksize: Int?
     @Flag(name: .long, help: "Quantize the 4-bit absmax statistics too (nested).") var compressStatistics = false
     @Option(name: .long, help: "Tensor to quantize (default: \"weight\" or the only 2-D float tensor).") var tensor: String?
+    @Flag(name: .long, help: "Replace the output file if it exists (never the input).") var force = false
 
     func validate() throws {
         guard ["nf4", "fp4", "int8", "blockwise8"].contains(type) else {
@@ -27,7 +28,8 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
-        try checkOutputDirectory(output)
+        try checkOutput(output, input: input, force: force)
+        installSignalCleanup()
         let t = try FloatTable(path: input, tensor: tensor)
         let name = t.entry.name
         let before = t.entry.nbytes

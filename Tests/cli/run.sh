@@ -7,7 +7,8 @@
 #   --tensor) -> inspect -> lookup (values checked against the original table
 #   within each type's error bound), the error cases and their exit statuses
 #   (0 success, 1 failure with "qembed: <message>" on stderr, 2 usage error),
-#   --help and `demo --quick`.
+#   --help and `demo --quick`; data safety (the input and existing outputs are
+#   never replaced without --force, SIGINT/SIGTERM leave no temporary file).
 # Each check prints one line; the last line is "N passed, M failed" and the
 # exit status is 1 when anything failed.
 set -u
@@ -297,6 +298,75 @@ if expect 0 "demo --quick" demo --quick --out-dir "$work/demo"; then
     if ls "$work/demo"/qembed-demo-*.safetensors > /dev/null 2>&1; then ok "demo --quick saved its files"; else fail "demo --quick saved no files"; fi
 fi
 expect 1 "demo --out-dir a missing directory" demo --quick --out-dir "$work/no/such/dir"
+
+# ---- data safety: existing files, the input, directories, signals --------
+S="$work/safety"
+mkdir -p "$S"
+cp "$T" "$S/in.npy"
+sum() { cksum < "$1"; }
+in_sum=$(sum "$S/in.npy")
+expect 1 "quantize -o the input file itself is refused" quantize "$S/in.npy" -o "$S/in.npy" --type nf4 --force &&
+    has "$work/err" "is the input file" "the refusal says the output is the input"
+[ "$(sum "$S/in.npy")" = "$in_sum" ] && ok "the input is unchanged after -o input" || fail "the input changed after -o input"
+ln "$S/in.npy" "$S/hardlink.npy"
+expect 1 "quantize -o a hard link of the input is refused" quantize "$S/in.npy" -o "$S/hardlink.npy" --type nf4 --force
+rm -f "$S/hardlink.npy"
+expect 0 "quantize into a new file" quantize "$S/in.npy" -o "$S/out.safetensors" --type nf4
+out_sum=$(sum "$S/out.safetensors")
+expect 1 "quantize over an existing output without --force is refused" quantize "$S/in.npy" -o "$S/out.safetensors" --type int8 &&
+    has "$work/err" "use --force" "the refusal names --force"
+[ "$(sum "$S/out.safetensors")" = "$out_sum" ] && ok "the existing output is unchanged" || fail "the existing output changed without --force"
+expect 0 "quantize --force replaces an existing output" quantize "$S/in.npy" -o "$S/out.safetensors" --type int8 --force
+[ "$(sum "$S/out.safetensors")" != "$out_sum" ] && ok "--force wrote the new output" || fail "--force left the old output"
+mkdir -p "$S/adir"
+expect 1 "quantize -o a directory is refused" quantize "$S/in.npy" -o "$S/adir" --type nf4 --force &&
+    has "$work/err" "is a directory" "the refusal says it is a directory"
+expect 1 "quantize -o a path ending in / is refused" quantize "$S/in.npy" -o "$S/adir/" --type nf4 --force
+if ls "$S" | grep -q '\.tmp-'; then fail "temporary files left in $S: $(ls "$S" | grep '\.tmp-')"; else ok "no temporary file left by the refusals"; fi
+
+# Signals: a 245 MB table, SIGINT/SIGTERM early, mid-way and while the output
+# is being written (waiting for the temporary file to appear): the old output
+# stays byte-identical (or, if the command finished first, the new one is
+# complete) and no temporary file is left.
+"$PYTHON" -c "import numpy as np; np.save('$S/big.npy', np.random.default_rng(5).standard_normal((60000, 1024)).astype(np.float32))"
+cp "$S/out.safetensors" "$S/old.safetensors"
+old_sum=$(sum "$S/old.safetensors")
+for sig in INT TERM; do
+    for phase in early mid write; do
+        cp "$S/old.safetensors" "$S/target.safetensors"
+        # (a background job of a non-interactive shell starts with SIGINT
+        # ignored, which the command keeps: restore the default first)
+        "$PYTHON" -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+            "$Q" quantize "$S/big.npy" -o "$S/target.safetensors" --type blockwise8 --force > /dev/null 2> "$work/err" &
+        pid=$!
+        saw_tmp=0
+        case $phase in
+        early) sleep 0.15 ;;
+        mid) sleep 0.3 ;;
+        write)
+            i=0
+            while kill -0 "$pid" 2> /dev/null && [ "$i" -lt 200000 ]; do
+                if ls "$S" | grep -q '\.tmp-'; then saw_tmp=1; break; fi
+                i=$((i + 1))
+            done ;;
+        esac
+        kill -s "$sig" "$pid" 2> /dev/null
+        wait "$pid"
+        st=$?
+        left=$(ls "$S" | grep '\.tmp-' || true)
+        if [ -n "$left" ]; then
+            fail "SIG$sig ($phase): temporary file left: $left"
+        elif [ "$st" -eq 0 ]; then
+            if "$Q" inspect "$S/target.safetensors" > /dev/null 2>&1; then ok "SIG$sig ($phase): finished first; the new output is complete"; else fail "SIG$sig ($phase): exit 0 but the output does not load"; fi
+        elif [ "$(sum "$S/target.safetensors")" = "$old_sum" ]; then
+            ok "SIG$sig ($phase$([ "$saw_tmp" -eq 1 ] && echo ', during the write')): exit $st, old output intact, no temporary file"
+        else
+            fail "SIG$sig ($phase): exit $st and the old output changed"
+        fi
+        [ "$phase" = write ] && [ "$saw_tmp" -eq 0 ] && [ "$st" -ne 0 ] && echo "note   SIG$sig: the write phase was not caught this time"
+    done
+done
+rm -f "$S/big.npy"
 
 echo "($(($(date +%s) - t0)) s)"
 echo "$passed passed, $failed failed"

@@ -33,7 +33,26 @@ public final class MappedFile: @unchecked Sendable {
 /// Writes a file atomically: a temporary file in the same directory is
 /// written, fsynced and renamed over `path`, then the directory is fsynced.
 /// On any failure the temporary file is removed and `path` is untouched.
+///
+/// A program that is killed by a signal mid-write would leave the temporary
+/// file behind; `pendingTemp` names the file being written (empty when none)
+/// in a fixed buffer that a signal handler may read and `unlink` (both
+/// async-signal-safe): the qembed command's SIGINT/SIGTERM handler does.
+/// With several writes at once it names the latest one.
 public enum AtomicFile {
+    /// NUL-terminated path of the temporary file being written, or "".
+    public static let pendingTemp: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 4097)
+        p.initialize(repeating: 0, count: 4097)
+        return p
+    }()
+
+    private static func setPending(_ template: [CChar]) {
+        let n = min(template.count, 4096)
+        for i in 0..<n { pendingTemp[i] = template[i] }
+        pendingTemp[n] = 0
+    }
+
     /// `write(fd)` must write the whole content; chunks go through `writeAll`.
     public static func write(_ path: String, _ body: (Int32) throws(QembedError) -> Void) throws(QembedError) {
         guard !path.isEmpty else { throw .invalid("path is empty") }
@@ -43,8 +62,12 @@ public enum AtomicFile {
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw QembedError(.io, "cannot create a temporary file next to \(path): \(String(cString: strerror(errno)))") }
         let tmp = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        setPending(template)
         var ok = false
-        defer { if !ok { close(fd); unlink(tmp) } }
+        defer {
+            if !ok { close(fd); unlink(tmp) }
+            pendingTemp[0] = 0
+        }
         try body(fd)
         guard fsync(fd) == 0 else { throw QembedError(.io, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))") }
         fchmod(fd, 0o644)
