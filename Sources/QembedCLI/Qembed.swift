@@ -114,6 +114,7 @@ func checkOutput(_ path: String, input: String, force: Bool) throws {
 /// old output stays, as the write is a rename), then die of the signal.
 func installSignalCleanup() {
     _ = AtomicFile.pendingTemp  // initialized here, never first in the handler
+    AtomicFile.trackPending = true
     let handler: @convention(c) (Int32) -> Void = { sig in
         if AtomicFile.pendingTemp[0] != 0 { unlink(AtomicFile.pendingTemp) }
         signal(sig, SIG_DFL)

@@ -38,8 +38,13 @@ public final class MappedFile: @unchecked Sendable {
 /// file behind; `pendingTemp` names the file being written (empty when none)
 /// in a fixed buffer that a signal handler may read and `unlink` (both
 /// async-signal-safe): the qembed command's SIGINT/SIGTERM handler does.
-/// With several writes at once it names the latest one.
+/// It is kept only when `trackPending` is set (by a single-writer program
+/// such as the command; a library user writing from several threads leaves
+/// it off, so the buffer is never written concurrently).
 public enum AtomicFile {
+    /// Record the temporary file of each write in `pendingTemp`.
+    nonisolated(unsafe) public static var trackPending = false
+
     /// NUL-terminated path of the temporary file being written, or "".
     public static let pendingTemp: UnsafeMutablePointer<CChar> = {
         let p = UnsafeMutablePointer<CChar>.allocate(capacity: 4097)
@@ -62,11 +67,12 @@ public enum AtomicFile {
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw QembedError(.io, "cannot create a temporary file next to \(path): \(String(cString: strerror(errno)))") }
         let tmp = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        setPending(template)
+        let track = trackPending
+        if track { setPending(template) }
         var ok = false
         defer {
             if !ok { close(fd); unlink(tmp) }
-            pendingTemp[0] = 0
+            if track { pendingTemp[0] = 0 }
         }
         try body(fd)
         guard fsync(fd) == 0 else { throw QembedError(.io, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))") }
