@@ -1,6 +1,8 @@
 /* test_version.c - version, status strings, dtype traits, thread count and
  * the per-thread last-error message. */
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "qembed.h"
 #include "qtest.h"
@@ -179,7 +181,37 @@ static void test_last_error(void) {
     qembed_clear_error();
 }
 
-int main(void) {
+/* qembed_cpu_tier(): a known tier name. Run with QEMBED_CPU=<not a tier> and
+ * QEMBED_TEST_EXPECT_REFUSED=1 (main does that to itself through the
+ * dispatcher), the tier is "none", a status call fails with
+ * QEMBED_ERR_UNSUPPORTED and writes nothing, and qembed_last_error() says why. */
+static int test_cpu_tier(const char *self) {
+    const char *t = qembed_cpu_tier();
+    CHECK(t != NULL);
+    if (t == NULL) return 0;
+    if (getenv("QEMBED_TEST_EXPECT_REFUSED") != NULL) {
+        float x[4] = {1, 2, 3, 4}, absmax[1] = {-7.0f};
+        unsigned char q[4] = {9, 9, 9, 9};
+        CHECKF(strcmp(t, "none") == 0, "tier %s, want none", t);
+        CHECK(qembed_quantize_blockwise(x, QEMBED_DTYPE_F32, 4, NULL, 64, q, absmax, 1) == QEMBED_ERR_UNSUPPORTED);
+        CHECK(q[0] == 9 && absmax[0] == -7.0f);
+        CHECKF(strstr(qembed_last_error(), "QEMBED_CPU") != NULL, "message: %s", qembed_last_error());
+        CHECK(qembed_version_number() == QEMBED_VERSION_MAJOR * 10000 + QEMBED_VERSION_MINOR * 100 + QEMBED_VERSION_PATCH);
+        return 1;
+    }
+    CHECKF(strcmp(t, "baseline") == 0 || strcmp(t, "avx2") == 0 || strcmp(t, "avx512") == 0 || strcmp(t, "native") == 0,
+           "qembed_cpu_tier() = %s", t);
+    if (strcmp(t, "native") != 0 && self != NULL) {
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "QEMBED_CPU=no-such-tier QEMBED_TEST_EXPECT_REFUSED=1 '%s' > /dev/null", self);
+        CHECKF(system(cmd) == 0, "the refused-tier run of %s failed", self);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    if (test_cpu_tier(argv[0])) return qt_summary("test_version (refused tier)");
     test_version();
     test_status_strings();
     test_dtypes();

@@ -682,3 +682,14 @@ def test_abi_major_is_checked(monkeypatch):
     monkeypatch.setattr(_lib.ctypes, "CDLL", lambda path: FakeLib)
     with pytest.raises(ImportError, match="ABI major version 1"):
         _lib.load_library()
+
+
+def test_cpu_tier_is_reported_and_a_refused_tier_fails_import():
+    assert qembed.cpu_tier() in ("baseline", "avx2", "avx512", "native")
+    if qembed.cpu_tier() == "native":
+        pytest.skip("a one-tier build: nothing is dispatched")
+    res = run_python("import qembed", {"QEMBED_CPU": "no-such-tier"})
+    assert res.returncode != 0
+    assert "ImportError" in res.stderr and "QEMBED_CPU=no-such-tier is not a tier" in res.stderr
+    forced = run_python("import qembed; print(qembed.cpu_tier())", {"QEMBED_CPU": "baseline"})
+    assert forced.returncode == 0 and forced.stdout.strip() == "baseline", forced.stderr
