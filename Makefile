@@ -30,6 +30,11 @@ QEMBED_CPU ?= dispatch
 else
 QEMBED_CPU ?= native
 endif
+# QEMBED_CPU is also the run-time variable that forces a tier: a tier name
+# found in the environment builds the dispatching library.
+ifneq ($(filter baseline avx2 avx512 auto,$(QEMBED_CPU)),)
+override QEMBED_CPU := dispatch
+endif
 CC         ?= cc
 STRIP      ?= strip
 
