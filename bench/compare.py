@@ -217,6 +217,14 @@ def optimizers(args, memcpy):
             ref = best(lambda: bo.step(), reps=2)
             row(f"reference {name} ({type(bo).__module__.split('.')[0]})", ref, numel * nbytes, memcpy)
         row(f"qembed {name}", tq, numel * nbytes, memcpy, ref, type(bo).__module__.split('.')[0] if bnb is not None else "")
+    # A learning-rate schedule changes lr before every step: set in place
+    # (qembed_optimizer_set_params), so this row should equal the Adam8bit one.
+    sched = optim.Adam8bit(layer.parameters())
+
+    def scheduled_step():
+        sched.param_groups[0]["lr"] *= 0.999
+        sched.step()
+    row("qembed Adam8bit, lr changed before every step", best(scheduled_step, reps=5), numel * 16, memcpy)
     to = torch.optim.Adam([tp], foreach=True)
     row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
     if bnb is not None:

@@ -613,6 +613,15 @@ QEMBED_API void qembed_optimizer_free(qembed_optimizer *o);
 /*! qembed_optimizer_step() : one update of every parameter with a gradient. Since 0.1. */
 QEMBED_API qembed_status qembed_optimizer_step(qembed_optimizer *o);
 
+/*! qembed_optimizer_set_params() :
+ *  Replaces the optimizer's hyperparameters in place (lr, betas, eps,
+ *  weight_decay, max_unorm, skip_zeros; a learning-rate schedule calls it
+ *  before each step) keeping every state and its step count. The kind
+ *  cannot change; optim_bits and min_8bit_size apply to states created
+ *  afterwards. Validated as qembed_optimizer_create validates, against every
+ *  parameter's overrides; on failure nothing changes. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_set_params(qembed_optimizer *o, const qembed_optimizer_params *p);
+
 /*! qembed_optimizer_zero_grad() : zero_grad() of every parameter. Since 0.1. */
 QEMBED_API qembed_status qembed_optimizer_zero_grad(qembed_optimizer *o);
 

@@ -42,13 +42,28 @@ public func qembed_optimizer_create(_ p: UnsafePointer<qembed_optimizer_params>!
             guard let h = list[i] else { throw QembedError(.nullPointer, "params[\(i)] is NULL") }
             ps.append(try parameter(h))
         }
-        guard d.min_8bit_size >= 0 else { throw .invalid("min_8bit_size must be >= 0, got \(d.min_8bit_size)") }
-        var c = OptimizerConfig.defaults(try kind(d.kind), optimBits: 32)
-        c.lr = d.lr; c.beta1 = d.beta1; c.beta2 = d.beta2; c.eps = d.eps; c.weightDecay = d.weight_decay
-        c.optimBits = Int(d.optim_bits); c.min8bitSize = Int(d.min_8bit_size); c.maxUnorm = d.max_unorm
-        c.skipZeros = d.skip_zeros
-        let opt = try Optimizer(c, params: ps)
+        let opt = try Optimizer(try config(of: d), params: ps)
         o.pointee = OpaquePointer(Unmanaged.passRetained(opt).toOpaque())
+    }
+}
+
+/// The one conversion of the C parameters struct into a core config.
+private func config(of d: qembed_optimizer_params) throws(QembedError) -> OptimizerConfig {
+    guard d.min_8bit_size >= 0 else { throw .invalid("min_8bit_size must be >= 0, got \(d.min_8bit_size)") }
+    var c = OptimizerConfig.defaults(try kind(d.kind), optimBits: 32)
+    c.lr = d.lr; c.beta1 = d.beta1; c.beta2 = d.beta2; c.eps = d.eps; c.weightDecay = d.weight_decay
+    c.optimBits = Int(d.optim_bits); c.min8bitSize = Int(d.min_8bit_size); c.maxUnorm = d.max_unorm
+    c.skipZeros = d.skip_zeros
+    return c
+}
+
+@c @implementation
+public func qembed_optimizer_set_params(_ o: OpaquePointer!, _ p: UnsafePointer<qembed_optimizer_params>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let opt = try optimizer(o)
+        let d = try need(p, "p").pointee
+        try checkStructSize(d.struct_size, MemoryLayout<qembed_optimizer_params>.size, "p")
+        try opt.setConfig(try config(of: d))
     }
 }
 

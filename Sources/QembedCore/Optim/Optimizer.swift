@@ -12,7 +12,7 @@
 /// update the parameter, requantize with the exact nearest rule, except that
 /// a positive second moment never rounds to zero (StateRounding).
 public final class Optimizer: @unchecked Sendable {
-    public let config: OptimizerConfig
+    public private(set) var config: OptimizerConfig
     public let params: [Parameter]
     public private(set) var states: [OptimizerState?]
     private let lock = RWLock()
@@ -26,6 +26,22 @@ public final class Optimizer: @unchecked Sendable {
         self.config = config
         self.params = params
         states = Array(repeating: nil, count: params.count)
+    }
+
+    /// Replaces the hyperparameters in place (a learning-rate schedule changes
+    /// lr every step): validated first, all or nothing; the kind cannot change.
+    /// optim_bits and min_8bit_size apply to states created afterwards (a
+    /// state keeps the width it was created with, as in bitsandbytes). The
+    /// states and their step counts are kept.
+    public func setConfig(_ c: OptimizerConfig) throws(QembedError) {
+        try c.validate()
+        try lock.withExclusive { () throws(QembedError) in
+            guard c.kind == config.kind else {
+                throw .invalid("kind: an optimizer's kind cannot change (\(config.kind.name) -> \(c.kind.name)); create a new optimizer")
+            }
+            for p in params { try c.resolved(for: p).validate() }
+            config = c
+        }
     }
 
     /// The config in force for parameter i (overrides applied).

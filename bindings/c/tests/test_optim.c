@@ -757,6 +757,75 @@ static void test_8bit_trajectory(void) {
 
 
 
+/* ---- hyperparameters set in place ------------------------------------------------- */
+
+/* qembed_optimizer_set_params: bad calls fail with a status and a message and
+ * change nothing (the next steps equal a twin's that never saw them); a good
+ * call changes the next step (lr 0: nothing moves) and keeps the states. */
+static void test_set_params(void) {
+    int kind;
+    for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
+        qembed_embedding *ea = make_layer(R8, C8, 31, 0, false, NULL), *eb = make_layer(R8, C8, 31, 0, false, NULL);
+        qembed_param *wa = param_of(ea, 0), *wb = param_of(eb, 0);
+        qembed_optimizer_params op = defaults(kind, 8), bad;
+        qembed_optimizer *oa, *ob;
+        qt_rng ra = qt_rng_make(8), rb = qt_rng_make(8);
+        const int64_t numel = R8 * C8;
+        float *before;
+        CHECK(qembed_param_clear_override(wa, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+        CHECK(qembed_param_clear_override(wb, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+        oa = make_opt(&op, &wa, 1);
+        ob = make_opt(&op, &wb, 1);
+        ensure_grads(ea);
+        ensure_grads(eb);
+        fill_grad(wa, &ra, 1.0f);
+        fill_grad(wb, &rb, 1.0f);
+        CHECK(qembed_optimizer_step(oa) == QEMBED_OK && qembed_optimizer_step(ob) == QEMBED_OK);
+        /* refused calls */
+        CHECK(qembed_optimizer_set_params(NULL, &op) == QEMBED_ERR_NULL_POINTER);
+        CHECK(qembed_optimizer_set_params(oa, NULL) == QEMBED_ERR_NULL_POINTER);
+        bad = op;
+        bad.struct_size = 3;
+        CHECK(qembed_optimizer_set_params(oa, &bad) != QEMBED_OK);
+        bad = op;
+        bad.kind = (kind + 1) % QEMBED_OPTIM_COUNT;
+        CHECK(qembed_optimizer_set_params(oa, &bad) == QEMBED_ERR_INVALID_ARGUMENT);
+        CHECKF(strstr(qembed_last_error(), "kind") != NULL, "message: %s", qembed_last_error());
+        bad = op;
+        bad.lr = -1.0;
+        CHECK(qembed_optimizer_set_params(oa, &bad) == QEMBED_ERR_INVALID_ARGUMENT);
+        bad = op;
+        bad.lr = NAN;
+        CHECK(qembed_optimizer_set_params(oa, &bad) != QEMBED_OK);
+        bad = op;
+        bad.beta1 = 1.5;
+        CHECK(qembed_optimizer_set_params(oa, &bad) != QEMBED_OK);
+        bad = op;
+        bad.kind = 99;
+        CHECK(qembed_optimizer_set_params(oa, &bad) == QEMBED_ERR_INVALID_ARGUMENT);
+        fill_grad(wa, &ra, 1.0f);
+        fill_grad(wb, &rb, 1.0f);
+        CHECK(qembed_optimizer_step(oa) == QEMBED_OK && qembed_optimizer_step(ob) == QEMBED_OK);
+        CHECKF(memcmp(info_of(wa).data, info_of(wb).data, (size_t)numel * 4) == 0,
+               "%s: a refused set_params changed the trajectory", kind_names[kind]);
+        CHECK(state_info(oa, 0).step == 2);
+        /* lr = 0 in place: the next step moves nothing, the state keeps its step count */
+        bad = op;
+        bad.lr = 0.0;
+        CHECKF(qembed_optimizer_set_params(oa, &bad) == QEMBED_OK, "%s: %s", kind_names[kind], qembed_last_error());
+        before = data_copy(wa);
+        fill_grad(wa, &ra, 1.0f);
+        CHECK(qembed_optimizer_step(oa) == QEMBED_OK);
+        CHECKF(memcmp(info_of(wa).data, before, (size_t)numel * 4) == 0, "%s: lr 0 still moved the weights", kind_names[kind]);
+        CHECK(state_info(oa, 0).step == 3 && state_info(oa, 0).bits == 8);
+        free(before);
+        qembed_optimizer_free(oa);
+        qembed_optimizer_free(ob);
+        qembed_embedding_free(ea);
+        qembed_embedding_free(eb);
+    }
+}
+
 /* ---- overrides of one parameter do not leak --------------------------------------- */
 
 static void test_override_isolation(void) {
@@ -1696,6 +1765,7 @@ int main(void) {
     test_8bit_selection();
     test_8bit_first_state();
     test_8bit_trajectory();
+    test_set_params();
     test_override_isolation();
     test_nonfinite();
     test_overflow();

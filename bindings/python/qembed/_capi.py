@@ -356,6 +356,8 @@ qembed_embedding_param = _fn("qembed_embedding_param", status, handle, c_int64, 
 # qembed_status qembed_optimizer_params_init(qembed_optimizer_params *p, int kind, int optim_bits);
 qembed_optimizer_params_init = _fn("qembed_optimizer_params_init", status, POINTER(qembed_optimizer_params),
                                    c_int, c_int)
+# qembed_status qembed_optimizer_set_params(qembed_optimizer *o, const qembed_optimizer_params *p);
+qembed_optimizer_set_params = _fn("qembed_optimizer_set_params", status, handle, POINTER(qembed_optimizer_params))
 # qembed_status qembed_optimizer_create(const qembed_optimizer_params *p, qembed_param *const *params, int64_t n_params, qembed_optimizer **out);
 qembed_optimizer_create = _fn("qembed_optimizer_create", status, POINTER(qembed_optimizer_params),
                               POINTER(handle), c_int64, POINTER(handle))

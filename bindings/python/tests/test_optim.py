@@ -398,6 +398,43 @@ def test_lr_override_and_group_changes():
         opt.step()
 
 
+@pytest.mark.parametrize("cls", ["Adam8bit", "AdamW", "Lion8bit", "RMSprop8bit"])
+def test_lr_schedule_sets_hyperparameters_in_place(cls):
+    """A per-step lr (and beta) change keeps the C optimizer and its states
+    (qembed_optimizer_set_params) and gives the trajectory of rebuilding the
+    optimizer from its state_dict at every step, bit for bit."""
+    rng = np.random.default_rng(40)
+    W = (rng.standard_normal((64, 80)) * 0.1).astype(np.float32)
+    grads = [(rng.standard_normal((64, 80)) * 0.01).astype(np.float32) for _ in range(6)]
+    lrs = [1e-2 * 0.7 ** t for t in range(6)]
+    a, b = table_param(W.copy(), bits=8), table_param(W.copy(), bits=8)
+    kw = {"momentum": 0.9} if cls.startswith("RMSprop") else {}
+    oa = getattr(optim, cls)(a.parameters(), lr=lrs[0], **kw)
+    backend = None
+    state = None
+    for t, g in enumerate(grads):
+        oa.param_groups[0]["lr"] = lrs[t]
+        set_grad(a, g)
+        oa.step()
+        if backend is None:
+            backend = oa._backends[0]
+        assert oa._backends[0] is backend, "the C optimizer was rebuilt for an lr change"
+        ob = getattr(optim, cls)(b.parameters(), lr=lrs[t], **kw)
+        if state is not None:
+            ob.load_state_dict(state)  # (restores the saved group's lr, as torch does)
+            ob.param_groups[0]["lr"] = lrs[t]
+        set_grad(b, g)
+        ob.step()
+        state = ob.state_dict()
+        assert np.array_equal(a.weight.data, b.weight.data), f"{cls} step {t + 1}"
+    oa.param_groups[0]["betas"] = (0.8, 0.99) if not cls.startswith("RMSprop") else oa.param_groups[0]["betas"]
+    oa.param_groups[0]["lr"] = -1.0
+    before = a.weight.data.copy()
+    with pytest.raises(ValueError):
+        oa.step()
+    assert np.array_equal(a.weight.data, before)
+
+
 def test_param_groups():
     x, y = table_param(np.ones((4, 4), np.float32)), table_param(np.ones((4, 4), np.float32))
     opt = optim.Adam([{"params": x.parameters()}, {"params": y.parameters(), "lr": 0.0}], lr=0.1)

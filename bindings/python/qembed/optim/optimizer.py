@@ -174,22 +174,28 @@ class _Backend:
     def __init__(self, config, params):
         self.config = config
         self.params = list(params)
-        p = L.new_struct(L.qembed_optimizer_params)
-        L._check(L.qembed_optimizer_params_init(ctypes.byref(p), config["kind"], config["optim_bits"]))
-        p.lr = config["lr"]
-        p.beta1 = config["beta1"]
-        p.beta2 = config["beta2"]
-        p.eps = config["eps"]
-        p.weight_decay = config["weight_decay"]
-        p.min_8bit_size = config["min_8bit_size"]
-        p.max_unorm = config["max_unorm"]
-        p.skip_zeros = config["skip_zeros"]
+        p = self._struct(config)
         ptrs = (ctypes.c_void_p * len(self.params))(*[q._ptr for q in self.params])
         out = L.out_handle()
         L._check(L.qembed_optimizer_create(ctypes.byref(p), ptrs, len(self.params), ctypes.byref(out)))
         # The Parameters (and through them their layers' Handles) stay
         # referenced by self.params for as long as this optimizer lives.
         self.handle = L.Handle(out.value, L.qembed_optimizer_free, "optimizer")
+
+    @staticmethod
+    def _struct(config):
+        """The C qembed_optimizer_params of a config dict (the one conversion)."""
+        p = L.new_struct(L.qembed_optimizer_params)
+        L._check(L.qembed_optimizer_params_init(ctypes.byref(p), config["kind"], config["optim_bits"]))
+        for key in ("lr", "beta1", "beta2", "eps", "weight_decay", "min_8bit_size", "max_unorm", "skip_zeros"):
+            setattr(p, key, config[key])
+        return p
+
+    def set_config(self, config):
+        """New hyperparameters in place (states kept); all or nothing."""
+        p = self._struct(config)
+        L._check(L.qembed_optimizer_set_params(self.handle.ptr, ctypes.byref(p)))
+        self.config = config
 
     def info(self, i):
         info = L.new_struct(L.qembed_optimizer_state_info)
@@ -347,16 +353,21 @@ class Optimizer8bit:
         return _Backend(self._config(group), group["params"])
 
     def _sync(self):
-        """Rebuild the C optimizer of every group whose settings changed,
-        carrying its state over."""
+        """Bring every group's C optimizer up to date: changed hyperparameters
+        (a learning-rate schedule) are set in place; a changed parameter list
+        rebuilds it, carrying the states over."""
         for gi, group in enumerate(self.param_groups):
             backend = self._backends[gi]
             if backend is None:
                 continue
             config = self._config(group)
-            if config == backend.config and [id(p) for p in group["params"]] == [id(p) for p in backend.params]:
+            same_params = [id(p) for p in group["params"]] == [id(p) for p in backend.params]
+            if config == backend.config and same_params:
                 continue
             self._validate_group(group)
+            if same_params:
+                backend.set_config(config)
+                continue
             old = {id(p): backend.export(i) for i, p in enumerate(backend.params)}
             new = _Backend(config, group["params"])
             for i, p in enumerate(new.params):
