@@ -1,4 +1,7 @@
 import CQembed
+#if canImport(Glibc)
+import Glibc
+#endif
 import QembedCore
 
 @c @implementation
@@ -6,9 +9,16 @@ public func qembed_version_number() -> CUnsignedInt {
     CUnsignedInt(QEMBED_VERSION_MAJOR * 10000 + QEMBED_VERSION_MINOR * 100 + QEMBED_VERSION_PATCH)
 }
 
+/// "MAJOR.MINOR.PATCH" from the header's macros, made once and kept for the
+/// life of the process.
+private let versionString: UnsafePointer<CChar> = {
+    let s = "\(QEMBED_VERSION_MAJOR).\(QEMBED_VERSION_MINOR).\(QEMBED_VERSION_PATCH)"
+    return UnsafePointer(strdup(s)!)
+}()
+
 @c @implementation
 public func qembed_version() -> UnsafePointer<CChar>! {
-    staticCString("0.1.0")
+    versionString
 }
 
 /// The tier this build was compiled for (the dispatching libqembed.so of the
