@@ -322,13 +322,17 @@ static void test_concurrent_backward(void) {
             int64_t q;
             for (q = 0; q < numel; q++)
                 if (fabs(gs[q]) > scale) scale = fabs(gs[q]);
-            /* 1e-5 relative, with the largest gradient as the floor (sums in another order) */
+            /* The same float32 terms summed in another order: each element sums about
+             * NT * BB * BC / BN = 24 row contributions (up to ~45), so the two totals may
+             * differ by up to ~45 * 2^-24 * sum|terms|; for an element whose total is 1% of
+             * the largest (the floor below) sum|terms| can reach ~100x the total: 2e-4.
+             * (1e-5 held in most runs and failed once at 1.07e-5 for StableEmbedding.) */
             for (q = 0; q < numel; q++) {
                 const double m = fabs(gs[q]) > 1e-2 * scale ? fabs(gs[q]) : 1e-2 * scale;
                 const double e = fabs((double)gc[q] - gs[q]) / m;
                 if (!(e <= worst)) worst = e;
             }
-            CHECKF(scale > 0.0 && worst <= 1e-5, "%s param %lld: concurrent total differs from the sequential one by %g",
+            CHECKF(scale > 0.0 && worst <= 2e-4, "%s param %lld: concurrent total differs from the sequential one by %g",
                    kinds[k].name, (long long)pi, worst);
             free(gc);
             free(gs);
