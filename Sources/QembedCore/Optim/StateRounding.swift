@@ -39,12 +39,6 @@ enum StateRounding {
     static let zeroSigned = UInt8(QuantMap.signedDynamic.firstIndex(of: 0)!)
     static let zeroUnsigned = UInt8(QuantMap.unsignedDynamic.firstIndex(of: 0)!)
 
-    /// The zero index of a search's code (the two dynamic maps only).
-    @inline(__always)
-    static func zeroIndex(_ search: CodeSearch) -> UInt8 {
-        search.code[0] == 0 ? zeroUnsigned : zeroSigned
-    }
-
     /// After the exact codes q of t are stored: every positive t at the zero
     /// code `z` takes code z + 1 (the smallest positive one). Branch-free.
     @inline(__always)

@@ -89,9 +89,10 @@ enum StepKernels {
             top2 = max(top2, b[0].bitPattern & 0x7FFF_FFFF)
             j += 1
         }
-        requantize(t1, count, Float(bitPattern: top1), CodeSearch.signedDynamic, q1, a1, floorPositive: R.squareState1)
+        requantize(t1, count, Float(bitPattern: top1), CodeSearch.signedDynamic, q1, a1,
+                   floorAbove: R.squareState1 ? StateRounding.zeroSigned : nil)
         if let q2, let a2 {
-            requantize(t2, count, Float(bitPattern: top2), CodeSearch.unsignedDynamic, q2, a2, floorPositive: true)
+            requantize(t2, count, Float(bitPattern: top2), CodeSearch.unsignedDynamic, q2, a2, floorAbove: StateRounding.zeroUnsigned)
         }
     }
 
@@ -103,16 +104,16 @@ enum StepKernels {
     }
 
     /// Stores absmax `m` and the codes of count floats: the exact nearest
-    /// ones, and with `floorPositive` no positive value at the zero code
-    /// (the optimizer-state rule, see StateRounding).
+    /// ones, and with `floorAbove` (the code's zero index) no positive value
+    /// at the zero code (the optimizer-state rule, see StateRounding).
     @inline(__always)
     static func requantize(_ t: UnsafeMutablePointer<Float>, _ count: Int, _ m: Float, _ search: CodeSearch,
-                           _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>, floorPositive: Bool) {
+                           _ q: UnsafeMutablePointer<UInt8>, _ absmax: UnsafeMutablePointer<Float>, floorAbove: UInt8?) {
         absmax.pointee = m
         let scale = BlockScale(absmax: m)
         var j = scale.divides ? 0 : search.quantize8(F32.self, t, count, reciprocal: scale.reciprocal, q)
         while j < count { q[j] = search.index(scale.scaled(t[j])); j += 1 }
-        if floorPositive { StateRounding.floorPositive(t, q, count, zero: StateRounding.zeroIndex(search)) }
+        if let z = floorAbove { StateRounding.floorPositive(t, q, count, zero: z) }
     }
 }
 
