@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what qembed's build and tests need when it is missing:
-# Debian packages (libffi-dev for ctypes, pkg-config, a C compiler) and the
+# Debian packages (libffi-dev for ctypes, pkg-config, a C compiler, SIMDe) and the
 # Python packages the binding and its tests use (numpy, pytest).
 set -e
 need_apt=""
@@ -9,6 +9,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt="$need_apt pkg-config"
 command -v cc >/dev/null 2>&1 || need_apt="$need_apt gcc"
 command -v c++ >/dev/null 2>&1 || need_apt="$need_apt g++"
 command -v make >/dev/null 2>&1 || need_apt="$need_apt make"
+# SIMDe: portable AVX-512, so tools/vbmi_check.c proves the VBMI kernels on any CPU
+[ -e /usr/include/simde/x86/avx512.h ] || need_apt="$need_apt libsimde-dev"
 if [ -n "$need_apt" ]; then
   echo "deps: apt-get install$need_apt"
   export DEBIAN_FRONTEND=noninteractive

@@ -35,7 +35,7 @@ enum QuantizedBench {
         let f = try TensorFile(path: path)
         let (entry, data) = try f.entry(named: "weight")
         print(Bench.pad("open+validate \(entry.nbytes >> 20) MiB safetensors (mmap)", 44) + Bench.fmt(tOpen * 1e3, 3) + " ms")
-        let tRead = try Bench.time(reps: 1) {
+        let tRead = Bench.time(reps: 1) {
             var s: UInt8 = 0
             let b = data.assumingMemoryBound(to: UInt8.self)
             var i = 0

@@ -38,4 +38,7 @@ static inline __attribute__((always_inline)) void qembed__prefetch(const void *p
     for (long i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
+/* The AVX-512 VBMI register-table kernels (run-time dispatched). */
+#include "qembed_vbmi.h"
+
 #endif

@@ -30,7 +30,7 @@ public final class AlignedBuffer: @unchecked Sendable {
 
     static let hugePage = 2 << 20
     static let hugeThreshold = 4 << 20
-    nonisolated(unsafe) static let useHugePages = getenv("QEMBED_NO_HUGEPAGES") == nil
+    static let useHugePages = getenv("QEMBED_NO_HUGEPAGES") == nil
 
     public func floats() -> UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
 }

@@ -1,3 +1,5 @@
+import CQembedSIMD
+
 /// The element loops of an optimizer step, specialized per rule R and
 /// parameter element type E (both generic, so each combination compiles to
 /// its own branch-free loop).
@@ -50,13 +52,19 @@ enum StepKernels {
         let c1 = QuantMap.signedDynamicPointer, c2 = QuantMap.unsignedDynamicPointer
         let m1 = a1.pointee, m2 = a2?.pointee ?? 0
         let twoStates = R.twoStates
+        // With VBMI the block's states are dequantized into t1/t2 first (64 codes per lookup).
+        let pre = VBMI.enabled
+        if pre {
+            VBMI.dequantize(VBMI.signedDequant.pointer!, q1, count, m1, t1)
+            if twoStates { VBMI.dequantize(VBMI.unsignedDequant.pointer!, q2!, count, m2, t2) }
+        }
         let magnitude = SIMD8<Int32>(repeating: 0x7FFF_FFFF)
         var max1 = SIMD8<Int32>(repeating: 0), max2 = max1  // magnitude bits: integer order is |x| order
         var j = 0
         while j + 8 <= count {
             let gv = load8(g + j)
-            let p0 = E.load8(p, j), a0 = dequantize8(q1 + j, c1) * m1
-            let b0 = twoStates ? dequantize8(q2! + j, c2) * m2 : SIMD8()
+            let p0 = E.load8(p, j), a0 = pre ? load8(t1 + j) : dequantize8(q1 + j, c1) * m1
+            let b0 = twoStates ? (pre ? load8(t2 + j) : dequantize8(q2! + j, c2) * m2) : SIMD8()
             var pv = p0, a = a0, b = b0
             R.update8(k, gv, &pv, &a, &b)
             if skipZeros {

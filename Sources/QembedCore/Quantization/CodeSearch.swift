@@ -1,3 +1,5 @@
+import CQembedSIMD
+
 /// Exact nearest-entry search in a sorted 256-entry code.
 ///
 /// The rule (the spec, see `Blockwise8.referenceIndex`): with midpoints
@@ -22,14 +24,18 @@ public struct CodeSearch: @unchecked Sendable {
     let packed: UnsafeMutablePointer<UInt32>?
     /// The same search in an L1-sized table, when the code allows it.
     let compact: CompactCodeTable?
+    /// The AVX-512 VBMI register-table search (qembed_vbmi.h), when this CPU
+    /// has the instructions and the code fits the kernel.
+    let vbmi: OpaquePointer?
     private let storage: Storage
 
     final class Storage {
         let mids: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<UInt8>
         let packed: UnsafeMutablePointer<UInt32>?, compact: UnsafeMutablePointer<UInt32>?
+        let vbmi: OpaquePointer?
         init(_ m: UnsafeMutablePointer<Float>, _ l: UnsafeMutablePointer<UInt8>, _ p: UnsafeMutablePointer<UInt32>?,
-             _ c: UnsafeMutablePointer<UInt32>?) { mids = m; lo = l; packed = p; compact = c }
-        deinit { mids.deallocate(); lo.deallocate(); packed?.deallocate(); compact?.deallocate() }
+             _ c: UnsafeMutablePointer<UInt32>?, _ v: OpaquePointer?) { mids = m; lo = l; packed = p; compact = c; vbmi = v }
+        deinit { mids.deallocate(); lo.deallocate(); packed?.deallocate(); compact?.deallocate(); qembed__vbmi_quant_free(vbmi) }
     }
 
     static var shift: UInt32 { 16 }
@@ -107,7 +113,9 @@ public struct CodeSearch: @unchecked Sendable {
         self.span = span
         self.bucketCount = buckets
         self.compact = compact
-        self.storage = Storage(midPtr, loPtr, packed, compact?.entries)
+        let vbmi = VBMI.available ? code.withUnsafeBufferPointer { qembed__vbmi_quant_new($0.baseAddress!) } : nil
+        self.vbmi = vbmi
+        self.storage = Storage(midPtr, loPtr, packed, compact?.entries, vbmi)
     }
 
     /// The code index of a scaled value s in [-1, 1].
@@ -150,6 +158,7 @@ public struct CodeSearch: @unchecked Sendable {
     @inline(__always)
     func quantize8<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int, reciprocal: Float,
                                     _ out: UnsafeMutablePointer<UInt8>) -> Int {
+        if let vbmi, VBMI.enabled { return quantizeVBMI(e, vbmi, src, count, reciprocal: reciprocal, out) }
         var i = 0
         let r = SIMD8<Float>(repeating: reciprocal)
         if let compact {
@@ -165,6 +174,32 @@ public struct CodeSearch: @unchecked Sendable {
             }
         }
         return i
+    }
+
+    /// `quantize8` through the VBMI kernel: all `count` values (float16 and
+    /// bfloat16 widened 64 at a time). Returns count.
+    @inline(__always)
+    func quantizeVBMI<E: FloatElement>(_ e: E.Type, _ table: OpaquePointer, _ src: UnsafePointer<E.Storage>, _ count: Int,
+                                       reciprocal: Float, _ out: UnsafeMutablePointer<UInt8>) -> Int {
+        if E.self == F32.self {
+            qembed__vbmi_quantize(table, UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), count, reciprocal, out)
+            return count
+        }
+        return withUnsafeTemporaryAllocation(of: Float.self, capacity: 64) { buf in
+            let b = buf.baseAddress!
+            var i = 0
+            while i < count {
+                let n = Swift.min(64, count - i)
+                if n == 64 {
+                    for l in stride(from: 0, to: 64, by: 8) { F32.store8(E.load8(src, i + l), b, l) }
+                } else {
+                    for l in 0..<n { b[l] = E.load(src, i + l) }
+                }
+                qembed__vbmi_quantize(table, b, n, reciprocal, out + i)
+                i += n
+            }
+            return count
+        }
     }
 
     /// Stores the low bytes of 8 indices (a lane loop: it compiles to two

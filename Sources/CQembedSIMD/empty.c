@@ -1,1 +1,0 @@
-/* Empty: CQembedSIMD is header-only. */

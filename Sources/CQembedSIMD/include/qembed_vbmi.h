@@ -1,0 +1,63 @@
+/* AVX-512 VBMI register-table kernels for the exact 8-bit code search and
+ * for 8-bit dequantization (internal to the core; not part of the C API).
+ *
+ * The rule is the scalar spec's (Blockwise8Reference): with float32
+ * midpoints m[i] = (code[i] + code[i+1]) / 2, the index of
+ * s = clamp(x * recip, -1, 1) is the number of midpoints strictly below s.
+ * These kernels give that index for every finite x, byte for byte; the proof
+ * is tools/vbmi_exhaustive.c (every float in [-1, 1]) and the parity tests.
+ *
+ * How (the recipe of ../shared/design/avx512-exact-lookup.md, generalized to
+ * any code it fits): key = bits(s) << 1 | sign; thresholds T_j = bits(mu_j) << 1
+ * for the positive midpoints mu_j. #{T_j < key} is found with one bucket
+ * table (variable resolution per binade, at most one threshold per bucket)
+ * and one exact integer compare; every table is read with vpermi2b from
+ * registers, 64 lookups per instruction. s >= +0 gets index N + count,
+ * s < 0 gets max(N - count, 0), where N is the number of negative
+ * midpoints. That holds when no midpoint is 0, all are inside (-1, 1), and
+ * the magnitudes of the negative midpoints are exactly the N smallest
+ * positive ones (the signed dynamic map) or there are none (the unsigned
+ * map). qembed__vbmi_quant_new() returns NULL for codes that do not fit;
+ * callers keep their portable path for those. */
+#ifndef QEMBED_VBMI_H
+#define QEMBED_VBMI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qembed__vbmi_quant qembed__vbmi_quant;
+typedef struct qembed__vbmi_dequant qembed__vbmi_dequant;
+
+/* 1 when this CPU runs AVX-512 F+DQ+BW+VBMI with the OS saving ZMM state, and
+ * neither QEMBED_CPU=baseline|avx2 nor qembed__vbmi_set_enabled(0) turned the
+ * kernels off. Cached; safe from any thread. */
+int qembed__vbmi_enabled(void);
+/* Tests: force the kernels off (0) or back to what the CPU allows (1). */
+void qembed__vbmi_set_enabled(int on);
+/* 1 when the CPU itself has the instructions (ignores the switches). */
+int qembed__vbmi_cpu(void);
+
+/* Tables for the code search of a sorted 256-entry code; NULL when the code
+ * does not fit the kernel (see above) or memory is short. */
+qembed__vbmi_quant *qembed__vbmi_quant_new(const float *code);
+void qembed__vbmi_quant_free(qembed__vbmi_quant *t);
+
+/* out[i] = index of clamp(x[i] * recip, -1, 1) for i < n (any n >= 0).
+ * x must be finite. Runs only where qembed__vbmi_cpu() (or under emulation). */
+void qembed__vbmi_quantize(const qembed__vbmi_quant *t, const float *x, size_t n, float recip, uint8_t *out);
+
+/* Tables for dequantizing with any 256-entry code (never NULL but on OOM). */
+qembed__vbmi_dequant *qembed__vbmi_dequant_new(const float *code);
+void qembed__vbmi_dequant_free(qembed__vbmi_dequant *t);
+
+/* out[i] = code[q[i]] * absmax for i < n, in float32. */
+void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint8_t *q, size_t n, float absmax, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,295 @@
+/* AVX-512 VBMI register-table kernels: the exact 8-bit code search and
+ * dequantization (see include/qembed_vbmi.h for the rule and the method).
+ *
+ * Every kernel function carries its own target attribute, so this file
+ * builds in every CPU tier and runs only where qembed__vbmi_enabled() says.
+ * Built with -DQEMBED_VBMI_EMULATE, the same kernels compile against SIMDe's
+ * portable AVX-512 (libsimde-dev) for the exhaustive and parity checks on
+ * machines without AVX-512 (tools/vbmi_check.c, built with gcc: SIMDe 0.7.4
+ * does not build under clang 21). With -DQEMBED_VBMI_EXTERNAL this file is
+ * empty and the kernels come from such an emulated object linked in
+ * (make test-vbmi-swift). */
+#include "qembed_vbmi.h"
+#ifndef QEMBED_VBMI_EXTERNAL
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef QEMBED_VBMI_EMULATE
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define QE_TARGET
+#else
+#include <cpuid.h>
+#include <immintrin.h>
+#if defined(__clang__) && __clang_major__ >= 18
+#define QE_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi,evex512")))
+#else
+#define QE_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi")))
+#endif
+#endif
+
+#define QE_INLINE static inline __attribute__((always_inline)) QE_TARGET
+
+/* ---- CPU check ---------------------------------------------------------- */
+
+static int qe_cpu_cached = -1;   /* -1 unknown, 0 no, 1 yes */
+static int qe_switch = 1;        /* qembed__vbmi_set_enabled */
+
+int qembed__vbmi_cpu(void) {
+    int c = __atomic_load_n(&qe_cpu_cached, __ATOMIC_RELAXED);
+    if (c >= 0) return c;
+    c = 0;
+#ifdef QEMBED_VBMI_EMULATE
+    /* make test-vbmi-swift: the Swift core over the emulated kernels */
+    c = getenv("QEMBED_VBMI_EMULATED") != NULL;
+#else
+    unsigned a, b, cx, d;
+    if (__get_cpuid(1, &a, &b, &cx, &d) && (cx & (1u << 27))) {   /* OSXSAVE */
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        /* SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM state enabled by the OS */
+        if ((lo & 0xE6u) == 0xE6u && __get_cpuid_count(7, 0, &a, &b, &cx, &d)) {
+            int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vbmi = (cx >> 1) & 1;
+            c = f && dq && bw && vbmi;
+        }
+    }
+    const char *env = getenv("QEMBED_CPU");  /* a forced lower tier means no AVX-512 */
+    if (env && (strcmp(env, "baseline") == 0 || strcmp(env, "avx2") == 0)) c = 0;
+#endif
+    __atomic_store_n(&qe_cpu_cached, c, __ATOMIC_RELAXED);
+    return c;
+}
+
+int qembed__vbmi_enabled(void) {
+    return __atomic_load_n(&qe_switch, __ATOMIC_RELAXED) && qembed__vbmi_cpu();
+}
+
+void qembed__vbmi_set_enabled(int on) { __atomic_store_n(&qe_switch, on ? 1 : 0, __ATOMIC_RELAXED); }
+
+/* ---- Tables -------------------------------------------------------------- */
+
+struct qembed__vbmi_quant {
+    uint8_t cand[512];       /* per bucket: #{T_j below the bucket's first key} */
+    uint8_t tplane[4][256];  /* byte k of T[c] (0xFFFFFFFF past the last) */
+    uint32_t sh[32], off[32];/* per binade e (index e & 31): bucket = (key >> sh) + off */
+    uint32_t kmin, kmax;     /* key clamps: e0 << 24 and key(-1.0) */
+    uint32_t neg;            /* N: number of negative midpoints */
+};
+
+struct qembed__vbmi_dequant {
+    uint8_t plane[4][256];   /* byte k of bits(code[i]) */
+};
+
+static void *qe_alloc(size_t size) {
+    size = (size + 63) & ~(size_t)63;
+    return aligned_alloc(64, size);
+}
+
+static uint32_t qe_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+qembed__vbmi_quant *qembed__vbmi_quant_new(const float *code) {
+    uint32_t T[256];
+    float negmag[255];
+    int nT = 0, N = 0;
+    for (int i = 0; i < 255; i++) {
+        float m = (code[i] + code[i + 1]) / 2.0f;   /* float32, as the spec */
+        float mid = m + 0.0f;
+        if (!(mid > -1.0f && mid < 1.0f) || mid == 0.0f) return NULL;
+        if (mid < 0) negmag[N++] = -mid; else T[nT++] = qe_bits(mid) << 1;
+    }
+    if (nT == 0) return NULL;
+    for (int j = 1; j < nT; j++) if (T[j] <= T[j - 1]) return NULL;
+    /* Negative magnitudes (ascending) must be the N smallest thresholds. */
+    if (N > nT) return NULL;
+    for (int j = 0; j < N; j++) if ((qe_bits(negmag[N - 1 - j]) << 1) != T[j]) return NULL;
+
+    struct qembed__vbmi_quant *t = qe_alloc(sizeof *t);
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    uint32_t e0 = T[0] >> 24;
+    if (127 - e0 > 31) { free(t); return NULL; }
+    uint32_t base = 0;
+    int j = 0;
+    for (uint32_t e = e0; e < 127; e++) {
+        int first = j;
+        while (j < nT && (T[j] >> 24) == e) j++;
+        int n = 0;
+        for (;; n++) {
+            if (base + (1u << n) > 511) { free(t); return NULL; }
+            int ok = 1;
+            for (int i = first + 1; i < j && ok; i++)
+                ok = ((T[i] - (e << 24)) >> (24 - n)) != ((T[i - 1] - (e << 24)) >> (24 - n));
+            if (ok) break;
+        }
+        uint32_t sh = 24 - (uint32_t)n;
+        t->sh[e & 31] = sh;
+        t->off[e & 31] = base - ((e << 24) >> sh);
+        for (uint32_t b = 0; b < (1u << n); b++) {
+            uint32_t lo = (e << 24) + (b << sh);
+            int c = 0;
+            while (c < nT && T[c] < lo) c++;
+            t->cand[base + b] = (uint8_t)c;
+        }
+        base += 1u << n;
+    }
+    /* The 1.0 binade: one bucket holding |s| >= 1 (no threshold lies there). */
+    t->sh[127 & 31] = 24;
+    t->off[127 & 31] = base - 127;
+    t->cand[base] = (uint8_t)(nT - 1);
+    for (int c = 0; c < 256; c++) {
+        uint32_t v = c < nT ? T[c] : 0xFFFFFFFFu;
+        for (int k = 0; k < 4; k++) t->tplane[k][c] = (uint8_t)(v >> (8 * k));
+    }
+    t->kmin = e0 << 24;
+    t->kmax = 0x7F000001u;
+    t->neg = (uint32_t)N;
+    return t;
+}
+
+void qembed__vbmi_quant_free(qembed__vbmi_quant *t) { free(t); }
+
+qembed__vbmi_dequant *qembed__vbmi_dequant_new(const float *code) {
+    struct qembed__vbmi_dequant *t = qe_alloc(sizeof *t);
+    if (!t) return NULL;
+    for (int i = 0; i < 256; i++) {
+        uint32_t v = qe_bits(code[i]);
+        for (int k = 0; k < 4; k++) t->plane[k][i] = (uint8_t)(v >> (8 * k));
+    }
+    return t;
+}
+
+void qembed__vbmi_dequant_free(qembed__vbmi_dequant *t) { free(t); }
+
+/* ---- Kernels ------------------------------------------------------------- */
+
+/* "Pack order": after packus_epi32 / packus_epi16 of four 16-lane vectors,
+ * byte P = 16L + 4r + q holds element 16r + 4L + q; the map is an
+ * involution, and the byte transposition below undoes it. */
+static uint8_t qe_pack_index(int p) { return (uint8_t)(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3)); }
+
+/* Four planes of bytes in pack order -> four dword vectors in natural order. */
+#define QE_TRANSPOSE4(p0, p1, p2, p3, d0, d1, d2, d3) do { \
+    __m512i l01 = _mm512_unpacklo_epi8(p0, p1), h01 = _mm512_unpackhi_epi8(p0, p1); \
+    __m512i l23 = _mm512_unpacklo_epi8(p2, p3), h23 = _mm512_unpackhi_epi8(p2, p3); \
+    d0 = _mm512_unpacklo_epi16(l01, l23); d1 = _mm512_unpackhi_epi16(l01, l23); \
+    d2 = _mm512_unpacklo_epi16(h01, h23); d3 = _mm512_unpackhi_epi16(h01, h23); } while (0)
+
+/* 256-entry byte table (4 registers) at 64 indices. */
+#define QE_LOOKUP256(t0, t1, t2, t3, idx) \
+    _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), _mm512_permutex2var_epi8(t0, idx, t1), \
+                           _mm512_permutex2var_epi8(t2, idx, t3))
+
+typedef struct {
+    __m512i cand[8], tp[4][4];
+    __m512i sh0, sh1, of0, of1, kmin, kmax, ilo, ihi, perm, neg;
+    __m512 r;
+} qe_qregs;
+
+QE_INLINE __m512i qe_load(const void *p) { return _mm512_loadu_si512(p); }
+
+QE_INLINE void qe_q64(const qe_qregs *R, const float *x, uint8_t *out) {
+    __m512i k[4], b[4];
+    uint64_t neg = 0;
+    for (int j = 0; j < 4; j++) {
+        __m512i si = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), R->r));
+        neg |= (uint64_t)(uint16_t)_mm512_movepi32_mask(si) << (16 * j);
+        k[j] = _mm512_rol_epi32(si, 1);
+        __m512i kc = _mm512_min_epu32(_mm512_max_epu32(k[j], R->kmin), R->kmax);
+        __m512i e = _mm512_srli_epi32(kc, 24);
+        __m512i sh = _mm512_permutex2var_epi32(R->sh0, e, R->sh1);
+        __m512i of = _mm512_permutex2var_epi32(R->of0, e, R->of1);
+        b[j] = _mm512_add_epi32(_mm512_srlv_epi32(kc, sh), of);
+    }
+    /* 9-bit bucket numbers as low bytes and bit 8, in pack order */
+    __m512i w0 = _mm512_packus_epi32(b[0], b[1]), w1 = _mm512_packus_epi32(b[2], b[3]);
+    __m512i lo = _mm512_permutex2var_epi8(w0, R->ilo, w1);
+    __m512i hi = _mm512_permutex2var_epi8(w0, R->ihi, w1);
+    __m512i c01 = QE_LOOKUP256(R->cand[0], R->cand[1], R->cand[2], R->cand[3], lo);
+    __m512i c23 = QE_LOOKUP256(R->cand[4], R->cand[5], R->cand[6], R->cand[7], lo);
+    __m512i c = _mm512_mask_blend_epi8(_mm512_test_epi8_mask(hi, hi), c01, c23);
+    /* T[cand] as four byte planes, back to natural-order dwords */
+    __m512i p0 = QE_LOOKUP256(R->tp[0][0], R->tp[0][1], R->tp[0][2], R->tp[0][3], c);
+    __m512i p1 = QE_LOOKUP256(R->tp[1][0], R->tp[1][1], R->tp[1][2], R->tp[1][3], c);
+    __m512i p2 = QE_LOOKUP256(R->tp[2][0], R->tp[2][1], R->tp[2][2], R->tp[2][3], c);
+    __m512i p3 = QE_LOOKUP256(R->tp[3][0], R->tp[3][1], R->tp[3][2], R->tp[3][3], c);
+    __m512i d0, d1, d2, d3;
+    QE_TRANSPOSE4(p0, p1, p2, p3, d0, d1, d2, d3);
+    /* key > T[cand], i.e. not (T[cand] >= key) */
+    uint64_t gt = (uint64_t)(uint16_t)~_mm512_cmpge_epu32_mask(d0, k[0])
+                | (uint64_t)(uint16_t)~_mm512_cmpge_epu32_mask(d1, k[1]) << 16
+                | (uint64_t)(uint16_t)~_mm512_cmpge_epu32_mask(d2, k[2]) << 32
+                | (uint64_t)(uint16_t)~_mm512_cmpge_epu32_mask(d3, k[3]) << 48;
+    __m512i cn = _mm512_permutexvar_epi8(R->perm, c);
+    __m512i cnt = _mm512_mask_sub_epi8(cn, gt, cn, _mm512_set1_epi8(-1));
+    /* s >= +0: N + count; s < 0: max(N - count, 0) */
+    __m512i q = _mm512_mask_subs_epu8(_mm512_add_epi8(cnt, R->neg), neg, R->neg, cnt);
+    _mm512_storeu_si512(out, q);
+}
+
+QE_TARGET void qembed__vbmi_quantize(const qembed__vbmi_quant *t, const float *x, size_t n, float recip, uint8_t *out) {
+    qe_qregs R;
+    uint8_t ilo[64], ihi[64], perm[64];
+    for (int p = 0; p < 64; p++) {
+        int L = p >> 4, r = (p >> 2) & 3, q = p & 3;
+        int byte = r < 2 ? 2 * (8 * L + 4 * r + q) : 64 + 2 * (8 * L + 4 * (r - 2) + q);
+        ilo[p] = (uint8_t)byte;
+        ihi[p] = (uint8_t)(byte + 1);
+        perm[p] = qe_pack_index(p);
+    }
+    for (int i = 0; i < 8; i++) R.cand[i] = qe_load(t->cand + 64 * i);
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < 4; i++) R.tp[k][i] = qe_load(t->tplane[k] + 64 * i);
+    R.sh0 = qe_load(t->sh); R.sh1 = qe_load(t->sh + 16);
+    R.of0 = qe_load(t->off); R.of1 = qe_load(t->off + 16);
+    R.kmin = _mm512_set1_epi32((int)t->kmin);
+    R.kmax = _mm512_set1_epi32((int)t->kmax);
+    R.ilo = qe_load(ilo); R.ihi = qe_load(ihi); R.perm = qe_load(perm);
+    R.neg = _mm512_set1_epi8((char)t->neg);
+    R.r = _mm512_set1_ps(recip);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) qe_q64(&R, x + i, out + i);
+    if (i < n) {
+        float buf[64];
+        uint8_t res[64];
+        memset(buf, 0, sizeof buf);
+        memcpy(buf, x + i, (n - i) * sizeof(float));
+        qe_q64(&R, buf, res);
+        memcpy(out + i, res, n - i);
+    }
+}
+
+QE_INLINE void qe_dq64(const __m512i P[4][4], __m512i topack, __m512 a, const uint8_t *q, float *out) {
+    __m512i c = _mm512_permutexvar_epi8(topack, qe_load(q));
+    __m512i p0 = QE_LOOKUP256(P[0][0], P[0][1], P[0][2], P[0][3], c);
+    __m512i p1 = QE_LOOKUP256(P[1][0], P[1][1], P[1][2], P[1][3], c);
+    __m512i p2 = QE_LOOKUP256(P[2][0], P[2][1], P[2][2], P[2][3], c);
+    __m512i p3 = QE_LOOKUP256(P[3][0], P[3][1], P[3][2], P[3][3], c);
+    __m512i d0, d1, d2, d3;
+    QE_TRANSPOSE4(p0, p1, p2, p3, d0, d1, d2, d3);
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_castsi512_ps(d0), a));
+    _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_castsi512_ps(d1), a));
+    _mm512_storeu_ps(out + 32, _mm512_mul_ps(_mm512_castsi512_ps(d2), a));
+    _mm512_storeu_ps(out + 48, _mm512_mul_ps(_mm512_castsi512_ps(d3), a));
+}
+
+QE_TARGET void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint8_t *q, size_t n, float absmax, float *out) {
+    __m512i P[4][4];
+    uint8_t topack[64];
+    for (int p = 0; p < 64; p++) topack[p] = qe_pack_index(p);
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < 4; i++) P[k][i] = qe_load(t->plane[k] + 64 * i);
+    __m512i tp = qe_load(topack);
+    __m512 a = _mm512_set1_ps(absmax);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) qe_dq64((const __m512i (*)[4])P, tp, a, q + i, out + i);
+    if (i < n) {
+        uint8_t buf[64];
+        float res[64];
+        memset(buf, 0, sizeof buf);
+        memcpy(buf, q + i, n - i);
+        qe_dq64((const __m512i (*)[4])P, tp, a, buf, res);
+        memcpy(out + i, res, (n - i) * sizeof(float));
+    }
+}
+#endif /* QEMBED_VBMI_EXTERNAL */
