@@ -165,8 +165,11 @@ QEMBED_API qembed_status qembed_set_num_threads(int n);
 /*! qembed_create_dynamic_map() :
  *  The dynamic tree map of bitsandbytes.functional.create_dynamic_map().
  *  @param is_signed          true: signed map (zero at index 127), false: unsigned (zero at 0).
- *  @param max_exponent_bits  1..(total_bits-1); bitsandbytes' default is 7.
- *  @param total_bits         2..8; default 8.
+ *  @param max_exponent_bits  >= 1 (0 with total_bits 1), as bitsandbytes: at or above
+ *                            total_bits - 1 the signed map is the total_bits - 1 one;
+ *                            refused where upstream's count assertion fails
+ *                            (unsigned with max_exponent_bits >= total_bits). Default 7.
+ *  @param total_bits         1..8; default 8.
  *  @param code               out: 256 floats.
  *  @return QEMBED_OK, QEMBED_ERR_NULL_POINTER or QEMBED_ERR_INVALID_ARGUMENT. Since 0.1. */
 QEMBED_API qembed_status qembed_create_dynamic_map(bool is_signed, int max_exponent_bits,
@@ -174,13 +177,13 @@ QEMBED_API qembed_status qembed_create_dynamic_map(bool is_signed, int max_expon
 
 /*! qembed_create_linear_map() :
  *  bitsandbytes.functional.create_linear_map(signed, total_bits, add_zero).
- *  @param total_bits 1..8. @param code out: 256 floats. Since 0.1. */
+ *  @param total_bits 0..8 (0 gives all zeros, as upstream). @param code out: 256 floats. Since 0.1. */
 QEMBED_API qembed_status qembed_create_linear_map(bool is_signed, int total_bits, bool add_zero,
                                                   float *code);
 
 /*! qembed_create_fp8_map() :
  *  bitsandbytes.functional.create_fp8_map(signed, exponent_bits, precision_bits, total_bits).
- *  Requires exponent_bits >= 1, precision_bits >= 0, total_bits 2..8 and
+ *  Requires exponent_bits >= 1 when signed (>= 0 unsigned), precision_bits >= 0, total_bits 1..8 and
  *  exponent_bits + precision_bits + (is_signed ? 1 : 0) == total_bits.
  *  @param code out: 256 floats. Since 0.1. */
 QEMBED_API qembed_status qembed_create_fp8_map(bool is_signed, int exponent_bits,

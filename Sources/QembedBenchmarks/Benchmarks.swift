@@ -9,6 +9,9 @@ public enum Benchmarks {
     public static func run(only: String?, quick: Bool) throws {
         let n = quick ? 1 << 22 : 64 << 20
         print("qembed-bench: \(Parallel.threadCount) threads (set QEMBED_NUM_THREADS to change)")
+        print("8-bit code kernels: " + (VBMI.enabled ? "AVX-512 VBMI register tables (QEMBED_CPU=avx2 for the portable ones)"
+                                        : VBMI.available ? "portable SIMD (AVX-512 VBMI present but off: QEMBED_CPU names a lower tier)"
+                                        : "portable SIMD (this CPU has no AVX-512 VBMI)"))
         Bench.memcpyRate = Bench.memcpyGBs(bytes: n * 4)
         print("memcpy probe: \(Bench.fmt(Bench.memcpyRate, 1)) GB/s (read + write, \((n * 4) >> 20) MiB)")
         if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }

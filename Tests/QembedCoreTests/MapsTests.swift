@@ -54,6 +54,18 @@ final class MapsTests: XCTestCase {
         XCTAssertThrowsError(try QuantMap.fp8(exponentBits: 4, precisionBits: 4))
         XCTAssertThrowsError(try QuantMap.normal(offset: 0.4))
         XCTAssertThrowsError(try QuantMap.normal(offset: .nan))
-        XCTAssertThrowsError(try QuantMap.linear(totalBits: 0))
+        XCTAssertThrowsError(try QuantMap.linear(totalBits: -1))
+        XCTAssertThrowsError(try QuantMap.dynamic(signed: false, maxExponentBits: 8, totalBits: 8))
+        XCTAssertThrowsError(try QuantMap.fp8(signed: false, exponentBits: 8, precisionBits: 0, totalBits: 8))  // NaN upstream
+    }
+
+    /// What bitsandbytes accepts beyond the usual ranges (the full table is
+    /// bindings/python/tests/test_map_edges.py against its golden answers).
+    func testMapEdgesBitsandbytesAccepts() throws {
+        XCTAssertEqual(try QuantMap.dynamic(maxExponentBits: 8, totalBits: 8), try QuantMap.dynamic(maxExponentBits: 7, totalBits: 8))
+        XCTAssertEqual(try QuantMap.dynamic(maxExponentBits: 1, totalBits: 1).filter { $0 != 0 }, [1])
+        XCTAssertEqual(try QuantMap.linear(totalBits: 0), [Float](repeating: 0, count: 256))
+        let fp = try QuantMap.fp8(signed: false, exponentBits: 0, precisionBits: 2, totalBits: 2)
+        XCTAssertEqual(fp.filter { $0 != 0 }, [Float(0.33333334), 0.6666667, 1])  // bitsandbytes 0.50.2
     }
 }

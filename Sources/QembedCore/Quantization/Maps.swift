@@ -11,6 +11,7 @@ public enum QuantMap {
     /// torch.linspace(start, end, steps) in float32: the first half counts up
     /// from `start`, the second half counts down from `end`.
     static func linspace(_ start: Float, _ end: Float, _ steps: Int) -> [Float] {
+        if steps <= 0 { return [] }
         if steps == 1 { return [start] }
         let step = (end - start) / Float(steps - 1)
         let half = steps / 2
@@ -19,16 +20,25 @@ public enum QuantMap {
         }
     }
 
-    /// bitsandbytes.functional.create_dynamic_map.
+    /// bitsandbytes.functional.create_dynamic_map, for every argument it
+    /// accepts: total_bits 1...8 (bitsandbytes also returns 512-entry maps for
+    /// total_bits 9, which no 8-bit code can index), any max_exponent_bits >= 1
+    /// (above total_bits - 1 the fraction items of the low exponents round down
+    /// to none, as Python's int(2 ** e + 1) does), and 0 where upstream's
+    /// code does not reach its unbound loop variable (total_bits 1).
     public static func dynamic(signed: Bool = true, maxExponentBits: Int = 7, totalBits: Int = 8) throws(QembedError) -> [Float] {
-        guard (2...8).contains(totalBits) else { throw .invalid("total_bits: \(totalBits) is outside 2...8") }
-        guard maxExponentBits >= 1 && maxExponentBits <= totalBits - 1 else {
-            throw .invalid("max_exponent_bits: \(maxExponentBits) is outside 1...\(totalBits - 1) for total_bits \(totalBits)")
+        guard (1...8).contains(totalBits) else {
+            throw .invalid("total_bits: \(totalBits) is outside 1...8 (a map has 256 entries)")
+        }
+        let nonSignBits = totalBits - 1
+        // additional_items = 2 ** (nonSignBits - maxExponentBits) - 1, when that is >= 1
+        let additionalExponent = nonSignBits - maxExponentBits
+        guard maxExponentBits >= 1 || additionalExponent <= 0 else {
+            throw .invalid("max_exponent_bits: \(maxExponentBits) must be at least 1")
         }
         var data: [Float] = []
-        let nonSignBits = totalBits - 1
-        let additional = (1 << (nonSignBits - maxExponentBits)) - 1
         func append(_ items: Int, _ i: Int) {
+            guard items >= 2 else { return }
             let b = linspace(0.1, 1, items)
             let scale = Float(pow(10.0, Double(-(maxExponentBits - 1) + i)))
             for k in 0..<(items - 1) {
@@ -37,16 +47,19 @@ public enum QuantMap {
                 if signed { data.append(-(scale * mean)) }
             }
         }
-        for i in 0..<maxExponentBits {
-            let items = signed ? (1 << (i + nonSignBits - maxExponentBits)) + 1
-                               : (1 << (i + nonSignBits - maxExponentBits + 1)) + 1
-            append(items, i)
+        // Exponent i has 2 ** e + 1 fraction boundaries, e = i + nonSignBits -
+        // maxExponentBits (+ 1 unsigned); for e < 0 just one, so no items:
+        // only the last nonSignBits + 1 exponents can contribute.
+        let lift = signed ? 0 : 1
+        for i in max(0, maxExponentBits - nonSignBits - lift)..<max(0, maxExponentBits) {
+            let e = i + nonSignBits - maxExponentBits + lift
+            append((1 << e) + 1, i)
         }
-        if additional > 0 { append(additional + 1, maxExponentBits - 1) }
+        if additionalExponent >= 1 { append(1 << additionalExponent, maxExponentBits - 1) }
         data.append(0)
         data.append(1)
         guard data.count == 1 << totalBits else {
-            throw .invalid("max_exponent_bits \(maxExponentBits) and total_bits \(totalBits) give \(data.count) values, not \(1 << totalBits)")
+            throw .invalid("max_exponent_bits \(maxExponentBits) and total_bits \(totalBits) give \(data.count) values, not \(1 << totalBits) (bitsandbytes refuses them too)")
         }
         data += [Float](repeating: 0, count: size - data.count)
         return data.sorted()
@@ -54,7 +67,9 @@ public enum QuantMap {
 
     /// bitsandbytes.functional.create_linear_map (not re-sorted, as upstream).
     public static func linear(signed: Bool = true, totalBits: Int = 8, addZero: Bool = true) throws(QembedError) -> [Float] {
-        guard (1...8).contains(totalBits) else { throw .invalid("total_bits: \(totalBits) is outside 1...8") }
+        guard (0...8).contains(totalBits) else {
+            throw .invalid("total_bits: \(totalBits) is outside 0...8 (a map has 256 entries)")
+        }
         var total = 1 << totalBits
         if addZero || totalBits < 8 { total = signed ? total - 1 : total }
         let values = linspace(signed ? -1 : 0, 1, total)
@@ -66,12 +81,16 @@ public enum QuantMap {
 
     /// bitsandbytes.functional.create_fp8_map.
     public static func fp8(signed: Bool = true, exponentBits: Int = 5, precisionBits: Int = 2, totalBits: Int = 8) throws(QembedError) -> [Float] {
-        guard (2...8).contains(totalBits) else { throw .invalid("total_bits: \(totalBits) is outside 2...8") }
-        guard exponentBits >= 1, precisionBits >= 0,
-              exponentBits + precisionBits == totalBits - (signed ? 1 : 0) else {
-            throw .invalid("exponent_bits \(exponentBits) + precision_bits \(precisionBits) + sign must equal total_bits \(totalBits)")
+        guard (1...8).contains(totalBits) else {
+            throw .invalid("total_bits: \(totalBits) is outside 1...8 (a map has 256 entries)")
         }
-        let bias = 1 << (exponentBits - 1)
+        guard exponentBits >= (signed ? 1 : 0), precisionBits >= 0,
+              exponentBits + precisionBits == totalBits - (signed ? 1 : 0) else {
+            throw .invalid("exponent_bits \(exponentBits) + precision_bits \(precisionBits) + sign must equal total_bits \(totalBits)"
+                           + (signed ? ", with exponent_bits >= 1" : ""))
+        }
+        // upstream's bias is 2 ** (exponent_bits - 1): 0.5 with no exponent bits
+        let bias = exponentBits == 0 ? 0.5 : Double(1 << (exponentBits - 1))
         var values: [Double] = []
         for e in 0..<(1 << exponentBits) {
             for pattern in 0..<(1 << precisionBits) {
@@ -79,7 +98,7 @@ public enum QuantMap {
                 for bit in 0..<precisionBits where (pattern >> (precisionBits - 1 - bit)) & 1 == 1 {
                     v += pow(2.0, Double(-(bit + 1)))
                 }
-                v *= e == 0 ? pow(2.0, Double(-bias)) : pow(2.0, Double(-(e - bias - 1)))
+                v *= e == 0 ? pow(2.0, -bias) : pow(2.0, -(Double(e) - bias - 1))
                 values.append(v)
                 if signed { values.append(-v) }
             }
@@ -89,6 +108,9 @@ public enum QuantMap {
         values.sort()
         let f = values.map { Float($0) }
         let mx = f.max()!
+        guard mx.isFinite else {  // bitsandbytes returns inf / inf = NaN entries
+            throw .invalid("exponent_bits \(exponentBits): the largest value overflows float32 (the map would hold NaN)")
+        }
         return f.map { $0 / mx }
     }
 

@@ -118,10 +118,20 @@ static void test_dynamic(void) {
 
     CHECK_FAILS_NULL(qembed_create_dynamic_map(true, 7, 8, NULL), QEMBED_ERR_NULL_POINTER, "code");
     CHECK_FAILS(qembed_create_dynamic_map(true, 7, 9, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
-    CHECK_FAILS(qembed_create_dynamic_map(true, 1, 1, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
+    CHECK_FAILS(qembed_create_dynamic_map(true, 7, 0, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
+    /* unsigned with max_exponent_bits = total_bits gives 257 values: bitsandbytes asserts too */
+    CHECK_FAILS(qembed_create_dynamic_map(false, 8, 8, c), QEMBED_ERR_INVALID_ARGUMENT, "max_exponent_bits", c);
     CHECK_FAILS(qembed_create_dynamic_map(true, 0, 8, c), QEMBED_ERR_INVALID_ARGUMENT, "max_exponent_bits", c);
     CHECK_FAILS(qembed_create_dynamic_map(true, -3, 8, c), QEMBED_ERR_INVALID_ARGUMENT, "max_exponent_bits", c);
-    CHECK_FAILS(qembed_create_dynamic_map(true, 8, 8, c), QEMBED_ERR_INVALID_ARGUMENT, "max_exponent_bits", c);
+    /* accepted as bitsandbytes accepts them (tests/test_functional.py uses (True, 8, 8)):
+     * max_exponent_bits >= total_bits - 1 gives the total_bits - 1 map */
+    {
+        float d[N], e[N];
+        CHECK(qembed_create_dynamic_map(true, 7, 8, d) == QEMBED_OK);
+        CHECK(qembed_create_dynamic_map(true, 8, 8, e) == QEMBED_OK && memcmp(d, e, sizeof d) == 0);
+        CHECK(qembed_create_dynamic_map(true, 30, 8, e) == QEMBED_OK && memcmp(d, e, sizeof d) == 0);
+        CHECK(qembed_create_dynamic_map(true, 1, 1, e) == QEMBED_OK && e[255] == 1.0f && count_nonzero(e) == 1);
+    }
 }
 
 static void test_linear(void) {
@@ -147,7 +157,8 @@ static void test_linear(void) {
     CHECK(count_nonzero(c) == 1 && c[255] == -1.0f);
 
     CHECK_FAILS_NULL(qembed_create_linear_map(true, 8, true, NULL), QEMBED_ERR_NULL_POINTER, "code");
-    CHECK_FAILS(qembed_create_linear_map(true, 0, true, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
+    CHECK_FAILS(qembed_create_linear_map(true, -1, true, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
+    CHECK(qembed_create_linear_map(true, 0, true, c) == QEMBED_OK && count_nonzero(c) == 0);  /* as bitsandbytes */
     CHECK_FAILS(qembed_create_linear_map(true, 9, true, c), QEMBED_ERR_INVALID_ARGUMENT, "total_bits", c);
 }
 

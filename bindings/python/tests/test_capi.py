@@ -263,7 +263,7 @@ def test_error_classes():
 def test_check_raises_with_the_library_message():
     code = np.zeros(256, np.float32)
     with pytest.raises(ValueError) as e:
-        C._check(C.qembed_create_dynamic_map(True, 9, 8, fptr(code)))
+        C._check(C.qembed_create_dynamic_map(True, 0, 8, fptr(code)))
     assert e.value.status == INVALID and "max_exponent_bits" in e.value.message
     assert C._check(OK) is None
 
@@ -337,11 +337,11 @@ def test_thread_count_default_from_environment():
 def test_maps_bad_arguments():
     code = sentinel_f32(256)
     expect(C.qembed_create_dynamic_map(True, 7, 8, None), NULL, "code")
-    expect(C.qembed_create_dynamic_map(True, 8, 8, fptr(code)), INVALID, "max_exponent_bits")
+    expect(C.qembed_create_dynamic_map(False, 8, 8, fptr(code)), INVALID, "max_exponent_bits")
     expect(C.qembed_create_dynamic_map(True, 7, 9, fptr(code)), INVALID, "total_bits")
     expect(C.qembed_create_dynamic_map(True, 0, 8, fptr(code)), INVALID, "max_exponent_bits")
     expect(C.qembed_create_linear_map(True, 9, True, fptr(code)), INVALID, "total_bits")
-    expect(C.qembed_create_linear_map(True, 0, True, fptr(code)), INVALID, "total_bits")
+    expect(C.qembed_create_linear_map(True, -1, True, fptr(code)), INVALID, "total_bits")
     expect(C.qembed_create_linear_map(True, 8, True, None), NULL, "code")
     expect(C.qembed_create_fp8_map(True, 5, 3, 8, fptr(code)), INVALID)
     expect(C.qembed_create_fp8_map(True, 0, 7, 8, fptr(code)), INVALID)
