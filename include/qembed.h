@@ -616,6 +616,15 @@ QEMBED_API void qembed_optimizer_free(qembed_optimizer *o);
 /*! qembed_optimizer_step() : one update of every parameter with a gradient. Since 0.1. */
 QEMBED_API qembed_status qembed_optimizer_step(qembed_optimizer *o);
 
+/*! qembed_optimizer_step_all() :
+ *  One step of n distinct optimizers as a single update (a framework's
+ *  parameter groups, each with its own hyperparameters): every gradient of
+ *  every optimizer is validated first, and a step refused in any of them (a
+ *  NaN/Inf gradient, an update that would overflow) changes nothing in any.
+ *  n = 0 is a no-op. The optimizers are locked in a fixed order, so calls
+ *  over overlapping sets from several threads cannot deadlock. Since 0.1. */
+QEMBED_API qembed_status qembed_optimizer_step_all(qembed_optimizer *const *optimizers, int64_t n);
+
 /*! qembed_optimizer_set_params() :
  *  Replaces the optimizer's hyperparameters in place (lr, betas, eps,
  *  weight_decay, max_unorm, skip_zeros; a learning-rate schedule calls it

@@ -79,6 +79,21 @@ public func qembed_optimizer_step(_ o: OpaquePointer!) -> qembed_status {
 }
 
 @c @implementation
+public func qembed_optimizer_step_all(_ optimizers: UnsafePointer<OpaquePointer?>!, _ n: Int64) -> qembed_status {
+    capi { () throws(QembedError) in
+        let total = try count(n, "n", minimum: 0)
+        if total == 0 { return }
+        let list = try need(optimizers, "optimizers")
+        var os: [Optimizer] = []
+        for i in 0..<total {
+            guard let h = list[i] else { throw QembedError(.nullPointer, "optimizers[\(i)] is NULL") }
+            os.append(try optimizer(h))
+        }
+        try Optimizer.step(os)
+    }
+}
+
+@c @implementation
 public func qembed_optimizer_zero_grad(_ o: OpaquePointer!) -> qembed_status {
     capi { () throws(QembedError) in try optimizer(o).zeroGrad() }
 }

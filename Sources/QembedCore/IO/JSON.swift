@@ -75,12 +75,13 @@ public indirect enum JSON: Equatable, Sendable {
             case UInt8(ascii: "{"):
                 i += 1; ws()
                 var kv: [(String, JSON)] = []
+                var keys = Set<String>()  // duplicate check in linear time (headers hold 100k+ keys)
                 if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .object(kv) }
                 while true {
                     ws()
                     guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
                     let k = try string()
-                    if kv.contains(where: { $0.0 == k }) { throw fail("duplicate key \"\(k)\"") }
+                    guard keys.insert(k).inserted else { throw fail("duplicate key \"\(k)\"") }
                     ws(); try expect(UInt8(ascii: ":")); ws()
                     kv.append((k, try value(depth: depth + 1)))
                     ws()

@@ -20,29 +20,9 @@ public enum Npy {
             hlen = Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24; hstart = 12
         } else { throw bad("unsupported .npy version \(major)") }
         guard hstart + hlen <= f.size else { throw bad("header length \(hlen) exceeds the file size") }
-        let header = String(decoding: UnsafeBufferPointer(rebasing: b[hstart..<(hstart + hlen)]), as: UTF8.self)
-        func field(_ key: String) -> Substring? {
-            let needle = Array("'\(key)':")
-            let chars = Array(header)
-            guard chars.count >= needle.count else { return nil }
-            for i in 0...(chars.count - needle.count) where Array(chars[i..<(i + needle.count)]) == needle {
-                let start = header.index(header.startIndex, offsetBy: i + needle.count)
-                return header[start...].drop { $0 == " " }
-            }
-            return nil
-        }
-        guard let d = field("descr"), d.first == "'", let end = d.dropFirst().firstIndex(of: "'") else { throw bad("no descr in the header") }
-        let descr = String(d[d.index(after: d.startIndex)..<end])
+        let (descr, fortran, shape) = try header(UnsafeBufferPointer(rebasing: b[hstart..<(hstart + hlen)]), bad)
         guard let info = descrs[descr] else { throw bad("unsupported dtype descr '\(descr)'") }
-        if let fo = field("fortran_order"), fo.hasPrefix("True") { throw QembedError(.unsupported, "\(f.path): Fortran-order arrays are not supported") }
-        guard let s = field("shape"), s.first == "(", let close = s.firstIndex(of: ")") else { throw bad("no shape in the header") }
-        var shape: [Int] = []
-        for part in s[s.index(after: s.startIndex)..<close].split(separator: ",") {
-            let t = part.trimmingCharacters()
-            if t.isEmpty { continue }
-            guard let v = Int(t), v >= 0 else { throw bad("bad shape entry '\(t)'") }
-            shape.append(v)
-        }
+        if fortran { throw QembedError(.unsupported, "\(f.path): Fortran-order arrays are not supported") }
         var numel = 1
         for v in shape {
             let (m, o) = numel.multipliedReportingOverflow(by: v)
@@ -54,6 +34,70 @@ public enum Npy {
             throw bad("\(f.size - offset) data bytes for shape \(shape) of \(descr) (expected \(numel * info.size))")
         }
         return ([TensorEntry(name: "array", dtypeName: info.st, dtype: info.dtype, shape: shape, offset: offset, nbytes: numel * info.size)], [])
+    }
+
+    /// The header: a Python dict literal with exactly the keys numpy writes
+    /// and requires ('descr': a string, 'fortran_order': True/False, 'shape':
+    /// a tuple of non-negative integers), in any order, then spaces and "\n".
+    static func header(_ h: UnsafeBufferPointer<UInt8>, _ bad: (String) -> QembedError) throws(QembedError)
+        -> (descr: String, fortran: Bool, shape: [Int]) {
+        var i = 0
+        func ws() { while i < h.count, h[i] == 0x20 || h[i] == 0x09 || h[i] == 0x0A || h[i] == 0x0D { i += 1 } }
+        func eat(_ c: Character) -> Bool {
+            ws()
+            if i < h.count, h[i] == c.asciiValue! { i += 1; return true }
+            return false
+        }
+        func quoted() throws(QembedError) -> String {
+            ws()
+            guard i < h.count, h[i] == 0x27 || h[i] == 0x22 else { throw bad("header: expected a quoted string at byte \(i)") }
+            let q = h[i]; i += 1
+            let s0 = i
+            while i < h.count, h[i] != q { guard h[i] != 0x5C else { throw bad("header: escapes are not supported") }; i += 1 }
+            guard i < h.count else { throw bad("header: unterminated string") }
+            let text = String(decoding: UnsafeBufferPointer(rebasing: h[s0..<i]), as: UTF8.self)
+            i += 1
+            return text
+        }
+        guard eat("{") else { throw bad("header: not a dict literal (no '{')") }
+        var descr: String?, fortran: Bool?, shape: [Int]?
+        while !eat("}") {
+            let key = try quoted()
+            guard eat(":") else { throw bad("header: expected ':' after '\(key)'") }
+            ws()
+            switch key {
+            case "descr" where descr == nil: descr = try quoted()
+            case "fortran_order" where fortran == nil:
+                if h.count - i >= 4, Array(h[i..<(i + 4)]) == Array("True".utf8) { fortran = true; i += 4 }
+                else if h.count - i >= 5, Array(h[i..<(i + 5)]) == Array("False".utf8) { fortran = false; i += 5 }
+                else { throw bad("header: fortran_order is not True or False") }
+            case "shape" where shape == nil:
+                guard eat("(") else { throw bad("header: shape is not a tuple") }
+                var dims: [Int] = []
+                while !eat(")") {
+                    ws()
+                    var v = 0, digits = 0
+                    while i < h.count, h[i] >= 0x30, h[i] <= 0x39 {
+                        let (m, o1) = v.multipliedReportingOverflow(by: 10)
+                        let (a, o2) = m.addingReportingOverflow(Int(h[i] - 0x30))
+                        guard !o1, !o2 else { throw bad("header: a shape entry overflows") }
+                        v = a; digits += 1; i += 1
+                    }
+                    guard digits > 0 else { throw bad("header: bad shape entry at byte \(i)") }
+                    dims.append(v)
+                    if !eat(",") { guard eat(")") else { throw bad("header: expected ',' or ')' in shape") }; break }
+                }
+                shape = dims
+            default: throw bad("header: unexpected or repeated key '\(key)'")
+            }
+            if !eat(",") { guard eat("}") else { throw bad("header: expected ',' or '}'") }; break }
+        }
+        ws()
+        guard i == h.count else { throw bad("header: bytes after the dict") }
+        guard let descr, let fortran, let shape else {
+            throw bad("header: it must hold 'descr', 'fortran_order' and 'shape'")
+        }
+        return (descr, fortran, shape)
     }
 
     /// Writes one array atomically as .npy version 1.0.
@@ -79,11 +123,5 @@ public enum Npy {
             try AtomicFile.writeAll(fd, bytes)
             if nbytes > 0 { try AtomicFile.writeAll(fd, data, nbytes) }
         }
-    }
-}
-
-extension Substring {
-    func trimmingCharacters() -> String {
-        String(self.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }

@@ -97,10 +97,11 @@ extension QuantizedEmbedding {
             guard json["quant_type"]?.string == suffix else { throw bad("quant_state quant_type \(json["quant_type"]?.serialized ?? "missing") disagrees with the key suffix \(suffix)") }
             guard let bs = json["blocksize"]?.index, FourBit.blocksizes.contains(bs) else { throw bad("quant_state blocksize is missing or unsupported") }
             guard let dn = json["dtype"]?.string, let dtype = dtype(torchName: dn) else { throw bad("quant_state dtype is missing or unsupported") }
-            guard let shape = json["shape"]?.array?.compactMap(\.index), shape.count == 2, shape[0] >= 1, shape[1] >= 1 else {
-                throw bad("quant_state shape must be [num_embeddings, embedding_dim]")
+            // every entry an integer: [null, 5, 7] is not [5, 7]
+            guard let sh = json["shape"]?.array, sh.count == 2, let rows = sh[0].index, let dim = sh[1].index,
+                  rows >= 1, dim >= 1 else {
+                throw bad("quant_state shape must be [num_embeddings, embedding_dim] (two positive integers), got \(json["shape"]?.serialized ?? "none")")
             }
-            let (rows, dim) = (shape[0], shape[1])
             let n = try checkedMul(rows, dim, "shape")
             let blocks = ceilDiv(n, bs)
             let q = try tensor(prefix, .u8, count: FourBit.packedBytes(n))
@@ -109,15 +110,22 @@ extension QuantizedEmbedding {
             for i in 0..<16 where abs(qm[i] - want[i]) > 1e-6 { throw QembedError(.unsupported, "\(path): \(prefix).quant_map differs from the standard \(suffix) levels at \(i)") }
             if f.index(of: prefix + ".nested_absmax") != nil {
                 guard let nbs = json["nested_blocksize"]?.index, nbs >= 1 else { throw bad("quant_state nested_blocksize is missing") }
-                guard let off = json["nested_offset"]?.number else { throw bad("quant_state nested_offset is missing") }
+                guard let off = json["nested_offset"]?.number, Float(off).isFinite else {
+                    throw bad("quant_state nested_offset is missing or not a finite float32")
+                }
                 guard json["nested_dtype"]?.string == "float32" else { throw bad("quant_state nested_dtype must be float32") }
                 let qa = try tensor(prefix + ".absmax", .u8, count: blocks)
                 let nbk = ceilDiv(blocks, nbs)
                 let na = try floats(try tensor(prefix + ".nested_absmax", .f32, count: nbk), nbk, prefix + ".nested_absmax")
                 let nc = try floats(try tensor(prefix + ".nested_quant_map", .f32, count: 256), 256, prefix + ".nested_quant_map")
-                return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: bs, q: q, scales: nil,
-                                          qabsmax: qa.assumingMemoryBound(to: UInt8.self), nestedAbsmax: na, nestedCode: nc,
-                                          nestedBlocksize: nbs, offset: Float(off), keepAlive: keep)
+                let layer = QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: bs, q: q, scales: nil,
+                                               qabsmax: qa.assumingMemoryBound(to: UInt8.self), nestedAbsmax: na, nestedCode: nc,
+                                               nestedBlocksize: nbs, offset: Float(off), keepAlive: keep)
+                // finite inputs can still decode to inf (code * nested_absmax + offset)
+                for b in 0..<blocks where !layer.absmax(b).isFinite {
+                    throw bad("\(prefix).absmax: block \(b) decodes to \(layer.absmax(b)) through the nested statistics (must be finite)")
+                }
+                return layer
             }
             if json["nested_blocksize"] != nil { throw bad("quant_state describes nested statistics but \(prefix).nested_absmax is missing") }
             let am = try floats(try tensor(prefix + ".absmax", .f32, count: blocks), blocks, prefix + ".absmax")

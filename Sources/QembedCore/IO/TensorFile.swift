@@ -49,7 +49,22 @@ public final class TensorFile: @unchecked Sendable {
         }
         cStrings = entries.flatMap { [strdupSwift($0.name), strdupSwift($0.dtypeName)] }
         cMetadata = metadata.map { ($0.0, strdupSwift($0.1)) }
+        var byName: [String: Int] = [:], byKey: [String: Int] = [:]
+        for (i, e) in entries.enumerated() where byName[e.name] == nil { byName[e.name] = i }
+        for (i, m) in metadata.enumerated() where byKey[m.0] == nil { byKey[m.0] = i }
+        nameIndex = byName
+        metadataIndex = byKey
     }
+
+    /// Name -> entry index and metadata key -> index: lookups in constant time.
+    let nameIndex: [String: Int]
+    let metadataIndex: [String: Int]
+
+    /// The documented limits of a safetensors header (qembed.h,
+    /// qembed_tensor_file_open): its bytes, tensors and metadata entries.
+    public static let maxHeaderBytes = 100_000_000
+    public static let maxTensors = 1_000_000
+    public static let maxMetadataEntries = 1_000_000
 
     /// Metadata values as C strings, owned here.
     let cMetadata: [(String, UnsafeMutablePointer<CChar>)]
@@ -60,13 +75,13 @@ public final class TensorFile: @unchecked Sendable {
     }
 
     public func metadataCString(_ key: String) -> UnsafePointer<CChar>? {
-        cMetadata.first { $0.0 == key }.map { UnsafePointer($0.1) }
+        metadataIndex[key].map { UnsafePointer(cMetadata[$0].1) }
     }
 
     public func cName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i]) }
     public func cDtypeName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i + 1]) }
 
-    public func index(of name: String) -> Int? { entries.firstIndex { $0.name == name } }
+    public func index(of name: String) -> Int? { nameIndex[name] }
 
     public func data(_ i: Int) -> UnsafeRawPointer { file.base + entries[i].offset }
 
@@ -83,8 +98,13 @@ public final class TensorFile: @unchecked Sendable {
         func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
         guard f.size >= 8 else { throw bad("too short for a safetensors file (\(f.size) bytes)") }
         let headerLen = f.base.loadUnaligned(as: UInt64.self).littleEndian
-        guard headerLen <= UInt64(f.size - 8) else { throw bad("header length \(headerLen) exceeds the file size \(f.size)") }
-        guard headerLen <= 100_000_000 else { throw bad("header length \(headerLen) is larger than 100 MB") }
+        guard headerLen <= UInt64(f.size - 8) else {
+            throw bad("not a safetensors file: its first 8 bytes give a header of \(headerLen) bytes, but the file has \(f.size)")
+        }
+        guard headerLen >= 2, f.base.load(fromByteOffset: 8, as: UInt8.self) == UInt8(ascii: "{") else {
+            throw bad("not a safetensors file: the header does not start with '{'")
+        }
+        guard headerLen <= UInt64(maxHeaderBytes) else { throw bad("header length \(headerLen) is larger than the limit of 100 MB") }
         let hl = Int(headerLen)
         let json: JSON
         do {
@@ -93,14 +113,23 @@ public final class TensorFile: @unchecked Sendable {
             throw bad("header: \(error.message)")
         }
         guard case let .object(kv) = json else { throw bad("the header is not a JSON object") }
+        guard kv.count <= maxTensors + 1 else { throw bad("\(kv.count) header entries: more than the limit of \(maxTensors) tensors") }
         let dataStart = 8 + hl, dataSize = f.size - dataStart
         var entries: [TensorEntry] = []
         var metadata: [(String, String)] = []
         for (name, v) in kv {
+            // A NUL (JSON's \u0000) would cut the name short in C: refuse it.
+            guard !name.utf8.contains(0) else { throw bad("a tensor name contains a NUL character (\\u0000)") }
             if name == "__metadata__" {
                 guard case let .object(m) = v else { throw bad("__metadata__ is not an object") }
+                guard m.count <= maxMetadataEntries else {
+                    throw bad("__metadata__ has \(m.count) entries: more than the limit of \(maxMetadataEntries)")
+                }
                 for (k, x) in m {
                     guard let s = x.string else { throw bad("__metadata__[\"\(k)\"] is not a string") }
+                    guard !k.utf8.contains(0), !s.utf8.contains(0) else {
+                        throw bad("a __metadata__ key or value contains a NUL character (\\u0000)")
+                    }
                     metadata.append((k, s))
                 }
                 continue
@@ -126,9 +155,23 @@ public final class TensorFile: @unchecked Sendable {
             }
             entries.append(TensorEntry(name: name, dtypeName: dn, dtype: info.dtype, shape: shape, offset: dataStart + b, nbytes: e - b))
         }
+        // The format's layout rule (its reference reader enforces it): the
+        // tensors tile the data area exactly, from its first byte to the
+        // file's last, with no hole, no overlap and nothing after them.
         let sorted = entries.sorted { ($0.offset, $0.nbytes) < ($1.offset, $1.nbytes) }
-        for k in sorted.indices.dropFirst() where sorted[k].offset < sorted[k - 1].offset + sorted[k - 1].nbytes {
-            throw bad("tensors \"\(sorted[k - 1].name)\" and \"\(sorted[k].name)\" overlap")
+        var next = dataStart
+        for (k, t) in sorted.enumerated() {
+            if t.offset > next {
+                let gap = t.offset - next
+                throw bad(k == 0 ? "\(gap) bytes before the first tensor \"\(t.name)\" (the data must start right after the header)"
+                               : "a hole of \(gap) bytes between tensors \"\(sorted[k - 1].name)\" and \"\(t.name)\"")
+            }
+            if t.offset < next { throw bad("tensors \"\(sorted[k - 1].name)\" and \"\(t.name)\" overlap") }
+            next = t.offset + t.nbytes
+        }
+        if next < f.size {
+            throw bad(entries.isEmpty ? "a header with no tensors followed by \(f.size - next) data bytes"
+                                      : "\(f.size - next) bytes after the last tensor (the file must end with it)")
         }
         return (entries, metadata)
     }

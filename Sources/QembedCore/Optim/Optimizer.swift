@@ -63,67 +63,98 @@ public final class Optimizer: @unchecked Sendable {
         return s
     }
 
-    public func step() throws(QembedError) {
-        try lock.withExclusive { () throws(QembedError) in
-            // Validate every gradient (its largest magnitude feeds the
-            // overflow guard) before changing anything.
-            var work: [(index: Int, gmax: Double)] = []
-            for (i, p) in params.enumerated() {
-                let c = config(for: i)
-                try c.validate()
-                let gmax: Double
-                if p.sparse {
-                    if p.sparseRows.isEmpty { continue }
-                    if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad && bits(for: i) == 32 {
-                        throw .unsupported("max_unorm is not supported with sparse gradients (\(p.name))")
-                    }
-                    gmax = try checkFinite(F32.self, p.sparseValues, p.sparseValues.count, argument: "\(p.name).grad")
-                } else {
-                    guard let g = p.grad else { continue }
-                    gmax = try checkFinite(F32.self, g.raw, p.numel, argument: "\(p.name).grad")
+    public func step() throws(QembedError) { try Optimizer.step([self]) }
+
+    /// Steps several optimizers as one update: every gradient of every
+    /// optimizer is validated first, and a step refused anywhere (a non-finite
+    /// gradient, an update that would overflow) changes nothing in any of
+    /// them. The optimizers' locks are taken in a fixed order, so concurrent
+    /// calls over overlapping sets cannot deadlock.
+    public static func step(_ optimizers: [Optimizer]) throws(QembedError) {
+        var seen = Set<ObjectIdentifier>()
+        for (k, o) in optimizers.enumerated() where !seen.insert(ObjectIdentifier(o)).inserted {
+            throw .invalid("optimizers[\(k)] appears twice")
+        }
+        let ordered = optimizers.sorted { ObjectIdentifier($0) < ObjectIdentifier($1) }
+        try withLocks(ordered[...]) { () throws(QembedError) in try stepLocked(optimizers) }
+    }
+
+    private static func withLocks(_ os: ArraySlice<Optimizer>, _ body: () throws(QembedError) -> Void) throws(QembedError) {
+        guard let first = os.first else { return try body() }
+        try first.lock.withExclusive { () throws(QembedError) in try withLocks(os.dropFirst(), body) }
+    }
+
+    /// Gradient checks of one optimizer: the parameters to update and the
+    /// largest gradient magnitude of each (it feeds the overflow guard).
+    private func validateGradients() throws(QembedError) -> [(index: Int, gmax: Double)] {
+        var work: [(index: Int, gmax: Double)] = []
+        for (i, p) in params.enumerated() {
+            let c = config(for: i)
+            try c.validate()
+            let gmax: Double
+            if p.sparse {
+                if p.sparseRows.isEmpty { continue }
+                if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad && bits(for: i) == 32 {
+                    throw .unsupported("max_unorm is not supported with sparse gradients (\(p.name))")
                 }
-                work.append((i, gmax))
+                gmax = try checkFinite(F32.self, p.sparseValues, p.sparseValues.count, argument: "\(p.name).grad")
+            } else {
+                guard let g = p.grad else { continue }
+                gmax = try checkFinite(F32.self, g.raw, p.numel, argument: "\(p.name).grad")
             }
-            let fresh = work.map(\.index).filter { states[$0] == nil }
-            var snapshots: [StepGuard.Snapshot] = []
-            var committed = Set<Int>()  // updates that stand even if a later one fails (out of memory only)
-            do throws(QembedError) {
-                for (i, _) in work { _ = try makeState(i) }
-                // Plan every update; the ones not provably finite run first,
-                // each from a snapshot, so a refused step restores them all
-                // before any other parameter changed.
-                var risky: [Int] = [], safe: [(Int, StepPlan)] = []
-                for (i, g) in work {
-                    let p = params[i], s = states[i]!, c = config(for: i)
+            work.append((i, gmax))
+        }
+        return work
+    }
+
+    /// step() of every optimizer, under all their locks.
+    private static func stepLocked(_ optimizers: [Optimizer]) throws(QembedError) {
+        // Validate every gradient before changing anything.
+        var work: [[(index: Int, gmax: Double)]] = []
+        for o in optimizers { work.append(try o.validateGradients()) }
+        let fresh = optimizers.indices.map { k in work[k].map(\.index).filter { optimizers[k].states[$0] == nil } }
+        var snapshots: [StepGuard.Snapshot] = []
+        var committed = optimizers.map { _ in Set<Int>() }  // updates that stand even if a later one fails (out of memory only)
+        do throws(QembedError) {
+            for (k, o) in optimizers.enumerated() { for (i, _) in work[k] { _ = try o.makeState(i) } }
+            // Plan every update; the ones not provably finite run first,
+            // each from a snapshot, so a refused step restores them all
+            // before any other parameter changed.
+            var risky: [(Int, Int)] = [], safe: [(Int, Int, StepPlan)] = []
+            for (k, o) in optimizers.enumerated() {
+                for (i, g) in work[k] {
+                    let p = o.params[i], s = o.states[i]!, c = o.config(for: i)
                     let plan = StepGuard.plan(c, UpdateScalars(c, step: s.step + 1), bits: s.bits, dtype: p.dtype, state: s, g: g) {
                         p.lock.withShared { Absmax.maxMagnitude(p.dtype, p.data.raw, p.numel) }
                     }
-                    if plan.safe { safe.append((i, plan)) } else { risky.append(i) }
+                    if plan.safe { safe.append((k, i, plan)) } else { risky.append((k, i)) }
                 }
-                // Copy, update and check under the parameter's lock, so no
-                // forward sees a refused update; a refused one is restored
-                // before the lock is released.
-                for i in risky {
-                    try params[i].lock.withExclusive { () throws(QembedError) in
-                        let snapshot = try StepGuard.Snapshot(params[i], states[i]!)
-                        try updateLocked(i)
-                        do throws(QembedError) { try snapshot.verify() } catch { snapshot.restore(); throw error }
-                        snapshots.append(snapshot)
-                    }
-                }
-                snapshots.removeAll()
-                committed = Set(risky)
-                for (i, plan) in safe {
-                    try params[i].lock.withExclusive { () throws(QembedError) in try updateLocked(i) }
-                    states[i]!.bound1 = plan.bound1
-                    states[i]!.bound2 = plan.bound2
-                    committed.insert(i)
-                }
-            } catch {
-                for snapshot in snapshots.reversed() { snapshot.param.lock.withExclusive { snapshot.restore() } }
-                for i in fresh where !committed.contains(i) { states[i] = nil }
-                throw error
             }
+            // Copy, update and check under the parameter's lock, so no
+            // forward sees a refused update; a refused one is restored
+            // before the lock is released.
+            for (k, i) in risky {
+                let o = optimizers[k]
+                try o.params[i].lock.withExclusive { () throws(QembedError) in
+                    let snapshot = try StepGuard.Snapshot(o.params[i], o.states[i]!)
+                    try o.updateLocked(i)
+                    do throws(QembedError) { try snapshot.verify() } catch { snapshot.restore(); throw error }
+                    snapshots.append(snapshot)
+                }
+            }
+            snapshots.removeAll()
+            for (k, i) in risky { committed[k].insert(i) }
+            for (k, i, plan) in safe {
+                let o = optimizers[k]
+                try o.params[i].lock.withExclusive { () throws(QembedError) in try o.updateLocked(i) }
+                o.states[i]!.bound1 = plan.bound1
+                o.states[i]!.bound2 = plan.bound2
+                committed[k].insert(i)
+            }
+        } catch {
+            for snapshot in snapshots.reversed() { snapshot.param.lock.withExclusive { snapshot.restore() } }
+            for (k, o) in optimizers.enumerated() { for i in fresh[k] where !committed[k].contains(i) { o.states[i] = nil } }
+            throw error
         }
     }
 

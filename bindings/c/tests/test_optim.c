@@ -826,6 +826,66 @@ static void test_set_params(void) {
     }
 }
 
+/* ---- qembed_optimizer_step_all: several optimizers as one update ---------------------- */
+
+static void test_step_all(void) {
+    qembed_embedding *ea = make_layer(R8, C8, 41, 0, false, NULL), *eb = make_layer(R8, C8, 42, 0, false, NULL);
+    qembed_param *wa = param_of(ea, 0), *wb = param_of(eb, 0);
+    qembed_optimizer_params pa = defaults(QEMBED_OPTIM_ADAM, 8), pb = defaults(QEMBED_OPTIM_LION, 32);
+    qembed_optimizer *oa, *ob, *list[3], *null_list[2] = {NULL, NULL};
+    qt_rng r = qt_rng_make(43);
+    const int64_t numel = R8 * C8;
+    float *a0, *b0;
+    qembed_param_info ib;
+    CHECK(qembed_param_clear_override(wa, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
+    oa = make_opt(&pa, &wa, 1);
+    ob = make_opt(&pb, &wb, 1);
+    ensure_grads(ea);
+    ensure_grads(eb);
+    fill_grad(wa, &r, 0.1f);
+    fill_grad(wb, &r, 0.1f);
+    list[0] = oa;
+    list[1] = ob;
+    CHECKF(qembed_optimizer_step_all(list, 2) == QEMBED_OK, "step_all: %s", qembed_last_error());
+    CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1 && state_info(oa, 0).bits == 8);
+    CHECK(qembed_optimizer_step_all(list, 0) == QEMBED_OK && qembed_optimizer_step_all(NULL, 0) == QEMBED_OK);
+    /* bad calls change nothing */
+    CHECK(qembed_optimizer_step_all(NULL, 2) == QEMBED_ERR_NULL_POINTER);
+    CHECK(qembed_optimizer_step_all(null_list, 2) == QEMBED_ERR_NULL_POINTER);
+    CHECK(qembed_optimizer_step_all(list, -1) != QEMBED_OK);
+    list[2] = oa;
+    CHECK(qembed_optimizer_step_all(list, 3) == QEMBED_ERR_INVALID_ARGUMENT);
+    CHECKF(strstr(qembed_last_error(), "twice") != NULL, "message: %s", qembed_last_error());
+    CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1);
+    /* a refused update in the second optimizer: the first is not updated either */
+    fill_grad(wa, &r, 0.1f);
+    fill_grad(wb, &r, 0.1f);
+    ib = info_of(wb);
+    ib.grad[17] = NAN;
+    a0 = data_copy(wa);
+    b0 = data_copy(wb);
+    CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_ERR_NON_FINITE);
+    CHECK(memcmp(info_of(wa).data, a0, (size_t)numel * 4) == 0 && memcmp(info_of(wb).data, b0, (size_t)numel * 4) == 0);
+    CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1);
+    ib.grad[17] = 0.5f;  /* Lion's sign update cannot overflow: the overflow goes in Adam's */
+    info_of(wa).grad[5] = 1e30f;  /* its square overflows Adam's second moment */
+    list[0] = ob;
+    list[1] = oa;  /* the refused one last: the other is undone */
+    CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_ERR_NON_FINITE);
+    CHECKF(memcmp(info_of(wb).data, b0, (size_t)numel * 4) == 0, "Lion's update stood although Adam's was refused");
+    CHECK(memcmp(info_of(wa).data, a0, (size_t)numel * 4) == 0);
+    CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1);
+    info_of(wa).grad[5] = 0.25f;
+    CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_OK);
+    CHECK(state_info(oa, 0).step == 2 && state_info(ob, 0).step == 2);
+    free(a0);
+    free(b0);
+    qembed_optimizer_free(oa);
+    qembed_optimizer_free(ob);
+    qembed_embedding_free(ea);
+    qembed_embedding_free(eb);
+}
+
 /* ---- overrides of one parameter do not leak --------------------------------------- */
 
 static void test_override_isolation(void) {
@@ -1784,6 +1844,7 @@ int main(void) {
     test_8bit_first_state();
     test_8bit_trajectory();
     test_set_params();
+    test_step_all();
     test_override_isolation();
     test_nonfinite();
     test_overflow();

@@ -365,6 +365,8 @@ qembed_optimizer_create = _fn("qembed_optimizer_create", status, POINTER(qembed_
 qembed_optimizer_free = _fn("qembed_optimizer_free", None, handle)
 # qembed_status qembed_optimizer_step(qembed_optimizer *o);
 qembed_optimizer_step = _fn("qembed_optimizer_step", status, handle)
+# qembed_status qembed_optimizer_step_all(qembed_optimizer *const *optimizers, int64_t n);
+qembed_optimizer_step_all = _fn("qembed_optimizer_step_all", status, POINTER(handle), c_int64)
 # qembed_status qembed_optimizer_zero_grad(qembed_optimizer *o);
 qembed_optimizer_zero_grad = _fn("qembed_optimizer_zero_grad", status, handle)
 # qembed_status qembed_optimizer_state_info_get(const qembed_optimizer *o, int64_t i, qembed_optimizer_state_info *info);

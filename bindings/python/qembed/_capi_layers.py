@@ -71,7 +71,7 @@ from ._capi import (  # noqa: E402,F401
     qembed_embedding_params_init, qembed_embedding_create, qembed_stable_embedding_create, qembed_embedding_free,
     qembed_embedding_get_params, qembed_embedding_forward, qembed_embedding_backward, qembed_embedding_zero_grad,
     qembed_embedding_reset_parameters, qembed_embedding_num_params, qembed_embedding_param,
-    qembed_optimizer_params_init, qembed_optimizer_create, qembed_optimizer_set_params, qembed_optimizer_free, qembed_optimizer_step,
+    qembed_optimizer_params_init, qembed_optimizer_create, qembed_optimizer_set_params, qembed_optimizer_free, qembed_optimizer_step, qembed_optimizer_step_all,
     qembed_optimizer_zero_grad, qembed_optimizer_state_info_get, qembed_optimizer_state_export,
     qembed_optimizer_state_import,
     qembed_tensor_file_open, qembed_tensor_file_close, qembed_tensor_file_count, qembed_tensor_file_info,
@@ -133,8 +133,20 @@ def out_handle():
     return c_void_p()
 
 
+def encode_text(text, what="name"):
+    """A tensor name, prefix or metadata string as UTF-8 for const char *;
+    a NUL inside would make C read a shorter, different string."""
+    b = str(text).encode("utf-8")
+    if b"\0" in b:
+        raise ValueError(f"{what} {text!r} contains a NUL character")
+    return b
+
+
 def encode_path(path):
     """A filesystem path (str, bytes or os.PathLike) as bytes for const char *."""
     import os
     p = os.fspath(path)
-    return p if isinstance(p, bytes) else os.fsencode(p)
+    b = p if isinstance(p, bytes) else os.fsencode(p)
+    if b"\0" in b:  # C would read only the part before it: a different file
+        raise ValueError(f"path {p!r} contains a NUL byte")
+    return b

@@ -267,7 +267,7 @@ class TensorFile:
 
     def get(self, name):
         index = ctypes.c_int64()
-        L._check(L.qembed_tensor_file_find(self._ptr(), name.encode("utf-8"), ctypes.byref(index)))
+        L._check(L.qembed_tensor_file_find(self._ptr(), L.encode_text(name, "tensor name"), ctypes.byref(index)))
         note = []
         arr = self._array(self.info(index.value), note)
         _warn_fallback(note)
@@ -284,7 +284,7 @@ class TensorFile:
 
     def metadata_value(self, key):
         value = ctypes.c_char_p()
-        L._check(L.qembed_tensor_file_metadata(self._ptr(), key.encode("utf-8"), ctypes.byref(value)))
+        L._check(L.qembed_tensor_file_metadata(self._ptr(), L.encode_text(key, "metadata key"), ctypes.byref(value)))
         return None if value.value is None else value.value.decode("utf-8")
 
 
@@ -347,7 +347,7 @@ def _desc(name, arr, keep):
                            L.QEMBED_ERR_SHAPE)
     arr = contiguous(arr)
     keep.append(arr)
-    encoded = name.encode("utf-8")
+    encoded = L.encode_text(name, "tensor name")
     keep.append(encoded)
     d = L.qembed_tensor_desc()
     d.name = encoded
@@ -385,8 +385,8 @@ def save_file(tensors, filename, metadata=None):
             if not isinstance(k, str) or not isinstance(v, str):
                 raise _type_error(f"metadata: keys and values must be str, got {k!r}: {v!r}")
         n_meta = len(metadata)
-        enc_k = [k.encode("utf-8") for k in metadata]
-        enc_v = [v.encode("utf-8") for v in metadata.values()]
+        enc_k = [L.encode_text(k, "metadata key") for k in metadata]
+        enc_v = [L.encode_text(v, "metadata value") for v in metadata.values()]
         keep += enc_k + enc_v
         keys = (ctypes.c_char_p * max(n_meta, 1))(*enc_k)
         values = (ctypes.c_char_p * max(n_meta, 1))(*enc_v)

@@ -160,7 +160,86 @@ MALFORMED = {
     "overlap": lambda p: _header_file(p, '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
                                          '"y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
     "npy_garbage": lambda p: open(p, "wb").write(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'   "),
+    # the safetensors layout rule (its reference reader refuses these too)
+    "hole": lambda p: _header_file(p, '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                                      '"y": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}', b"\0" * 12),
+    "bytes_after_last": lambda p: _header_file(p, '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+                                               b"\0" * 5),
+    "bytes_before_first": lambda p: _header_file(p, '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}',
+                                                 b"\0" * 8),
+    "empty_header_with_data": lambda p: _header_file(p, '{}', b"\0" * 16),
+    "nul_in_name": lambda p: _header_file(p, '{"w\\u0000x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+                                          b"\0" * 4),
+    "nul_in_metadata": lambda p: _header_file(p, '{"__metadata__": {"k": "a\\u0000b"}, '
+                                              '"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
+    "not_safetensors": lambda p: open(p, "wb").write(b"PK\x03\x04" + b"\x00" * 300),
+    # .npy headers must be the dict numpy writes
+    "npy_no_braces": lambda p: _npy_file(p, "'descr': '<f4', 'fortran_order': False, 'shape': (2,), "),
+    "npy_no_fortran_order": lambda p: _npy_file(p, "{'descr': '<f4', 'shape': (2,), }"),
+    "npy_extra_key": lambda p: _npy_file(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1, }"),
+    "npy_shape_not_int": lambda p: _npy_file(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2.5,), }"),
+    "npy_bytes_after_dict": lambda p: _npy_file(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), } x"),
 }
+
+
+def _npy_file(path, header, data=b"\0" * 8):
+    h = header + " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as fh:
+        fh.write(b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h.encode() + data)
+
+
+def test_npy_header_forms_numpy_writes_are_read(tmp_path):
+    # any key order, double quotes, no trailing comma, a 0-d shape
+    for header, shape in [("{'shape': (2,), 'fortran_order': False, 'descr': '<f4'}", (2,)),
+                          ('{"descr": "<f4", "fortran_order": False, "shape": (1, 2)}', (1, 2)),
+                          ("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", ())]:
+        p = tmp_path / "h.npy"
+        _npy_file(str(p), header, b"\0" * (4 * int(np.prod(shape))))
+        assert qio.load_file(p)["array"].shape == shape
+    np.save(tmp_path / "n.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.array_equal(qio.load_file(tmp_path / "n.npy")["array"], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        qio.load_file(fifo)  # before the fix this open() waited for a writer forever
+
+
+def test_a_path_or_name_with_a_nul_is_refused(tmp_path):
+    qio.save_file({"x": np.zeros(2, np.float32)}, tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="NUL"):
+        qio.load_file(str(tmp_path / "a.safetensors") + "\0.bak")
+    with pytest.raises(ValueError, match="NUL"):
+        qio.save_file({"x\0y": np.zeros(2, np.float32)}, tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="NUL"):
+        qio.save_file({"x": np.zeros(2, np.float32)}, tmp_path / "c.safetensors", metadata={"k": "v\0w"})
+    with qio.TensorFile(tmp_path / "a.safetensors") as f:
+        with pytest.raises(ValueError, match="NUL"):
+            f.get("x\0y")
+
+
+@pytest.mark.parametrize("what", ["tensors", "metadata"])
+def test_headers_with_100k_entries_open_in_linear_time(what, tmp_path):
+    import json
+    import time
+    n = 100_000
+    if what == "tensors":
+        header = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(n)}
+        data = b"\0" * (4 * n)
+    else:
+        header = {"__metadata__": {f"k{i}": "v" for i in range(n)},
+                  "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+        data = b"\0" * 4
+    p = tmp_path / "many.safetensors"
+    _header_file(str(p), json.dumps(header), data)
+    t = time.perf_counter()
+    with qio.TensorFile(p) as f:
+        if what == "tensors":
+            assert len(f) == n and f.get(f"t{n - 1}").shape == (1,)
+    elapsed = time.perf_counter() - t
+    assert elapsed < 5.0, f"{n} {what}: {elapsed:.1f} s (was 16 s with a quadratic duplicate-key check)"
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))

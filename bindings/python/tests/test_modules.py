@@ -797,3 +797,44 @@ def test_forward_into_out():
     out2 = np.empty((2, 3, 8), np.float32)
     assert q(idx, out=out2) is out2
     np.testing.assert_array_equal(out2, q(idx))
+
+
+def _rewrite(path, out, edit):
+    """Copies a safetensors file with edit(tensors, metadata) applied."""
+    import qembed.io as qio
+    tensors = qio.load_file(path)
+    meta = qio.load_metadata(path)
+    edit(tensors, meta)
+    qio.save_file(tensors, out, metadata=meta)
+
+
+def _set_state(tensors, **changes):
+    key = next(k for k in tensors if ".quant_state." in k)
+    qs = json.loads(bytes(tensors[key]).decode())
+    qs.update(changes)
+    tensors[key] = np.frombuffer(json.dumps(qs).encode(), np.uint8).copy()
+
+
+@pytest.mark.parametrize("shape", [[None, 300, 64], [300, None, 64], [None, 64], [300, "x"], [300.5, 64], [300], [300, 64, 1], [0, 64]])
+def test_quant_state_shape_must_be_two_positive_integers(shape, tmp_path):
+    q = EmbeddingNF4.from_embedding(StableEmbedding(300, 64, seed=2))
+    q.save(tmp_path / "q.safetensors")
+    _rewrite(tmp_path / "q.safetensors", tmp_path / "bad.safetensors", lambda t, m: _set_state(t, shape=shape))
+    with pytest.raises(ValueError, match="shape"):
+        EmbeddingNF4.load(tmp_path / "bad.safetensors")
+
+
+def test_nested_statistics_that_decode_to_inf_are_refused(tmp_path):
+    q = EmbeddingNF4.from_embedding(StableEmbedding(300, 64, seed=2), compress_statistics=True)
+    q.save(tmp_path / "q.safetensors")
+
+    def huge(t, m):  # every stored value finite, but code * nested_absmax + offset overflows
+        t["weight.nested_absmax"] = np.full_like(t["weight.nested_absmax"], 3e38)
+        _set_state(t, nested_offset=3e38)
+
+    _rewrite(tmp_path / "q.safetensors", tmp_path / "inf.safetensors", huge)
+    with pytest.raises(ValueError, match="decodes to inf"):
+        EmbeddingNF4.load(tmp_path / "inf.safetensors")
+    _rewrite(tmp_path / "q.safetensors", tmp_path / "off.safetensors", lambda t, m: _set_state(t, nested_offset=1e39))
+    with pytest.raises(ValueError, match="nested_offset"):
+        EmbeddingNF4.load(tmp_path / "off.safetensors")

@@ -652,3 +652,76 @@ def test_zz_report_32bit_agreement(capsys):
         for key, (rel, scaled, beyond, total) in sorted(AGREEMENT.items()):
             print(f"  {key:16s} max elementwise rel {rel:.3g}  max |err|/rms {scaled:.3g}  "
                   f"{beyond}/{total} elements beyond 1e-6 relative")
+
+
+def _two_group_adam(rng):
+    a = table_param((rng.standard_normal((64, 100)) * 0.1).astype(np.float32))
+    b = table_param((rng.standard_normal((64, 100)) * 0.1).astype(np.float32))
+    opt = optim.Adam8bit([{"params": a.parameters()}, {"params": b.parameters(), "lr": 1e-2}])
+    return a, b, opt
+
+
+def _snapshot(opt, layers):
+    return [l.weight.data.copy() for l in layers], {k: v for k, v in opt.state_dict()["state"].items()}
+
+
+def _same(x, y):
+    if isinstance(x, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    return np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_step_refused_in_one_group_changes_no_group():
+    """Parameter groups step as one update (qembed_optimizer_step_all): an
+    overflow in the second group leaves the first group's weights and state
+    as they were, not updated."""
+    rng = np.random.default_rng(7)
+    a, b, opt = _two_group_adam(rng)
+    for layer in (a, b):
+        set_grad(layer, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    opt.step()
+    w, st = _snapshot(opt, (a, b))
+    set_grad(a, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    g = (rng.standard_normal((64, 100)) * 0.01).astype(np.float32)
+    g[5, 7] = 1e30  # finite, but its square overflows the second moment
+    set_grad(b, g)
+    with pytest.raises(ValueError, match="non-finite"):
+        opt.step()
+    w2, st2 = _snapshot(opt, (a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(w, w2)) and _same(st, st2)
+    g[5, 7] = 0.5
+    set_grad(b, g)
+    opt.step()  # then it goes on
+    assert all(s["step"] == 2 for s in opt.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize("break_it", ["nan_absmax", "float_state2", "short_absmax2"])
+def test_a_refused_load_state_dict_changes_nothing(break_it):
+    rng = np.random.default_rng(8)
+    a, b, opt = _two_group_adam(rng)
+    for layer in (a, b):
+        set_grad(layer, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    opt.step()
+    sd = opt.state_dict()
+    set_grad(a, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    set_grad(b, (rng.standard_normal((64, 100)) * 0.01).astype(np.float32))
+    opt.step()
+    w, st = _snapshot(opt, (a, b))
+    lrs = [g["lr"] for g in opt.param_groups]
+    bad = {"state": {k: dict(v) for k, v in sd["state"].items()},
+           "param_groups": [dict(g, lr=0.5) for g in sd["param_groups"]]}
+    last = sorted(bad["state"])[-1]  # the second group's parameter: the first one would load before it
+    key = "__bnb_optimizer_quant_state__"
+    inner = dict(bad["state"][last][key])
+    bad["state"][last][key] = inner
+    if break_it == "nan_absmax":
+        inner["absmax1"] = np.full_like(inner["absmax1"], np.nan)
+    elif break_it == "float_state2":
+        inner["state2"] = inner["state2"].astype(np.float32)
+    else:
+        inner["absmax2"] = inner["absmax2"][:-1]  # refused by the library, after the first group loaded
+    with pytest.raises((ValueError, TypeError)):
+        opt.load_state_dict(bad)
+    w2, st2 = _snapshot(opt, (a, b))
+    assert _same(st, st2) and [g["lr"] for g in opt.param_groups] == lrs
+    opt.step()  # and it still steps from where it was

@@ -607,7 +607,7 @@ class _QuantizedEmbedding:
 
     def _load_into(self, path, prefix):
         out = L.out_handle()
-        L._check(L.qembed_qembedding_load(L.encode_path(path), prefix.encode("utf-8"), ctypes.byref(out)))
+        L._check(L.qembed_qembedding_load(L.encode_path(path), L.encode_text(prefix, "prefix"), ctypes.byref(out)))
         handle = self._new_handle(out.value)  # freed with it if refused below
         info = L.new_struct(L.qembed_qembedding_info)
         L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
@@ -646,7 +646,7 @@ class _QuantizedEmbedding:
 
     def save(self, path, prefix="weight"):
         """Save as safetensors (atomically) under bitsandbytes' key names."""
-        L._check(L.qembed_qembedding_save(self._h(), L.encode_path(path), prefix.encode("utf-8")))
+        L._check(L.qembed_qembedding_save(self._h(), L.encode_path(path), L.encode_text(prefix, "prefix")))
 
     def state_dict(self):
         """The tensors save() writes: "weight" and "weight.SCB" (8-bit), or

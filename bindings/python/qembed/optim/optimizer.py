@@ -386,29 +386,21 @@ class Optimizer8bit:
     # -- stepping
 
     def step(self, closure=None):
-        """One update of every parameter that has a gradient. A NaN/Inf
-        gradient raises ValueError and changes nothing (in any group). An
-        update that would overflow float32 (say a gradient of 1e30, whose
-        square overflows Adam's second moment) also raises ValueError and
-        changes nothing in its parameter group; with several groups, groups
-        stepped before it keep their update."""
+        """One update of every parameter that has a gradient, all parameter
+        groups as one update (qembed_optimizer_step_all): a NaN/Inf gradient,
+        or an update that would overflow float32 (say a gradient of 1e30,
+        whose square overflows Adam's second moment), raises ValueError and
+        changes nothing in any group."""
         loss = None
         if closure is not None:
             loss = closure()
         self._sync()
         live = [b for b in self._backends if b is not None]
-        if len(live) > 1:  # the C check covers one optimizer; cover all groups first
-            for b in live:
-                for p in b.params:
-                    g = p.grad
-                    if g is None:
-                        continue
-                    values = g.values if hasattr(g, "values") else g
-                    if not np.all(np.isfinite(values)):
-                        raise _value_error(f"{p.name}.grad holds NaN or Inf; no parameter was updated",
-                                           L.QEMBED_ERR_NON_FINITE)
-        for b in live:
-            L._check(L.qembed_optimizer_step(b.handle.ptr))
+        if len(live) == 1:
+            L._check(L.qembed_optimizer_step(live[0].handle.ptr))
+        elif live:
+            handles = (L.handle * len(live))(*[b.handle.ptr for b in live])
+            L._check(L.qembed_optimizer_step_all(handles, len(live)))
         return loss
 
     def zero_grad(self, set_to_none=True):
@@ -507,6 +499,16 @@ class Optimizer8bit:
                                        L.QEMBED_ERR_SHAPE)
                 if a is not None and a.dtype != np.uint8 and not np.all(np.isfinite(a)):
                     raise _value_error(f"{key} of {p.name} holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
+            # 8-bit state is uint8 codes with float32 absmax; 32-bit state is float32
+            eight = s1.dtype == np.uint8
+            s2 = v.get("state2")
+            if s2 is not None and (s2.dtype == np.uint8) != eight:
+                raise _value_error(f"state2 of {p.name} is {s2.dtype} but state1 is {s1.dtype}: "
+                                   f"{'8-bit state is uint8 codes' if eight else '32-bit state is float32'}")
+            for key in ("absmax1", "absmax2"):
+                a = v.get(key)
+                if eight and a is not None and not np.all(np.isfinite(np.asarray(a, dtype=np.float64))):
+                    raise _value_error(f"{key} of {p.name} holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
         saved_hypers = []
         for g, sg in zip(self.param_groups, saved_groups):
             hyper = {k: v for k, v in sg.items() if k != "params"}
@@ -514,12 +516,32 @@ class Optimizer8bit:
             merged.update(hyper)
             self._validate_group(merged)
             saved_hypers.append(hyper)
-        for g, hyper in zip(self.param_groups, saved_hypers):
-            g.update(hyper)
-        self._sync()
+        # all or nothing: a refusal from the library (say a size it checks)
+        # puts back the hyperparameters and every state loaded so far
+        backup_groups = [dict(g) for g in self.param_groups]
+        backup = {}
         for _, b, i, p in self._locate():
-            if b is not None and id(p) in flat:
-                b.import_(i, flat[id(p)])
+            s = b.export(i) if b is not None else None
+            if s is not None:
+                backup[id(p)] = s
+        try:
+            for g, hyper in zip(self.param_groups, saved_hypers):
+                g.update(hyper)
+            self._sync()
+            for _, b, i, p in self._locate():
+                if b is not None and id(p) in flat:
+                    b.import_(i, flat[id(p)])
+        except Exception:
+            # fresh C optimizers with the old hyperparameters and states
+            # (a parameter that had no state gets none back)
+            for g, old in zip(self.param_groups, backup_groups):
+                g.clear()
+                g.update(old)
+            self._backends = [self._build(g) if g["params"] else None for g in self.param_groups]
+            for _, b, i, p in self._locate():
+                if b is not None and id(p) in backup:
+                    b.import_(i, backup[id(p)])
+            raise
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
