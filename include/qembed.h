@@ -701,12 +701,30 @@ typedef struct qembed_tensor_info {
     int64_t shape[QEMBED_MAX_DIMS];
     int64_t numel;
     int64_t nbytes;
-    const void *data;          /* inside the mapping; may be unaligned for its dtype */
+    const void *data;          /* inside the file's bytes (valid while the handle lives); may be unaligned for its dtype */
 } qembed_tensor_info;
 
-/*! qembed_tensor_file_open() : maps and validates a .safetensors or .npy file.
- *  Errors: QEMBED_ERR_IO (cannot open/map), QEMBED_ERR_FORMAT (malformed). Since 0.1. */
+/* Files are read whole into memory the handle owns: a file truncated or
+ * rewritten after it was opened (or a layer loaded) changes nothing, and
+ * nothing crashes. With QEMBED_OPEN_MMAP the file is mapped instead (zero
+ * copy, pages read on demand, shared with the page cache): then the file must
+ * not be truncated or rewritten while the handle lives, as with numpy.memmap
+ * and torch.load(mmap=True); a read past a truncated end raises SIGBUS.
+ * Only regular files are opened (a FIFO or device is refused without
+ * blocking). Safetensors headers are held to the format: at most 100 MB, at
+ * most 1,000,000 tensors and 1,000,000 metadata entries (parsed in linear
+ * time), the tensors tiling the data area exactly (no hole, nothing before
+ * the first or after the last), names and metadata without NUL. */
+#define QEMBED_OPEN_MMAP 1u
+
+/*! qembed_tensor_file_open() : reads and validates a .safetensors or .npy file
+ *  (qembed_tensor_file_open_ex with flags 0).
+ *  Errors: QEMBED_ERR_IO (cannot open/read, not a regular file), QEMBED_ERR_FORMAT (malformed). Since 0.1. */
 QEMBED_API qembed_status qembed_tensor_file_open(const char *path, qembed_tensor_file **out);
+
+/*! qembed_tensor_file_open_ex() : as qembed_tensor_file_open; flags 0 or
+ *  QEMBED_OPEN_MMAP (others: QEMBED_ERR_INVALID_ARGUMENT). Since 0.1. */
+QEMBED_API qembed_status qembed_tensor_file_open_ex(const char *path, uint32_t flags, qembed_tensor_file **out);
 
 /*! qembed_tensor_file_close() : unmaps; NULL is a no-op. Since 0.1. */
 QEMBED_API void qembed_tensor_file_close(qembed_tensor_file *f);
@@ -810,9 +828,16 @@ QEMBED_API qembed_status qembed_qembedding_save(const qembed_qembedding *q, cons
 
 /*! qembed_qembedding_load() : loads the layer stored under `prefix` (NULL:
  *  "weight") of a safetensors file written by qembed or bitsandbytes/
- *  transformers; the packed table stays in the mapped file (no copy). The JSON
- *  is checked against the tensors. Since 0.1. */
+ *  transformers, into memory the layer owns (qembed_qembedding_load_ex with
+ *  flags 0). The JSON is checked against the tensors, and every statistic
+ *  must decode to a finite value. Since 0.1. */
 QEMBED_API qembed_status qembed_qembedding_load(const char *path, const char *prefix, qembed_qembedding **out);
+
+/*! qembed_qembedding_load_ex() : as qembed_qembedding_load; with
+ *  QEMBED_OPEN_MMAP the packed table stays in the mapped file (no copy; the
+ *  file must not change while the layer lives, see QEMBED_OPEN_MMAP). Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_load_ex(const char *path, const char *prefix, uint32_t flags,
+                                                   qembed_qembedding **out);
 
 #ifdef __cplusplus
 }

@@ -31,8 +31,8 @@ enum QuantizedBench {
         let path = "/tmp/qembed-bench-\(getpid()).safetensors"
         defer { unlink(path) }
         try e.save(path)
-        let tOpen = try Bench.time(reps: 3) { _ = try TensorFile(path: path) }
-        let f = try TensorFile(path: path)
+        let tOpen = try Bench.time(reps: 3) { _ = try TensorFile(path: path, mapped: true) }
+        let f = try TensorFile(path: path, mapped: true)
         let (entry, data) = try f.entry(named: "weight")
         print(Bench.pad("open+validate \(entry.nbytes >> 20) MiB safetensors (mmap)", 44) + Bench.fmt(tOpen * 1e3, 3) + " ms")
         let tRead = Bench.time(reps: 1) {

@@ -11,12 +11,26 @@ func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(QembedErro
     return String(cString: p)
 }
 
+/// QEMBED_OPEN_* flags: whether to map the file.
+private func mappedFlag(_ flags: UInt32) throws(QembedError) -> Bool {
+    guard flags & ~UInt32(QEMBED_OPEN_MMAP) == 0 else {
+        throw QembedError(.invalidArgument, "flags: unknown bits \(String(flags & ~UInt32(QEMBED_OPEN_MMAP), radix: 16)) (known: QEMBED_OPEN_MMAP)")
+    }
+    return flags & UInt32(QEMBED_OPEN_MMAP) != 0
+}
+
 @c @implementation
 public func qembed_tensor_file_open(_ path: UnsafePointer<CChar>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    qembed_tensor_file_open_ex(path, 0, out)
+}
+
+@c @implementation
+public func qembed_tensor_file_open_ex(_ path: UnsafePointer<CChar>!, _ flags: UInt32, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
     out?.pointee = nil
     return capi { () throws(QembedError) in
         let o = try need(out, "out")
-        let f = try TensorFile(path: try cString(path, "path"))
+        let mapped = try mappedFlag(flags)
+        let f = try TensorFile(path: try cString(path, "path"), mapped: mapped)
         o.pointee = OpaquePointer(Unmanaged.passRetained(f).toOpaque())
     }
 }
@@ -241,10 +255,18 @@ public func qembed_qembedding_save(_ q: OpaquePointer!, _ path: UnsafePointer<CC
 
 @c @implementation
 public func qembed_qembedding_load(_ path: UnsafePointer<CChar>!, _ prefix: UnsafePointer<CChar>!, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    qembed_qembedding_load_ex(path, prefix, 0, out)
+}
+
+@c @implementation
+public func qembed_qembedding_load_ex(_ path: UnsafePointer<CChar>!, _ prefix: UnsafePointer<CChar>!, _ flags: UInt32,
+                                      _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
     out?.pointee = nil
     return capi { () throws(QembedError) in
         let o = try need(out, "out")
-        let l = try QuantizedEmbedding.load(try cString(path, "path"), prefix: prefix.map { String(cString: $0) } ?? "weight")
+        let mapped = try mappedFlag(flags)
+        let l = try QuantizedEmbedding.load(try cString(path, "path"), prefix: prefix.map { String(cString: $0) } ?? "weight",
+                                            mapped: mapped)
         o.pointee = retained(l)
     }
 }

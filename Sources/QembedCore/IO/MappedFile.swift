@@ -2,14 +2,23 @@
 import Glibc
 #endif
 
-/// A whole file mapped read-only (zero copy); unmapped when released.
+/// A whole file's bytes, validated as a regular file first. By default
+/// they are read into memory this object owns, so a file truncated or
+/// rewritten later changes nothing here; with `mapped` the file is mapped
+/// read-only (zero copy, pages loaded on demand), and then it must not be
+/// truncated while this object lives: the kernel answers a read of a page
+/// past the new end with SIGBUS (the contract of numpy.memmap and
+/// torch.load(mmap=True)).
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let base: UnsafeRawPointer
     public let size: Int
+    /// True when `base` is a mapping of the file, false when it is owned memory.
+    public let mapped: Bool
 
-    public init(path: String) throws(QembedError) {
+    public init(path: String, mapped: Bool = false) throws(QembedError) {
         self.path = path
+        self.mapped = mapped
         // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
         // anything but a regular file is refused below, before any read.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
@@ -20,7 +29,23 @@ public final class MappedFile: @unchecked Sendable {
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw QembedError(.io, "\(path) is not a regular file") }
         size = Int(st.st_size)
         if size == 0 {
-            base = UnsafeRawPointer(bitPattern: 1)!  // never dereferenced: every read is bounds-checked against size
+            base = UnsafeRawPointer(bitPattern: 64)!  // never dereferenced: every read is bounds-checked against size
+            return
+        }
+        if !mapped {
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+            var done = 0
+            while done < size {
+                let r = pread(fd, buf + done, min(size - done, 1 << 30), off_t(done))
+                if r < 0 && errno == EINTR { continue }
+                if r <= 0 {
+                    let why = r == 0 ? "it shrank to \(done) bytes while being read" : String(cString: strerror(errno))
+                    buf.deallocate()
+                    throw QembedError(.io, "cannot read \(path): \(why)")
+                }
+                done += r
+            }
+            base = UnsafeRawPointer(buf)
             return
         }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
@@ -29,7 +54,10 @@ public final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(p)
     }
 
-    deinit { if size > 0 { munmap(UnsafeMutableRawPointer(mutating: base), size) } }
+    deinit {
+        guard size > 0 else { return }
+        if mapped { munmap(UnsafeMutableRawPointer(mutating: base), size) } else { UnsafeMutableRawPointer(mutating: base).deallocate() }
+    }
 }
 
 /// Writes a file atomically: a temporary file in the same directory is

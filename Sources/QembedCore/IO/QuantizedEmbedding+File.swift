@@ -61,10 +61,11 @@ extension QuantizedEmbedding {
     }
 
     /// Loads a quantized embedding stored under `prefix` in a safetensors
-    /// file (mapped, the table is not copied). Validates the JSON against the
-    /// tensors.
-    public static func load(_ path: String, prefix: String = "weight") throws(QembedError) -> QuantizedEmbedding {
-        let f = try TensorFile(path: path)
+    /// file: read into memory the layer owns, or with `mapped` left in the
+    /// mapped file (zero copy; the file must not change while the layer
+    /// lives). Validates the JSON against the tensors.
+    public static func load(_ path: String, prefix: String = "weight", mapped: Bool = false) throws(QembedError) -> QuantizedEmbedding {
+        let f = try TensorFile(path: path, mapped: mapped)
         func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
         func tensor(_ name: String, _ dtype: DType, count: Int) throws(QembedError) -> UnsafeRawPointer {
             guard let i = f.index(of: name) else { throw bad("tensor \"\(name)\" is missing") }

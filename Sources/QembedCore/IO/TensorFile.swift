@@ -12,8 +12,10 @@ public struct TensorEntry: Sendable {
     public var numel: Int { shape.reduce(1, *) }
 }
 
-/// A safetensors (or .npy) file mapped read-only; tensors are views into the
-/// mapping, valid while this object lives. Everything is validated on open.
+/// A safetensors (or .npy) file, read into memory this object owns (or,
+/// with `mapped`, mapped read-only: see MappedFile for that contract);
+/// tensors are views into it, valid while this object lives. Everything is
+/// validated on open.
 public final class TensorFile: @unchecked Sendable {
     public let file: MappedFile
     public let entries: [TensorEntry]
@@ -40,8 +42,8 @@ public final class TensorFile: @unchecked Sendable {
         }
     }
 
-    public init(path: String) throws(QembedError) {
-        file = try MappedFile(path: path)
+    public init(path: String, mapped: Bool = false) throws(QembedError) {
+        file = try MappedFile(path: path, mapped: mapped)
         if path.hasSuffix(".npy") {
             (entries, metadata) = try Npy.parse(file)
         } else {

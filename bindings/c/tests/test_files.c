@@ -895,8 +895,52 @@ static void test_embedding_save(void) {
 
 /* ---- cleanup ---------------------------------------------------------------- */
 
+/* The default open owns the file's bytes: truncating the file afterwards
+ * changes nothing; QEMBED_OPEN_MMAP maps it (its contract: the file must not
+ * change); unknown flags are refused; a FIFO is refused without blocking. */
+static void test_open_flags(void) {
+    fixture fx;
+    qt_rng r = qt_rng_make(12);
+    static const int64_t s2[2] = {64, 33};
+    LOCAL_PATH(path, "owned.safetensors");
+    LOCAL_PATH(fifo, "pipe.safetensors");
+    qembed_tensor_file *f = NULL, *m = NULL;
+    qembed_tensor_info info;
+    float *copy;
+    fx.n = 0;
+    add_tensor(&fx, "w", QEMBED_DTYPE_F32, 2, s2, &r);
+    CHECK(qembed_save_safetensors(path, fx.t, fx.n, NULL, NULL, 0) == QEMBED_OK);
+    CHECK(qembed_tensor_file_open_ex(path, 2, &f) == QEMBED_ERR_INVALID_ARGUMENT && f == NULL);
+    CHECKF(strstr(qembed_last_error(), "flags") != NULL, "message: %s", qembed_last_error());
+    CHECK(qembed_tensor_file_open_ex(NULL, 0, &f) == QEMBED_ERR_NULL_POINTER);
+    CHECK(qembed_tensor_file_open_ex(path, QEMBED_OPEN_MMAP, &m) == QEMBED_OK && m != NULL);
+    CHECK(qembed_tensor_file_open_ex(path, 0, &f) == QEMBED_OK && f != NULL);
+    if (f != NULL && m != NULL) {
+        info.struct_size = sizeof info;
+        CHECK(qembed_tensor_file_info(f, 0, &info) == QEMBED_OK && info.nbytes == 64 * 33 * 4);
+        copy = (float *)malloc((size_t)info.nbytes);
+        if (copy == NULL) exit(2);
+        memcpy(copy, info.data, (size_t)info.nbytes);
+        CHECK(memcmp(copy, fx.t[0].data, (size_t)info.nbytes) == 0);
+        qembed_tensor_file_close(m);  /* closed before the truncation: its contract */
+        m = NULL;
+        CHECK(truncate(path, 16) == 0);
+        CHECK(memcmp(info.data, copy, (size_t)info.nbytes) == 0);  /* no SIGBUS, same bytes */
+        free(copy);
+    }
+    qembed_tensor_file_close(f);
+    qembed_tensor_file_close(m);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    f = NULL;
+    CHECK(qembed_tensor_file_open(fifo, &f) == QEMBED_ERR_IO && f == NULL);
+    CHECKF(strstr(qembed_last_error(), "not a regular file") != NULL, "message: %s", qembed_last_error());
+    unlink(fifo);
+    free_fixture(&fx);
+}
+
 int main(void) {
     qt_dir_make("test-files");
+    test_open_flags();
     test_safetensors_roundtrip();
     test_npy();
     test_atomic();

@@ -143,6 +143,7 @@ class qembed_optimizer_state_info(Structure):
 
 
 QEMBED_MAX_DIMS = 8
+QEMBED_OPEN_MMAP = 1
 
 
 class qembed_tensor_info(Structure):
@@ -383,6 +384,8 @@ qembed_optimizer_state_import = _fn("qembed_optimizer_state_import", status, han
 
 # qembed_status qembed_tensor_file_open(const char *path, qembed_tensor_file **out);
 qembed_tensor_file_open = _fn("qembed_tensor_file_open", status, c_char_p, POINTER(handle))
+# qembed_status qembed_tensor_file_open_ex(const char *path, uint32_t flags, qembed_tensor_file **out);
+qembed_tensor_file_open_ex = _fn("qembed_tensor_file_open_ex", status, c_char_p, c_uint32, POINTER(handle))
 # void qembed_tensor_file_close(qembed_tensor_file *f);
 qembed_tensor_file_close = _fn("qembed_tensor_file_close", None, handle)
 # qembed_status qembed_tensor_file_count(const qembed_tensor_file *f, int64_t *n);
@@ -420,6 +423,8 @@ qembed_qembedding_forward = _fn("qembed_qembedding_forward", status, handle, c_v
 qembed_qembedding_save = _fn("qembed_qembedding_save", status, handle, c_char_p, c_char_p)
 # qembed_status qembed_qembedding_load(const char *path, const char *prefix, qembed_qembedding **out);
 qembed_qembedding_load = _fn("qembed_qembedding_load", status, c_char_p, c_char_p, POINTER(handle))
+# qembed_status qembed_qembedding_load_ex(const char *path, const char *prefix, uint32_t flags, qembed_qembedding **out);
+qembed_qembedding_load_ex = _fn("qembed_qembedding_load_ex", status, c_char_p, c_char_p, c_uint32, POINTER(handle))
 
 
 # --------------------------------------------------------------------------

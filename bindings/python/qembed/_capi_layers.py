@@ -16,46 +16,18 @@ from ctypes import (POINTER, Structure, c_bool, c_char_p, c_double, c_float, c_i
 from ._capi import QembedError, _check, last_error, lib  # noqa: F401  (re-exported helpers)
 
 # --------------------------------------------------------------------------
-# Constants (values of the C enums and macros used by these sections)
+# Constants (the C enums and macros these sections use, defined in qembed._capi)
 # --------------------------------------------------------------------------
 
-QEMBED_OK = 0
-QEMBED_ERR_INVALID_ARGUMENT = 1
-QEMBED_ERR_OUT_OF_RANGE = 3
-QEMBED_ERR_UNSUPPORTED = 4
-QEMBED_ERR_NON_FINITE = 5
-QEMBED_ERR_SHAPE = 6
-QEMBED_ERR_FORMAT = 10
-
-QEMBED_DTYPE_F32 = 0
-QEMBED_DTYPE_F16 = 1
-QEMBED_DTYPE_BF16 = 2
-QEMBED_DTYPE_U8 = 3
-QEMBED_DTYPE_I8 = 4
-QEMBED_DTYPE_I32 = 5
-QEMBED_DTYPE_I64 = 6
-
-QEMBED_NO_PADDING = -(2 ** 63)  # INT64_MIN
-
-QEMBED_OVERRIDE_OPTIM_BITS = 0
-QEMBED_OVERRIDE_LR = 1
-QEMBED_OVERRIDE_BETA1 = 2
-QEMBED_OVERRIDE_BETA2 = 3
-QEMBED_OVERRIDE_EPS = 4
-QEMBED_OVERRIDE_WEIGHT_DECAY = 5
-
-QEMBED_OPTIM_ADAM = 0
-QEMBED_OPTIM_ADAMW = 1
-QEMBED_OPTIM_MOMENTUM = 2
-QEMBED_OPTIM_LION = 3
-QEMBED_OPTIM_RMSPROP = 4
-QEMBED_OPTIM_ADAGRAD = 5
-
-QEMBED_MAX_DIMS = 8
-
-QEMBED_QEMB_INT8 = 0
-QEMBED_QEMB_FP4 = 1
-QEMBED_QEMB_NF4 = 2
+from ._capi import (  # noqa: E402,F401  (one home: qembed._capi, checked against the header)
+    QEMBED_OK, QEMBED_ERR_INVALID_ARGUMENT, QEMBED_ERR_OUT_OF_RANGE, QEMBED_ERR_UNSUPPORTED,
+    QEMBED_ERR_NON_FINITE, QEMBED_ERR_SHAPE, QEMBED_ERR_FORMAT, QEMBED_DTYPE_F32, QEMBED_DTYPE_F16,
+    QEMBED_DTYPE_BF16, QEMBED_DTYPE_U8, QEMBED_DTYPE_I8, QEMBED_DTYPE_I32, QEMBED_DTYPE_I64,
+    QEMBED_OVERRIDE_OPTIM_BITS, QEMBED_OVERRIDE_LR, QEMBED_OVERRIDE_BETA1, QEMBED_OVERRIDE_BETA2,
+    QEMBED_OVERRIDE_EPS, QEMBED_OVERRIDE_WEIGHT_DECAY, QEMBED_OPTIM_ADAM, QEMBED_OPTIM_ADAMW,
+    QEMBED_OPTIM_MOMENTUM, QEMBED_OPTIM_LION, QEMBED_OPTIM_RMSPROP, QEMBED_OPTIM_ADAGRAD, QEMBED_MAX_DIMS,
+    QEMBED_QEMB_INT8, QEMBED_QEMB_FP4, QEMBED_QEMB_NF4, QEMBED_OPEN_MMAP, QEMBED_NO_PADDING
+)
 
 # --------------------------------------------------------------------------
 # Structs and functions: declared once, in qembed._capi (one binding per C
@@ -74,11 +46,11 @@ from ._capi import (  # noqa: E402,F401
     qembed_optimizer_params_init, qembed_optimizer_create, qembed_optimizer_set_params, qembed_optimizer_free, qembed_optimizer_step, qembed_optimizer_step_all,
     qembed_optimizer_zero_grad, qembed_optimizer_state_info_get, qembed_optimizer_state_export,
     qembed_optimizer_state_import,
-    qembed_tensor_file_open, qembed_tensor_file_close, qembed_tensor_file_count, qembed_tensor_file_info,
+    qembed_tensor_file_open, qembed_tensor_file_open_ex, qembed_tensor_file_close, qembed_tensor_file_count, qembed_tensor_file_info,
     qembed_tensor_file_find, qembed_tensor_file_metadata, qembed_save_safetensors, qembed_save_npy,
     qembed_embedding_save,
     qembed_qembedding_quantize, qembed_qembedding_from_embedding, qembed_qembedding_free,
-    qembed_qembedding_info_get, qembed_qembedding_forward, qembed_qembedding_save, qembed_qembedding_load,
+    qembed_qembedding_info_get, qembed_qembedding_forward, qembed_qembedding_save, qembed_qembedding_load, qembed_qembedding_load_ex,
 )
 
 handle = c_void_p  # opaque pointers

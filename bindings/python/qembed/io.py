@@ -208,14 +208,17 @@ def index_array(x, name="input"):
 
 
 class TensorFile:
-    """A mapped, validated tensor file (safetensors or .npy). Tensors are
-    copied out by ``get``/``tensors``; close() unmaps (also on exit of a
-    ``with`` block and when the object is collected)."""
+    """A validated tensor file (safetensors or .npy), read into memory it
+    owns (with ``mmap=True``: mapped, zero copy; the file must then not be
+    truncated or rewritten while it is open, as with numpy.memmap). Tensors
+    are copied out by ``get``/``tensors``; close() releases the bytes (also
+    on exit of a ``with`` block and when the object is collected)."""
 
-    def __init__(self, path):
+    def __init__(self, path, mmap=False):
         self.path = os.fspath(path)
         out = L.out_handle()
-        L._check(L.qembed_tensor_file_open(L.encode_path(self.path), ctypes.byref(out)))
+        L._check(L.qembed_tensor_file_open_ex(L.encode_path(self.path), L.QEMBED_OPEN_MMAP if mmap else 0,
+                                              ctypes.byref(out)))
         self._handle = L.Handle(out.value, L.qembed_tensor_file_close, "tensor_file")
 
     def close(self):

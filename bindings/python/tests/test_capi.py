@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 from ctypes import POINTER, byref, c_bool, c_char_p, c_double, c_float, c_int, c_int8, c_int32, c_int64, \
-    c_size_t, c_uint, c_uint8, c_uint64, c_void_p
+    c_size_t, c_uint, c_uint8, c_uint32, c_uint64, c_void_p
 
 import numpy as np
 import pytest
@@ -108,7 +108,7 @@ def binding_comments():
 HANDLE_TYPES = {"qembed_param", "qembed_embedding", "qembed_optimizer", "qembed_tensor_file", "qembed_qembedding"}
 STRUCT_TYPES = {s.__name__: s for s in C.STRUCTS}
 SCALARS = {"int": c_int, "bool": c_bool, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
-           "double": c_double, "unsigned": c_uint, "size_t": c_size_t}
+           "double": c_double, "unsigned": c_uint, "size_t": c_size_t, "uint32_t": c_uint32}
 POINTEES = {"void": None, "float": c_float, "uint8_t": c_uint8, "int8_t": c_int8, "int32_t": c_int32,
             "int64_t": c_int64, "double": c_double, "bool": c_bool}
 

@@ -838,3 +838,45 @@ def test_nested_statistics_that_decode_to_inf_are_refused(tmp_path):
     _rewrite(tmp_path / "q.safetensors", tmp_path / "off.safetensors", lambda t, m: _set_state(t, nested_offset=1e39))
     with pytest.raises(ValueError, match="nested_offset"):
         EmbeddingNF4.load(tmp_path / "off.safetensors")
+
+
+def test_a_file_changed_after_loading_does_not_crash_the_default_path(tmp_path):
+    """Layers and tensor files own their bytes by default: truncating or
+    rewriting the file afterwards changes nothing (with mmap=True it would be
+    the caller's contract, as with numpy.memmap). Run in a child process, so
+    a SIGBUS is reported as a failure instead of ending the test run."""
+    import subprocess
+    import sys
+    script = r'''
+import os, sys, numpy as np
+import qembed.io as qio
+from qembed.nn import EmbeddingNF4, StableEmbedding
+d = sys.argv[1]
+q = EmbeddingNF4.from_embedding(StableEmbedding(3000, 64, seed=2), compress_statistics=True)
+q.save(os.path.join(d, "q.safetensors"))
+r = EmbeddingNF4.load(os.path.join(d, "q.safetensors"))
+f = qio.TensorFile(os.path.join(d, "q.safetensors"))
+idx = np.arange(0, 3000, 7)
+want = r(idx)
+with open(os.path.join(d, "q.safetensors"), "r+b") as fh:
+    fh.truncate(100)
+assert np.array_equal(r(idx), want)
+assert f.get("weight.absmax").size > 0
+with open(os.path.join(d, "q.safetensors"), "wb") as fh:
+    fh.write(b"\0" * 10)
+assert np.array_equal(r(idx), want)
+print("ok")
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", f"exit {res.returncode}: {res.stderr[-800:]}"
+
+
+def test_mmap_loading_is_zero_copy_and_equal(tmp_path):
+    q = EmbeddingNF4.from_embedding(StableEmbedding(300, 64, seed=2))
+    q.save(tmp_path / "q.safetensors")
+    idx = np.arange(300)
+    assert np.array_equal(EmbeddingNF4.load(tmp_path / "q.safetensors", mmap=True)(idx), q(idx))
+    import qembed.io as qio
+    with qio.TensorFile(tmp_path / "q.safetensors", mmap=True) as f:
+        assert f.get("weight.absmax").size == q.state_dict()["weight.absmax"].size

@@ -605,9 +605,10 @@ class _QuantizedEmbedding:
             self._load_into(path, "weight")
         return IncompatibleKeys([], [])
 
-    def _load_into(self, path, prefix):
+    def _load_into(self, path, prefix, mmap=False):
         out = L.out_handle()
-        L._check(L.qembed_qembedding_load(L.encode_path(path), L.encode_text(prefix, "prefix"), ctypes.byref(out)))
+        L._check(L.qembed_qembedding_load_ex(L.encode_path(path), L.encode_text(prefix, "prefix"),
+                                             L.QEMBED_OPEN_MMAP if mmap else 0, ctypes.byref(out)))
         handle = self._new_handle(out.value)  # freed with it if refused below
         info = L.new_struct(L.qembed_qembedding_info)
         L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
@@ -621,12 +622,17 @@ class _QuantizedEmbedding:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path, prefix="weight"):
+    def load(cls, path, prefix="weight", mmap=False):
         """The quantized layer stored under `prefix` in a safetensors file
-        written by save() or by bitsandbytes/transformers."""
+        written by save() or by bitsandbytes/transformers, read into memory
+        the layer owns. ``mmap=True`` keeps the packed table in the mapped
+        file instead (zero copy, shared page cache); the file must then not
+        be truncated or rewritten while the layer lives (numpy.memmap's and
+        torch.load(mmap=True)'s contract: a read past a truncated end kills
+        the process with SIGBUS)."""
         self = cls.__new__(cls)
         self._handle = None
-        self._load_into(path, prefix)
+        self._load_into(path, prefix, mmap=mmap)
         return self
 
     # -- lookup, files
