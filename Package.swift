@@ -47,10 +47,19 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
 
+        // MARK: - File formats: safetensors, .npy, JSON, quantized-layer files.
+        // They read untrusted bytes, so they keep Swift's checks (-O, not
+        // -Ounchecked: overflow traps, array bounds, preconditions).
+        .target(
+            name: "QembedIO",
+            dependencies: ["QembedCore"],
+            path: "Sources/QembedIO"
+        ),
+
         // MARK: - The export layer: only @c @implementation thunks
         .target(
             name: "Qembed",
-            dependencies: ["CQembed", "QembedCore"],
+            dependencies: ["CQembed", "QembedCore", "QembedIO"],
             path: "Sources/Qembed",
             swiftSettings: [.define("QEMBED_TIER_" + tier.uppercased())],
             linkerSettings: libraryLinkerSettings
@@ -59,7 +68,7 @@ let package = Package(
         // MARK: - Benchmarks (make bench, qembed bench)
         .target(
             name: "QembedBenchmarks",
-            dependencies: ["QembedCore"],
+            dependencies: ["QembedCore", "QembedIO"],
             path: "Sources/QembedBenchmarks",
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
@@ -72,7 +81,7 @@ let package = Package(
         // MARK: - The qembed command (installed as `qembed`)
         .executableTarget(
             name: "QembedCLI",
-            dependencies: ["QembedCore", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["QembedCore", "QembedIO", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/QembedCLI",
             swiftSettings: [.unsafeFlags(["-Ounchecked"]), .define("QEMBED_TIER_" + tier.uppercased())]
         ),
@@ -80,7 +89,7 @@ let package = Package(
         // MARK: - Tests
         .testTarget(
             name: "QembedCoreTests",
-            dependencies: ["QembedCore"],
+            dependencies: ["QembedCore", "QembedIO"],
             path: "Tests/QembedCoreTests"
         ),
     ],

@@ -1,4 +1,5 @@
 import QembedCore
+import QembedIO
 #if canImport(Glibc)
 import Glibc
 #endif

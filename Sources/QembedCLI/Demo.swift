@@ -1,5 +1,6 @@
 import ArgumentParser
 import QembedCore
+import QembedIO
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import ArgumentParser
 import QembedCore
+import QembedIO
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the tensors, dtypes, shapes, bytes and quantization metadata of a file.")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import QembedCore
+import QembedIO
 
 struct Lookup: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print rows of a float or quantized table (for checking by hand).")

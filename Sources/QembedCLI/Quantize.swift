@@ -1,5 +1,6 @@
 import ArgumentParser
 import QembedCore
+import QembedIO
 
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(

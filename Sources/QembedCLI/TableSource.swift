@@ -1,4 +1,5 @@
 import QembedCore
+import QembedIO
 
 /// A float table chosen from a safetensors/.npy file: the named tensor, or
 /// "weight", or the only 2-D float tensor.

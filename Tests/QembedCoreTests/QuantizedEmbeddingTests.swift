@@ -1,5 +1,6 @@
 import XCTest
 @testable import QembedCore
+import QembedIO
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import CQembed
 import QembedCore
+import QembedIO
 
 func tensorFile(_ p: OpaquePointer?) throws(QembedError) -> TensorFile {
     guard let p else { throw QembedError(.nullPointer, "file handle is NULL") }

@@ -41,7 +41,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
         return b
     }
 
-    init(kind: Kind, rows: Int, dim: Int, dtype: DType, blocksize: Int, q: UnsafeRawPointer, scales: UnsafePointer<Float>?,
+    public init(kind: Kind, rows: Int, dim: Int, dtype: DType, blocksize: Int, q: UnsafeRawPointer, scales: UnsafePointer<Float>?,
          qabsmax: UnsafePointer<UInt8>? = nil, nestedAbsmax: UnsafePointer<Float>? = nil, nestedCode: UnsafePointer<Float>? = nil,
          nestedBlocksize: Int = 256, offset: Float = 0, keepAlive: [AnyObject]) {
         self.kind = kind; numEmbeddings = rows; embeddingDim = dim; self.dtype = dtype; self.blocksize = blocksize
@@ -99,7 +99,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
 
     /// absmax of 4-bit block b (dequantizing nested statistics on the fly).
     @inline(__always)
-    func absmax(_ b: Int) -> Float {
+    public func absmax(_ b: Int) -> Float {
         if let qa = qabsmax { return nestedCode![Int(qa[b])] * nestedAbsmax![b / nestedBlocksize] + offset }
         return scales![b]
     }

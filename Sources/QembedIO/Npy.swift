@@ -1,3 +1,4 @@
+import QembedCore
 /// NumPy .npy files (format 1.0-3.0, C order, little-endian): read as one
 /// tensor named "array"; written from one tensor.
 public enum Npy {

@@ -1,3 +1,4 @@
+import QembedCore
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,3 +1,4 @@
+import QembedCore
 /// One tensor of a safetensors or .npy file: raw bytes inside the mapping.
 public struct TensorEntry: Sendable {
     public let name: String

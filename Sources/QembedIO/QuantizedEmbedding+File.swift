@@ -1,3 +1,4 @@
+import QembedCore
 /// Safetensors layout of quantized embeddings, as transformers/bitsandbytes
 /// write 4-bit weights (`weight`, `weight.absmax`, `weight.quant_map`,
 /// `weight.nested_absmax`, `weight.nested_quant_map`,

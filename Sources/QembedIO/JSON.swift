@@ -1,3 +1,4 @@
+import QembedCore
 /// A small strict JSON reader/writer (RFC 8259) for safetensors headers and
 /// bitsandbytes quant_state payloads. No Foundation; depth and size limited.
 public indirect enum JSON: Equatable, Sendable {
