@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter):
     if not REPORT:
         return
     tr = terminalreporter
-    tr.section("bitsandbytes 0.50.2 CPU kernels vs the exact rule (golden fixtures)")
+    tr.section("expected, not failures: where bitsandbytes 0.50.2's CPU kernels round differently from the exact rule qembed implements (golden fixtures)")
     for kind, (d, t, cases) in sorted(REPORT.items()):
         tr.write_line(f"{kind:48s} {d:6d} of {t:7d} elements differ ({100.0 * d / max(t, 1):.3f}%) "
                       f"in {cases} cases")
