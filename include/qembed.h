@@ -827,7 +827,9 @@ QEMBED_API qembed_status qembed_qembedding_forward(const qembed_qembedding *q, c
 QEMBED_API qembed_status qembed_qembedding_save(const qembed_qembedding *q, const char *path, const char *prefix);
 
 /*! qembed_qembedding_load() : loads the layer stored under `prefix` (NULL:
- *  "weight") of a safetensors file written by qembed or bitsandbytes/
+ *  "weight" if the file holds that layer, else its only quantized layer; with
+ *  several, QEMBED_ERR_INVALID_ARGUMENT lists them; a prefix the file does not
+ *  hold is QEMBED_ERR_INVALID_ARGUMENT too) of a safetensors file written by qembed or bitsandbytes/
  *  transformers, into memory the layer owns (qembed_qembedding_load_ex with
  *  flags 0). The JSON is checked against the tensors, and every statistic
  *  must decode to a finite value. Since 0.1. */

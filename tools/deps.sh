@@ -19,6 +19,8 @@ fi
 PY=${PYTHON:-python3}
 $PY -c "import numpy" 2>/dev/null || { echo "deps: pip install numpy"; $PY -m pip install -q numpy; }
 $PY -c "import pytest" 2>/dev/null || { echo "deps: pip install pytest"; $PY -m pip install -q pytest; }
+# the format's own reader, for the interop checks (tests skip it when missing)
+$PY -c "import safetensors" 2>/dev/null || { echo "deps: pip install safetensors"; $PY -m pip install -q safetensors || true; }
 $PY -c "import ml_dtypes" 2>/dev/null || { echo "deps: pip install ml_dtypes"; $PY -m pip install -q ml_dtypes || true; }
 # the wheel test (tools/wheel_test.sh): a build backend without network
 # isolation, and auditwheel's verdict (information only)

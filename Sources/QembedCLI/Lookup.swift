@@ -36,7 +36,7 @@ struct Lookup: ParsableCommand {
                 rows.append((0..<cols).map { j in let el = Int(id) * cols + j; return code[Int(q[el])] * absmax[el / bs] })
             }
         } else {
-            let t = try FloatTable(path: file, tensor: tensor)
+            let t = try FloatTable.choose(f, tensor.map { [$0] } ?? [], path: file)[0]
             for id in ids {
                 guard id >= 0 && Int(id) < t.rows else { throw QembedError(.outOfRange, "row id \(id) is out of range for \(t.rows) rows") }
                 rows.append((0..<t.cols).map { t.value(Int(id) * t.cols + $0) })
@@ -48,13 +48,8 @@ struct Lookup: ParsableCommand {
     /// "weight", else the one quantized layer in the file (its prefix), else nil.
     static func defaultPrefix(_ f: TensorFile) -> String? {
         if f.index(of: "weight") != nil { return "weight" }
-        var prefixes: [String] = []
-        for e in f.entries {
-            if let r = e.name.range(of: ".quant_state.bitsandbytes__") { prefixes.append(String(e.name[..<r.lowerBound])) }
-            if e.name.hasSuffix(".SCB") { prefixes.append(String(e.name.dropLast(4))) }
-        }
-        if let m = f.metadata.first(where: { $0.0 == "qembed.prefix" }) { prefixes.append(m.1) }
-        let unique = Set(prefixes)
-        return unique.count == 1 ? unique.first : nil
+        var prefixes = QuantizedEmbedding.layerPrefixes(f)
+        if prefixes.isEmpty, let m = f.metadata.first(where: { $0.0 == "qembed.prefix" }) { prefixes.append(m.1) }
+        return prefixes.count == 1 ? prefixes[0] : nil
     }
 }

@@ -1,31 +1,20 @@
 import QembedCore
 import QembedIO
 
-/// A float table chosen from a safetensors/.npy file: the named tensor, or
-/// "weight", or the only 2-D float tensor.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A float table of a safetensors/.npy file.
 struct FloatTable {
-    let file: TensorFile
     let entry: TensorEntry
     let data: UnsafeRawPointer
     let dtype: DType
     var rows: Int { entry.shape.count == 2 ? entry.shape[0] : 1 }
     var cols: Int { entry.shape.count == 2 ? entry.shape[1] : entry.numel }
 
-    init(path: String, tensor: String?) throws {
-        file = try TensorFile(path: path)
-        let chosen: TensorEntry
-        if let tensor {
-            chosen = try file.entry(named: tensor).0
-        } else if let w = file.index(of: "weight") {
-            chosen = file.entries[w]
-        } else {
-            let candidates = file.entries.filter { $0.shape.count == 2 && ($0.dtype?.isFloat ?? false) }
-            guard candidates.count == 1 else {
-                throw CLIError.usage("\(path) holds \(candidates.count) 2-D float tensors; choose one with --tensor (" +
-                                     file.entries.prefix(10).map(\.name).joined(separator: ", ") + ")")
-            }
-            chosen = candidates[0]
-        }
+    /// The table `entry` of `file`, or the reason it cannot be one.
+    init(_ file: TensorFile, _ chosen: TensorEntry) throws {
         guard let d = chosen.dtype, d.isFloat else {
             throw CLIError(message: "tensor \"\(chosen.name)\" has dtype \(chosen.dtypeName); a float table (F32, F16, BF16) is required")
         }
@@ -38,6 +27,44 @@ struct FloatTable {
     }
 
     func value(_ i: Int) -> Float { loadFloat(data, dtype, i) }
+
+    static func describe(_ e: TensorEntry) -> String {
+        "\(e.name) (\(e.dtypeName) \(e.shape.map(String.init).joined(separator: "x")))"
+    }
+
+    static func isCandidate(_ e: TensorEntry) -> Bool { e.shape.count == 2 && (e.dtype?.isFloat ?? false) && e.numel > 0 }
+
+    /// The tables to quantize: every tensor named by `patterns` (names or
+    /// shell globs, each matching at least one tensor), else "weight", else
+    /// the only 2-D float tensor (or the file's only tensor, whose reason
+    /// not to be a table is then given).
+    static func choose(_ file: TensorFile, _ patterns: [String], path: String) throws -> [FloatTable] {
+        if !patterns.isEmpty {
+            var chosen: [TensorEntry] = []
+            for p in patterns {
+                let matched = file.entries.filter { fnmatch(p, $0.name, 0) == 0 }
+                guard !matched.isEmpty else {
+                    throw CLIError(message: "--tensor \(p): no tensor of \(path) matches (it holds: " +
+                                   file.entries.prefix(12).map(describe).joined(separator: ", ") + (file.entries.count > 12 ? ", ..." : "") + ")")
+                }
+                // a glob takes the float tables it matches; a plain name must be one
+                let tables = p.contains(where: { "*?[".contains($0) }) ? matched.filter(isCandidate) : matched
+                guard !tables.isEmpty else { throw CLIError(message: "--tensor \(p) matches no 2-D float tensor: " + matched.map(describe).joined(separator: ", ")) }
+                for t in tables where !chosen.contains(where: { $0.name == t.name }) { chosen.append(t) }
+            }
+            return try chosen.map { try FloatTable(file, $0) }
+        }
+        if let w = file.index(of: "weight") { return [try FloatTable(file, file.entries[w])] }
+        let candidates = file.entries.filter(isCandidate)
+        if candidates.count == 1 { return [try FloatTable(file, candidates[0])] }
+        if candidates.isEmpty && file.entries.count == 1 { return [try FloatTable(file, file.entries[0])] }
+        if candidates.isEmpty {
+            throw CLIError(message: "\(path) holds no 2-D float tensor (F32, F16, BF16) to quantize; its tensors: " +
+                           file.entries.prefix(12).map(describe).joined(separator: ", ") + (file.entries.count > 12 ? ", ..." : ""))
+        }
+        throw CLIError.usage("\(path) holds \(candidates.count) 2-D float tensors; choose with --tensor NAME (repeatable, globs allowed): " +
+                             candidates.prefix(12).map(describe).joined(separator: ", ") + (candidates.count > 12 ? ", ..." : ""))
+    }
 }
 
 /// Reconstruction error of a table against its dequantized copy.

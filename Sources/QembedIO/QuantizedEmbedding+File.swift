@@ -49,24 +49,55 @@ extension QuantizedEmbedding {
         return t
     }
 
+    /// The metadata a file holding this layer under `prefix` carries.
+    public func fileMetadata(prefix: String) -> [(String, String)] {
+        let layer = kind == .int8 ? "Embedding8bit" : (kind == .nf4 ? "EmbeddingNF4" : "EmbeddingFP4")
+        // int8 files hold no dtype of their own: keep the source dtype here.
+        return [("qembed.layer", layer), ("qembed.prefix", prefix), ("qembed.\(prefix).dtype", QuantizedEmbedding.torchDtypeName(dtype))]
+    }
+
     /// Saves atomically as safetensors (tensors under `prefix`).
     public func save(_ path: String, prefix: String = "weight") throws(QembedError) {
         let json = Array(quantStateJSON.utf8)
-        let layer = kind == .int8 ? "Embedding8bit" : (kind == .nf4 ? "EmbeddingNF4" : "EmbeddingFP4")
         try withExtendedLifetime(json) { () throws(QembedError) in
-            try SafeTensors.write(path, tensors(prefix: prefix, json: json),
-                                  metadata: [("format", "pt"), ("qembed.layer", layer), ("qembed.prefix", prefix),
-                                             // int8 files hold no dtype of their own: keep the source dtype here.
-                                             ("qembed.\(prefix).dtype", QuantizedEmbedding.torchDtypeName(dtype))])
+            try SafeTensors.write(path, tensors(prefix: prefix, json: json), metadata: [("format", "pt")] + fileMetadata(prefix: prefix))
         }
+    }
+
+    /// The prefixes of the quantized layers in a file: names X with an
+    /// X.SCB (int8) or an X.quant_state.bitsandbytes__* (4-bit) tensor, in
+    /// file order.
+    public static func layerPrefixes(_ f: TensorFile) -> [String] {
+        var out: [String] = []
+        for e in f.entries {
+            var p: String?
+            if let r = e.name.firstRange(of: ".quant_state.bitsandbytes__") { p = String(e.name[..<r.lowerBound]) }
+            if e.name.hasSuffix(".SCB") { p = String(e.name.dropLast(4)) }
+            if let p, !out.contains(p) { out.append(p) }
+        }
+        return out
+    }
+
+    /// The layer to load when none is named: "weight" if it is one, else the
+    /// file's only quantized layer; otherwise an error naming the candidates.
+    public static func defaultPrefix(_ f: TensorFile) throws(QembedError) -> String {
+        let all = layerPrefixes(f)
+        if all.contains("weight") || all.isEmpty && f.index(of: "weight") != nil { return "weight" }
+        if all.count == 1 { return all[0] }
+        if all.isEmpty {
+            throw QembedError(.invalidArgument, "\(f.file.path) holds no quantized embedding (no X.SCB or X.quant_state.bitsandbytes__nf4|fp4 tensor)")
+        }
+        throw QembedError(.invalidArgument, "\(f.file.path) holds \(all.count) quantized layers; name one: " + all.prefix(12).joined(separator: ", "))
     }
 
     /// Loads a quantized embedding stored under `prefix` in a safetensors
     /// file: read into memory the layer owns, or with `mapped` left in the
     /// mapped file (zero copy; the file must not change while the layer
     /// lives). Validates the JSON against the tensors.
-    public static func load(_ path: String, prefix: String = "weight", mapped: Bool = false) throws(QembedError) -> QuantizedEmbedding {
+    public static func load(_ path: String, prefix name: String? = nil, mapped: Bool = false) throws(QembedError) -> QuantizedEmbedding {
         let f = try TensorFile(path: path, mapped: mapped)
+        let prefix: String
+        if let name { prefix = name } else { prefix = try defaultPrefix(f) }
         func bad(_ m: String) -> QembedError { QembedError(.format, "\(path): \(m)") }
         func tensor(_ name: String, _ dtype: DType, count: Int) throws(QembedError) -> UnsafeRawPointer {
             guard let i = f.index(of: name) else { throw bad("tensor \"\(name)\" is missing") }
@@ -146,7 +177,9 @@ extension QuantizedEmbedding {
             }
             return QuantizedEmbedding(kind: .int8, rows: rows, dim: w.shape[1], dtype: dtype, blocksize: w.shape[1], q: wp, scales: scb, keepAlive: keep)
         }
-        throw QembedError(.format, "\(path): no quantized embedding under \"\(prefix)\" (expected \(prefix).quant_state.bitsandbytes__nf4|fp4 or \(prefix).SCB)")
+        let others = layerPrefixes(f)
+        throw QembedError(.invalidArgument, "\(path): no quantized embedding under \"\(prefix)\" (expected \(prefix).quant_state.bitsandbytes__nf4|fp4 or \(prefix).SCB)"
+                          + (others.isEmpty ? "" : "; the file's quantized layers: " + others.prefix(12).joined(separator: ", ")))
     }
 }
 

@@ -11,6 +11,12 @@
         with __metadata__ {"format": "pt"}
       DIR/ints.npy           10 x 4 int32 (not a float table)
 
+  python3 cli_inputs.py kept ORIG OUT TABLE[,TABLE...]
+      OUT (qembed quantize --keep-others) holds every tensor of ORIG but the
+      TABLEs byte for byte with the same dtype and shape, the TABLEs' quantized
+      tensors, and ORIG's metadata; read with the `safetensors` package when
+      it is installed (else with this file's own reader). Prints one line.
+
   python3 cli_inputs.py rows MODE ORIG TENSOR LOOKUP_OUT [BLOCKSIZE [QFILE]]
       Compares the rows printed by `qembed lookup` ("id: v v v ...") with
       the original table (tensor TENSOR of ORIG; "-" for a .npy) within
@@ -169,9 +175,66 @@ def rows(mode, orig, tensor, lookup_out, blocksize=None, qfile=None):
     return 0
 
 
+def read_raw(path):
+    """{name: (dtype, shape, bytes)} and the metadata, by hand."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    return {k: (v["dtype"], list(v["shape"]), raw[base + v["data_offsets"][0]:base + v["data_offsets"][1]])
+            for k, v in header.items()}, meta
+
+
+def kept(orig, out, tables):
+    tables = tables.split(",")
+    a, ma = read_raw(orig)
+    b, mb = read_raw(out)
+    reader = "by hand"
+    try:  # the format's own reader must accept the output (it validates the layout on open)
+        from safetensors import safe_open
+    except ImportError:
+        safe_open = None
+    if safe_open is not None:
+        reader = "safetensors " + __import__("safetensors").__version__
+        with safe_open(out, framework="np") as f:
+            if sorted(f.keys()) != sorted(b):
+                print("safetensors sees other tensors: %s" % sorted(f.keys()))
+                return 1
+            for k in f.keys():
+                if b[k][0] == "BF16":
+                    continue  # numpy has no bfloat16 without ml_dtypes; compared by hand below
+                if f.get_tensor(k).tobytes() != b[k][2]:
+                    print("safetensors reads %s differently" % k)
+                    return 1
+    for k, v in a.items():
+        if k in tables:
+            if k not in b or b[k][0] == v[0] and b[k][1] == v[1]:
+                print("table %s was not replaced" % k)
+                return 1
+            continue
+        if b.get(k) != v:
+            print("tensor %s changed or is missing" % k)
+            return 1
+    for k, v in ma.items():
+        if mb.get(k) != v:
+            print("metadata %s changed" % k)
+            return 1
+    extra = sorted(set(b) - set(a))
+    if not all(any(e.startswith(t + ".") for t in tables) for e in extra):
+        print("unexpected tensors: %s" % extra)
+        return 1
+    print("%d other tensors byte-identical, %d quantized tables, %d new tensors (read %s)"
+          % (len(a) - len(tables), len(tables), len(extra), reader))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
+    elif sys.argv[1] == "kept":
+        sys.exit(kept(*sys.argv[2:]))
     elif sys.argv[1] == "rows":
         sys.exit(rows(*sys.argv[2:]))
     else:

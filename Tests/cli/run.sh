@@ -122,7 +122,7 @@ expect 0 "lookup --tensor $W of the float state dict" lookup "$M" 3 299 --tensor
 # ---- quantize -> inspect -> lookup -----------------------------------------
 # quantize_case DESCRIPTION OUTFILE MODE BLOCKSIZE TENSOR|- INPUT ARGS...
 # A .npy holds one tensor named "array": the quantized layer is stored under
-# that prefix (lookup --tensor array).
+# that prefix (lookup --tensor weight).
 for spec in "nf4 64" "fp4 64" "int8 -" "blockwise8 4096"; do
     set -- $spec
     type=$1
@@ -133,22 +133,22 @@ for spec in "nf4 64" "fp4 64" "int8 -" "blockwise8 4096"; do
         expect 0 "inspect the $type file" inspect "$out"
         case $type in
         nf4 | fp4)
-            for s in "array  " array.absmax array.quant_map "array.quant_state.bitsandbytes__$type"; do
+            for s in "weight  " weight.absmax weight.quant_map "weight.quant_state.bitsandbytes__$type"; do
                 has "$work/out" "$s" "inspect $type lists $s"
             done
             has "$work/out" "quant_state: {\"quant_type\": \"$type\", \"blocksize\": 64" "inspect $type prints the quant_state JSON"
-            has "$work/out" "layer \"array\": $type 200 x 64, blocksize 64" "inspect $type describes the layer"
+            has "$work/out" "layer \"weight\": $type 200 x 64, blocksize 64" "inspect $type describes the layer"
             ;;
         int8)
-            has "$work/out" "array.SCB" "inspect int8 lists array.SCB"
-            has "$work/out" "layer \"array\": int8 200 x 64" "inspect int8 describes the layer"
+            has "$work/out" "weight.SCB" "inspect int8 lists weight.SCB"
+            has "$work/out" "layer \"weight\": int8 200 x 64" "inspect int8 describes the layer"
             ;;
         blockwise8)
             has "$work/out" "qembed.layer = Blockwise8" "inspect blockwise8 shows its metadata"
-            has "$work/out" "array.absmax" "inspect blockwise8 lists array.absmax"
+            has "$work/out" "weight.absmax" "inspect blockwise8 lists weight.absmax"
             ;;
         esac
-        if expect 0 "lookup --tensor array in the $type file" lookup "$out" 0 1 100 199 --tensor array; then
+        if expect 0 "lookup --tensor weight in the $type file" lookup "$out" 0 1 100 199 --tensor weight; then
             if [ "$type" = blockwise8 ]; then
                 rows "$type lookup within the error bound" "$type" "$T" - "$bs" "$out"
             else
@@ -158,26 +158,26 @@ for spec in "nf4 64" "fp4 64" "int8 -" "blockwise8 4096"; do
     fi
 done
 # lookup's help: "Tensor / layer prefix (default: "weight" or the only table)"
-expect 0 "lookup without --tensor in a file holding one quantized table (nf4, \"array\")" lookup "$work/t_nf4.safetensors" 0 1 &&
+expect 0 "lookup without --tensor in a file holding one quantized table (nf4, \"weight\")" lookup "$work/t_nf4.safetensors" 0 1 &&
     rows "lookup of the only table within the error bound" nf4 "$T" - 64
 
 out=$work/t_nf4_nested.safetensors
 if expect 0 "quantize --type nf4 --compress-statistics --blocksize 128" \
     quantize "$T" -o "$out" --type nf4 --compress-statistics --blocksize 128; then
     expect 0 "inspect the nested nf4 file" inspect "$out"
-    has "$work/out" "array.nested_absmax" "inspect nested lists array.nested_absmax"
-    has "$work/out" "array.nested_quant_map" "inspect nested lists array.nested_quant_map"
+    has "$work/out" "weight.nested_absmax" "inspect nested lists weight.nested_absmax"
+    has "$work/out" "weight.nested_quant_map" "inspect nested lists weight.nested_quant_map"
     has "$work/out" "\"nested_blocksize\": 256" "inspect nested prints nested_blocksize in the quant_state"
     has "$work/out" "blocksize 128, nested statistics" "inspect nested describes the layer"
-    expect 0 "lookup the nested nf4 file" lookup "$out" 0 5 199 --tensor array && rows "nested nf4 (blocksize 128) lookup within the bound" nf4 "$T" - 128
+    expect 0 "lookup the nested nf4 file" lookup "$out" 0 5 199 --tensor weight && rows "nested nf4 (blocksize 128) lookup within the bound" nf4 "$T" - 128
 fi
 out=$work/t_fp4_4096.safetensors
 expect 0 "quantize --type fp4 --blocksize 4096 --compress-statistics" \
     quantize "$T" -o "$out" --type fp4 --blocksize 4096 --compress-statistics &&
-    expect 0 "lookup fp4 blocksize 4096" lookup "$out" 2 150 --tensor array && rows "fp4 blocksize 4096 lookup within the bound" fp4 "$T" - 4096
+    expect 0 "lookup fp4 blocksize 4096" lookup "$out" 2 150 --tensor weight && rows "fp4 blocksize 4096 lookup within the bound" fp4 "$T" - 4096
 out=$work/t_bw8_128.safetensors
 expect 0 "quantize --type blockwise8 --blocksize 128" quantize "$T" -o "$out" --type blockwise8 --blocksize 128 &&
-    expect 0 "lookup blockwise8 blocksize 128" lookup "$out" 9 10 --tensor array &&
+    expect 0 "lookup blockwise8 blocksize 128" lookup "$out" 9 10 --tensor weight &&
     rows "blockwise8 blocksize 128 lookup within the bound" blockwise8 "$T" - 128 "$out"
 
 # one tensor out of a multi-tensor state dict, stored under its own name
@@ -243,7 +243,47 @@ else
     show
 fi
 expect 2 "quantize a multi-tensor file without --tensor" quantize "$M" -o "$work/x.safetensors" --type nf4 &&
-    has "$work/err" "--tensor" "the message asks for --tensor"
+    has "$work/err" "--tensor" "the message asks for --tensor" &&
+    if grep -q "position_ids\|LayerNorm" "$work/err"; then fail "the candidates list shows 1-D or integer tensors"; show; else ok "the candidates are the 2-D float tensors only"; fi
+
+# ---- a model is more than its table: --keep-others, several tables, --name --
+if expect 0 "quantize --keep-others (one table of a state dict)" quantize "$M" -o "$work/kept.safetensors" --type nf4 \
+        --tensor embeddings.word_embeddings.weight --keep-others; then
+    if $PYTHON "$here/cli_inputs.py" kept "$M" "$work/kept.safetensors" embeddings.word_embeddings.weight > "$work/kept.txt"; then
+        ok "--keep-others: $(cat "$work/kept.txt")"
+    else fail "--keep-others: $(cat "$work/kept.txt")"; fi
+    expect 0 "lookup the quantized table inside the kept model" lookup "$work/kept.safetensors" 0 299 --tensor embeddings.word_embeddings.weight &&
+        rows "kept model: the quantized table's rows within the nf4 bound" nf4 "$M" embeddings.word_embeddings.weight 64
+fi
+if expect 0 "quantize two tables by glob, --keep-others" quantize "$M" -o "$work/kept2.safetensors" --type int8 \
+        --tensor 'embeddings.*_embeddings.weight' --keep-others; then
+    if $PYTHON "$here/cli_inputs.py" kept "$M" "$work/kept2.safetensors" \
+            embeddings.word_embeddings.weight,embeddings.position_embeddings.weight,embeddings.token_type_embeddings.weight > "$work/kept.txt"; then
+        ok "glob --keep-others: $(cat "$work/kept.txt")"
+    else fail "glob --keep-others: $(cat "$work/kept.txt")"; fi
+fi
+expect 0 "without --keep-others the output says what it left out" quantize "$M" -o "$work/only.safetensors" --type nf4 \
+    --tensor embeddings.word_embeddings.weight && has "$work/out" "--keep-others copies them" "the note names --keep-others"
+expect 2 "--name with two tables" quantize "$M" -o "$work/x.safetensors" --type nf4 --tensor 'embeddings.*_embeddings.weight' --name emb
+expect 2 "--name with --keep-others" quantize "$M" -o "$work/x.safetensors" --type nf4 --tensor embeddings.word_embeddings.weight --keep-others --name emb
+expect 1 "--tensor matching nothing" quantize "$M" -o "$work/x.safetensors" --type nf4 --tensor 'decoder.*' &&
+    has "$work/err" "no tensor" "the message says nothing matched"
+if expect 0 "quantize --name emb" quantize "$T" -o "$work/named.safetensors" --type nf4 --name emb; then
+    expect 0 "inspect shows the layer under its --name" inspect "$work/named.safetensors" && has "$work/out" "emb.quant_state.bitsandbytes__nf4" "the layer is stored as emb"
+fi
+# Python loads the command's output with no name given (the file's only layer)
+if PYTHONPATH="$here/../../bindings/python" $PYTHON -c "
+import sys, numpy as np
+from qembed.nn import EmbeddingNF4
+a = EmbeddingNF4.load(sys.argv[1]); b = EmbeddingNF4.load(sys.argv[2]); c = EmbeddingNF4.load(sys.argv[3], prefix='emb')
+assert a.num_embeddings == 200 and b.num_embeddings == 200 and np.array_equal(b(np.arange(200)), c(np.arange(200)))
+" "$work/t_nf4.safetensors" "$work/named.safetensors" "$work/named.safetensors" > "$work/out" 2> "$work/err"; then
+    ok "Python loads the command's output with no name (weight; emb)"
+else fail "Python could not load the command's output without a name"; show; fi
+# a file with no table says why, with the right exit status
+$PYTHON -c "import numpy as np, sys; np.save(sys.argv[1], np.zeros((4, 3))); np.save(sys.argv[2], np.zeros(5, np.float32))" "$work/f64.npy" "$work/vec.npy"
+expect 1 "quantize a float64 .npy says it is float64" quantize "$work/f64.npy" -o "$work/x.safetensors" --type nf4 &&
+    has "$work/err" "F64" "the message names the dtype"
 run quantize "$work/ints.npy" -o "$work/x.safetensors" --type int8
 if [ "$rc" -eq 1 ] || [ "$rc" -eq 2 ]; then ok "quantize a file without a float table fails (exit $rc)"; else fail "quantize ints.npy: exit status $rc, want 1 or 2"; show; fi
 expect 1 "quantize --tensor array of an int32 .npy" quantize "$work/ints.npy" -o "$work/x.safetensors" --type int8 --tensor array &&
@@ -270,15 +310,15 @@ cp "$work/t_int8.safetensors" "$work/keep.safetensors"
 expect 1 "quantize a truncated input over an existing output" quantize "$work/truncated.safetensors" \
     -o "$work/keep.safetensors" --type int8
 if cmp -s "$work/t_int8.safetensors" "$work/keep.safetensors"; then ok "the existing output is unchanged"; else fail "the existing output was modified"; fi
-leftover=$(ls -A "$work" | grep -v -E '^(table\.npy|multi\.safetensors|ints\.npy|t_.*|word_.*|pos_.*|tok_.*|truncated.*|garbage\.safetensors|keep\.safetensors|out|err|cmp|gen\.log)$' || true)
+leftover=$(ls -A "$work" | grep -v -E '^(table\.npy|multi\.safetensors|ints\.npy|t_.*|word_.*|pos_.*|tok_.*|truncated.*|garbage\.safetensors|keep\.safetensors|kept.*|only\.safetensors|named\.safetensors|f64\.npy|vec\.npy|out|err|cmp|gen\.log)$' || true)
 if [ -z "$leftover" ]; then ok "no temporary files left next to the outputs"; else fail "left in the output directory: $leftover"; fi
 
 expect 1 "lookup row 200 of 200 (float .npy)" lookup "$T" 0 200 && has "$work/err" "200" "the out-of-range message names the row"
-expect 1 "lookup row 200 of 200 (nf4)" lookup "$work/t_nf4.safetensors" 200 --tensor array
-expect 1 "lookup rows 0 and 1000000 (int8)" lookup "$work/t_int8.safetensors" 0 1000000 --tensor array
+expect 1 "lookup row 200 of 200 (nf4)" lookup "$work/t_nf4.safetensors" 200 --tensor weight
+expect 1 "lookup rows 0 and 1000000 (int8)" lookup "$work/t_int8.safetensors" 0 1000000 --tensor weight
 if [ ! -s "$work/out" ]; then ok "a failed lookup prints no rows (not even the valid row 0)"; else fail "a failed lookup printed rows:"; show; fi
-expect 1 "lookup row 200 of 200 (nested nf4)" lookup "$work/t_nf4_nested.safetensors" 200 --tensor array
-expect 1 "lookup rows 0 and 200 of 200 (blockwise8)" lookup "$work/t_blockwise8.safetensors" 0 200 --tensor array
+expect 1 "lookup row 200 of 200 (nested nf4)" lookup "$work/t_nf4_nested.safetensors" 200 --tensor weight
+expect 1 "lookup rows 0 and 200 of 200 (blockwise8)" lookup "$work/t_blockwise8.safetensors" 0 200 --tensor weight
 if [ ! -s "$work/out" ]; then ok "a failed blockwise8 lookup prints no rows"; else fail "a failed blockwise8 lookup printed rows:"; show; fi
 expect 2 "lookup with a non-numeric row id" lookup "$T" abc
 

@@ -266,8 +266,7 @@ public func qembed_qembedding_load_ex(_ path: UnsafePointer<CChar>!, _ prefix: U
     return capi { () throws(QembedError) in
         let o = try need(out, "out")
         let mapped = try mappedFlag(flags)
-        let l = try QuantizedEmbedding.load(try cString(path, "path"), prefix: prefix.map { String(cString: $0) } ?? "weight",
-                                            mapped: mapped)
+        let l = try QuantizedEmbedding.load(try cString(path, "path"), prefix: prefix.map { String(cString: $0) }, mapped: mapped)
         o.pointee = retained(l)
     }
 }

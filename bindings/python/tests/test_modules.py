@@ -435,8 +435,10 @@ def test_quantized_save_load_round_trip(cls, kw, tmp_path, rng):
     # under a model prefix
     q.save(tmp_path / "p.safetensors", prefix="model.embed.weight")
     assert np.array_equal(cls.load(tmp_path / "p.safetensors", prefix="model.embed.weight")(idx), out)
-    with pytest.raises(ValueError):
-        cls.load(tmp_path / "p.safetensors")  # no "weight" there
+    # no prefix: the file's only layer
+    assert np.array_equal(cls.load(tmp_path / "p.safetensors")(idx), out)
+    with pytest.raises(ValueError, match="no quantized embedding under"):
+        cls.load(tmp_path / "p.safetensors", prefix="weight")
     # state_dict -> load_state_dict of a fresh layer
     sd = q.state_dict()
     expected = {"weight", "weight.SCB"} if cls is Embedding8bit else {
@@ -880,3 +882,22 @@ def test_mmap_loading_is_zero_copy_and_equal(tmp_path):
     import qembed.io as qio
     with qio.TensorFile(tmp_path / "q.safetensors", mmap=True) as f:
         assert f.get("weight.absmax").size == q.state_dict()["weight.absmax"].size
+
+
+def test_load_without_a_prefix_picks_the_only_layer_or_lists_them(tmp_path):
+    import qembed.io as qio
+    e = StableEmbedding(50, 16, seed=4)
+    a = EmbeddingNF4.from_embedding(e)
+    b = Embedding8bit.from_embedding(e)
+    a.save(tmp_path / "a.safetensors", prefix="enc.embed")
+    b.save(tmp_path / "b.safetensors", prefix="dec.embed")
+    both = {**qio.load_file(tmp_path / "a.safetensors"), **qio.load_file(tmp_path / "b.safetensors")}
+    qio.save_file(both, tmp_path / "both.safetensors")
+    with pytest.raises(ValueError, match="2 quantized layers; name one: enc.embed, dec.embed|2 quantized layers; name one: dec.embed, enc.embed"):
+        EmbeddingNF4.load(tmp_path / "both.safetensors")
+    idx = np.arange(50)
+    assert np.array_equal(EmbeddingNF4.load(tmp_path / "both.safetensors", prefix="enc.embed")(idx), a(idx))
+    assert np.array_equal(Embedding8bit.load(tmp_path / "both.safetensors", prefix="dec.embed")(idx), b(idx))
+    qio.save_file({"x": np.zeros((3, 4), np.float32)}, tmp_path / "none.safetensors")
+    with pytest.raises(ValueError, match="holds no quantized embedding"):
+        EmbeddingNF4.load(tmp_path / "none.safetensors")

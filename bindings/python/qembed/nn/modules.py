@@ -607,14 +607,14 @@ class _QuantizedEmbedding:
 
     def _load_into(self, path, prefix, mmap=False):
         out = L.out_handle()
-        L._check(L.qembed_qembedding_load_ex(L.encode_path(path), L.encode_text(prefix, "prefix"),
+        L._check(L.qembed_qembedding_load_ex(L.encode_path(path), None if prefix is None else L.encode_text(prefix, "prefix"),
                                              L.QEMBED_OPEN_MMAP if mmap else 0, ctypes.byref(out)))
         handle = self._new_handle(out.value)  # freed with it if refused below
         info = L.new_struct(L.qembed_qembedding_info)
         L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
         wanted = self._accepts_kind(info.kind)
         if wanted is not True:
-            raise _value_error(f"{os.fspath(path)}: '{prefix}' holds a {_kind_name(info.kind)} table, but "
+            raise _value_error(f"{os.fspath(path)}: '{prefix or 'the layer'}' holds a {_kind_name(info.kind)} table, but "
                                f"{type(self).__name__} needs {wanted}", L.QEMBED_ERR_FORMAT)
         self._adopt(handle)
 
@@ -622,10 +622,12 @@ class _QuantizedEmbedding:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path, prefix="weight", mmap=False):
+    def load(cls, path, prefix=None, mmap=False):
         """The quantized layer stored under `prefix` in a safetensors file
-        written by save() or by bitsandbytes/transformers, read into memory
-        the layer owns. ``mmap=True`` keeps the packed table in the mapped
+        written by save(), by ``qembed quantize`` or by bitsandbytes/
+        transformers, read into memory the layer owns. With no prefix:
+        "weight" if the file holds that layer, else its only quantized layer
+        (several: ValueError listing them). ``mmap=True`` keeps the packed table in the mapped
         file instead (zero copy, shared page cache); the file must then not
         be truncated or rewritten while the layer lives (numpy.memmap's and
         torch.load(mmap=True)'s contract: a read past a truncated end kills
