@@ -116,7 +116,7 @@ struct Demo: ParsableCommand {
         print("files in \(outDir) (qembed-demo-*.safetensors); total \(fmt(now() - t0, 3)) s")
     }
 
-    func now() -> Double { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts); return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 }
+    func now() -> Double { monotonicNow() }
 
     func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s + " " : s + String(repeating: " ", count: w - s.count) }
 

@@ -6,10 +6,16 @@ struct Lookup: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print rows of a float or quantized table (for checking by hand).")
 
     @Argument(help: "A .safetensors or .npy file.") var file: String
-    @Argument(help: "Row ids.") var ids: [Int64]
+    // Row ids may be negative (refused as out of range with a message, not as
+    // an unknown option), so they are collected unparsed.
+    @Argument(parsing: .allUnrecognized, help: "Row ids.") var rawIds: [String] = []
+    var ids: [Int64] { rawIds.compactMap { Int64($0) } }
     @Option(name: .long, help: "Tensor / layer prefix (default: \"weight\" or the only table).") var tensor: String?
 
-    func validate() throws { if ids.isEmpty { throw ValidationError("give at least one row id") } }
+    func validate() throws {
+        if rawIds.isEmpty { throw ValidationError("give at least one row id") }
+        for r in rawIds where Int64(r) == nil { throw ValidationError("row id '\(r)' is not an integer") }
+    }
 
     func run() throws {
         let f = try TensorFile(path: file)
@@ -22,7 +28,8 @@ struct Lookup: ParsableCommand {
             rows = (0..<ids.count).map { Array(out[($0 * q.embeddingDim)..<(($0 + 1) * q.embeddingDim)]) }
         } else if let p = prefix, let ai = f.index(of: p + ".absmax"), f.index(of: p + ".quant_map") != nil, f.entries[f.index(of: p)!].dtype == .u8 {
             // A blockwise8 file written by `qembed quantize --type blockwise8`.
-            guard let bsText = f.metadata.first(where: { $0.0 == "qembed.blocksize" })?.1, let bs = Int(bsText), bs >= 1 else {
+            guard let bsText = (f.metadata.first(where: { $0.0 == "qembed.\(p).blocksize" }) ?? f.metadata.first(where: { $0.0 == "qembed.blocksize" }))?.1,
+                  let bs = Int(bsText), bs >= 1 else {
                 throw CLIError(message: "\(file): qembed.blocksize metadata is missing")
             }
             let e = f.entries[f.index(of: p)!]

@@ -54,16 +54,22 @@ struct CLIError: Error {
     static func usage(_ m: String) -> CLIError { CLIError(message: m, usage: true) }
 }
 
-/// Stderr progress: a redrawn bar on a terminal, plain lines otherwise.
+/// Stderr progress: a redrawn bar on a terminal, plain lines otherwise;
+/// nothing for work that ends within a second, nothing with --quiet.
 struct Progress {
+    nonisolated(unsafe) static var quiet = false
     let label: String
     let total: Int
     let tty = isatty(2) != 0
+    let start = monotonicNow()
     var lastPrinted = -1
+    var shown = false
 
     init(_ label: String, total: Int) { self.label = label; self.total = max(total, 1) }
 
     mutating func update(_ done: Int, _ extra: String = "") {
+        guard !Progress.quiet, shown || monotonicNow() - start >= 1 else { return }
+        shown = true
         let pct = min(100, done * 100 / total)
         if tty {
             let width = 30, filled = pct * width / 100
@@ -75,6 +81,23 @@ struct Progress {
         }
         lastPrinted = pct
     }
+}
+
+/// Seconds on the monotonic clock.
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// Runs one phase of a command; says how long it took when that was a
+/// second or more (and not --quiet), so no phase of long work is silent.
+func phase<T>(_ label: String, _ body: () throws -> T) rethrows -> T {
+    let t0 = monotonicNow()
+    let r = try body()
+    let dt = monotonicNow() - t0
+    if !Progress.quiet && dt >= 1 { fputs("\(label): done in \(fmt(dt, 3)) s\n", stderr) }
+    return r
 }
 
 func fmt(_ v: Double, _ digits: Int = 4) -> String {

@@ -23,6 +23,7 @@ struct Quantize: ParsableCommand {
     var name: String?
     @Flag(name: .long, help: "Copy every other tensor and the metadata of the input into the output.") var keepOthers = false
     @Flag(name: .long, help: "Replace the output file if it exists (never the input).") var force = false
+    @Flag(name: .shortAndLong, help: "No progress on stderr (the summary line is still printed).") var quiet = false
 
     func validate() throws {
         guard ["nf4", "fp4", "int8", "blockwise8"].contains(type) else {
@@ -51,9 +52,11 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
+        let t0 = monotonicNow()
+        Progress.quiet = quiet
         try checkOutput(output, input: input, force: force)
         installSignalCleanup()
-        let file = try TensorFile(path: input)
+        let file = try phase("read \(input) (\(humanBytes(fileSize(input))))") { try TensorFile(path: input) }
         let tables = try FloatTable.choose(file, tensor, path: input)
         if name != nil && tables.count > 1 { throw CLIError.usage("--name names one layer, but \(tables.count) tables were chosen") }
         let isNpy = input.hasSuffix(".npy")
@@ -76,7 +79,8 @@ struct Quantize: ParsableCommand {
             metadata = [("format", "pt")]
         }
         let ours = tables.flatMap { results[$0.entry.name]!.metadata }
-        let single = tables.count == 1 ? ours : ours.filter { $0.0 != "qembed.prefix" && $0.0 != "qembed.layer" && $0.0 != "qembed.blocksize" && $0.0 != "qembed.dtype" }
+        // qembed.layer / qembed.prefix describe a file's single layer; several are listed in qembed.layers
+        let single = tables.count == 1 ? ours : ours.filter { $0.0 != "qembed.prefix" && $0.0 != "qembed.layer" }
         metadata = metadata.filter { m in !single.contains { $0.0 == m.0 } } + single
         if tables.count > 1 {
             metadata.append(("qembed.layers", tables.map { name ?? $0.entry.name }.joined(separator: ",")))
@@ -85,19 +89,26 @@ struct Quantize: ParsableCommand {
         guard names.count == out.count else {
             throw CLIError(message: "the quantized tensors' names collide with other tensors of the input (e.g. an existing NAME.absmax)")
         }
-        try withExtendedLifetime(results) { try SafeTensors.write(output, out, metadata: metadata) }
+        try phase("save \(output)") { try withExtendedLifetime(results) { try SafeTensors.write(output, out, metadata: metadata) } }
 
         let after = fileSize(output)
-        for t in tables {
-            let r = results[t.entry.name]!
-            print("\(input) [\(t.entry.name)] \(t.entry.shape.map(String.init).joined(separator: "x")) \(t.dtype.name) -> " +
-                  "\(output) [\(name ?? (isNpy ? "weight" : t.entry.name))] (\(type)); error: \(r.report.summary)")
+        if tables.count > 1 {
+            for t in tables {
+                print("  \(t.entry.name) \(t.entry.shape.map(String.init).joined(separator: "x")) \(t.dtype.name): error: \(results[t.entry.name]!.report.summary)")
+            }
         }
         let before = tables.reduce(0) { $0 + $1.entry.nbytes }
         let quantized = tables.reduce(0) { acc, t in acc + results[t.entry.name]!.tensors.reduce(0) { $0 + $1.nbytes } }
         let params = tables.reduce(0) { $0 + $1.entry.numel }
-        print("size: tables \(humanBytes(before)) -> \(humanBytes(quantized)) (\(fmt(Double(before) / Double(max(quantized, 1)), 3))x smaller, " +
-              "\(fmt(Double(quantized) / Double(params), 3)) bytes/param); file \(humanBytes(fileSize(input))) -> \(humanBytes(after))")
+        let what = tables.count == 1
+            ? "[\(tables[0].entry.name)] \(tables[0].entry.shape.map(String.init).joined(separator: "x")) \(tables[0].dtype.name) -> [\(name ?? (isNpy ? "weight" : tables[0].entry.name))]"
+            : "\(tables.count) tables"
+        let worst = tables.map { results[$0.entry.name]!.report }.max { $0.maxAbs < $1.maxAbs }!
+        // one summary line: what, sizes, ratio, error, time
+        print("\(input) -> \(output): \(type), \(what); tables \(humanBytes(before)) -> \(humanBytes(quantized)) " +
+              "(\(fmt(Double(before) / Double(max(quantized, 1)), 3))x smaller, \(fmt(Double(quantized) / Double(params), 3)) bytes/param), " +
+              "file \(humanBytes(fileSize(input))) -> \(humanBytes(after)); error: \(tables.count == 1 ? worst.summary : "max abs \(fmt(worst.maxAbs))"); " +
+              "\(fmt(monotonicNow() - t0, 3)) s")
         let others = file.entries.count - tables.count
         if !keepOthers && others > 0 {
             print("note: the \(others) other tensor\(others == 1 ? "" : "s") of \(input) are not in \(output); --keep-others copies them")
@@ -105,14 +116,18 @@ struct Quantize: ParsableCommand {
     }
 
     func quantize(_ t: FloatTable, prefix: String) throws -> Result {
-        var progress = Progress("quantize \(t.entry.name)", total: t.rows)
+        var progress = Progress("check \(t.entry.name)", total: t.rows)
         if type == "blockwise8" {
             let bs = blocksize ?? 4096
             let n = t.entry.numel
             let q = try AlignedBuffer(byteCount: n, zeroed: false)
             let absmax = try AlignedBuffer(byteCount: 4 * ceilDiv(n, bs), zeroed: false)
-            try Blockwise8.quantize(t.data, dtype: t.dtype, n: n, search: .signedDynamic, blocksize: bs,
-                                    out: q.raw.assumingMemoryBound(to: UInt8.self), absmax: absmax.floats())
+            try finite(t) {
+                try phase("quantize \(t.entry.name)") {
+                    try Blockwise8.quantize(t.data, dtype: t.dtype, n: n, search: .signedDynamic, blocksize: bs,
+                                            out: q.raw.assumingMemoryBound(to: UInt8.self), absmax: absmax.floats())
+                }
+            }
             var deq = [Float](repeating: 0, count: n)
             try Blockwise8.dequantize(q.raw.assumingMemoryBound(to: UInt8.self), n: n, absmax: absmax.floats(),
                                       code: QuantMap.signedDynamicPointer, blocksize: bs, out: &deq, dtype: .f32)
@@ -125,14 +140,20 @@ struct Quantize: ParsableCommand {
                 TensorSource(name: prefix + ".absmax", dtypeName: "F32", shape: [ceilDiv(n, bs)], data: absmax.raw, nbytes: 4 * ceilDiv(n, bs)),
                 TensorSource(name: prefix + ".quant_map", dtypeName: "F32", shape: [256], data: QuantMap.signedDynamicPointer, nbytes: 1024),
             ]
-            return Result(tensors: tensors, metadata: [("qembed.layer", "Blockwise8"), ("qembed.blocksize", "\(bs)"),
-                                                       ("qembed.dtype", t.dtype.name), ("qembed.prefix", prefix)],
+            // the same key names as the layers' files: qembed.<prefix>.dtype holds torch's dtype name
+            return Result(tensors: tensors, metadata: [("qembed.layer", "Blockwise8"), ("qembed.prefix", prefix),
+                                                       ("qembed.\(prefix).dtype", QuantizedEmbedding.torchDtypeName(t.dtype)),
+                                                       ("qembed.\(prefix).blocksize", "\(bs)")],
                           report: r, keep: [q, absmax])
         }
         guard t.entry.shape.count == 2 else { throw CLIError(message: "tensor \"\(t.entry.name)\" must be 2-D for an embedding table") }
         let kind: QuantizedEmbedding.Kind = type == "int8" ? .int8 : (type == "nf4" ? .nf4 : .fp4)
-        let q = try QuantizedEmbedding.quantize(t.data, dtype: t.dtype, rows: t.rows, dim: t.cols, kind: kind,
+        let q = try finite(t) { () throws -> QuantizedEmbedding in
+            try phase("quantize \(t.entry.name)") {
+                try QuantizedEmbedding.quantize(t.data, dtype: t.dtype, rows: t.rows, dim: t.cols, kind: kind,
                                                 blocksize: blocksize ?? 64, compressStatistics: compressStatistics)
+            }
+        }
         var r = ErrorReport()
         let chunk = 1024
         var row = 0
@@ -149,6 +170,17 @@ struct Quantize: ParsableCommand {
         let json = JSONBytes(Array(q.quantStateJSON.utf8))
         return Result(tensors: q.tensors(prefix: prefix, json: json.bytes), metadata: q.fileMetadata(prefix: prefix),
                       report: r, keep: [q, json])
+    }
+}
+
+/// Runs `body`; a non-finite input is reported by tensor, row and column
+/// (the kernels name a flat index).
+func finite<T>(_ t: FloatTable, _ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as QembedError where e.status == .nonFinite {
+        for i in 0..<t.entry.numel where !t.value(i).isFinite {
+            throw CLIError(message: "tensor \"\(t.entry.name)\" row \(i / t.cols), column \(i % t.cols) is \(t.value(i)) (a table must be finite)")
+        }
+        throw e
     }
 }
 

@@ -94,12 +94,26 @@ public enum AtomicFile {
         guard !path.isEmpty else { throw .invalid("path is empty") }
         let dir: String
         if let slash = path.lastIndex(of: "/") { dir = slash == path.startIndex ? "/" : String(path[..<slash]) } else { dir = "." }
-        var template = Array((path + ".tmp-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw QembedError(.io, "cannot create a temporary file next to \(path): \(String(cString: strerror(errno)))") }
-        let tmp = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        // The temporary name is chosen here and recorded in pendingTemp
+        // *before* the file is created (O_CREAT | O_EXCL, as mkstemp does), so
+        // a signal arriving at any moment finds the name of any file it
+        // could leave behind.
         let track = trackPending
-        if track { setPending(template) }
+        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+        var tmp = "", fd: Int32 = -1
+        for _ in 0..<100 {
+            var suffix = ""
+            for _ in 0..<8 { suffix.append(Character(Unicode.Scalar(letters[Int.random(in: 0..<letters.count)]))) }
+            tmp = path + ".tmp-" + suffix
+            if track { setPending(Array(tmp.utf8CString)) }
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 || errno != EEXIST { break }
+        }
+        guard fd >= 0 else {
+            let m = String(cString: strerror(errno))
+            if track { pendingTemp[0] = 0 }
+            throw QembedError(.io, "cannot create a temporary file next to \(path): \(m)")
+        }
         var ok = false
         defer {
             if !ok { close(fd); unlink(tmp) }

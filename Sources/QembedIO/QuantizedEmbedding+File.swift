@@ -5,7 +5,7 @@ import QembedCore
 /// `weight.quant_state.bitsandbytes__nf4|fp4` holding JSON) and 8-bit ones
 /// (`weight` int8, `weight.SCB`).
 extension QuantizedEmbedding {
-    static func torchDtypeName(_ d: DType) -> String {
+    public static func torchDtypeName(_ d: DType) -> String {
         switch d { case .f16: "float16"; case .bf16: "bfloat16"; default: "float32" }
     }
 

@@ -89,7 +89,8 @@ final class QuantizedEmbeddingTests: XCTestCase {
                 let path = tmp("rt.safetensors")
                 defer { unlink(path) }
                 try q.save(path, prefix: "embeddings.word_embeddings.weight")
-                XCTAssertThrowsError(try QuantizedEmbedding.load(path))  // wrong prefix
+                XCTAssertThrowsError(try QuantizedEmbedding.load(path, prefix: "weight"))  // not in the file
+                XCTAssertEqual(try QuantizedEmbedding.load(path).numEmbeddings, 300)  // no prefix: the file's only layer
                 let r = try QuantizedEmbedding.load(path, prefix: "embeddings.word_embeddings.weight")
                 XCTAssertEqual(r.kind, kind); XCTAssertEqual(r.nested, compress)
                 let idx: [Int64] = [0, 299, 17]
