@@ -60,7 +60,7 @@ CLI   := $(BUILD)/qembed-cli
 SWIFT_SOURCES := $(shell find Sources -path Sources/dispatch -prune -o \( -name '*.swift' -o -name '*.c' -o -name '*.h' \) -print) Package.swift include/qembed.h qembed.map
 VARIANTS := $(if $(filter dispatch,$(QEMBED_CPU)),$(foreach t,$(TIERS),$(BUILD)/libqembed-$(t).so))
 
-.PHONY: all build cli deps demo test test-swift test-c test-python test-cli test-tiers test-wheel bench install install-debug uninstall clean pc sanitize valgrind fuzz fuzz-ci check test-vbmi test-vbmi-swift vbmi-exhaustive
+.PHONY: all build cli deps demo test test-swift test-c test-python test-cli test-tiers test-wheel bench install install-debug uninstall clean pc sanitize valgrind fuzz fuzz-ci check test-all test-vbmi test-vbmi-swift vbmi-exhaustive
 
 all: build
 
@@ -109,7 +109,13 @@ $(CLI): $(SWIFT_SOURCES) $(shell find Sources/QembedCLI Sources/QembedBenchmarks
 demo: build cli
 	$(CLI) demo
 
-test: deps build test-swift test-c test-python test-vbmi test-tiers test-cli test-wheel fuzz-ci
+# Every suite, then one summary line per suite (tools/test_summary.sh).
+test:
+	@mkdir -p .build
+	@{ $(MAKE) --no-print-directory test-all 2>&1; echo $$? > .build/test.status; } | tee .build/test.log
+	@status=$$(cat .build/test.status); sh tools/test_summary.sh .build/test.log || status=1; exit $$status
+
+test-all: deps build test-swift test-c test-python test-vbmi test-tiers test-cli test-wheel fuzz-ci
 
 # The edit-test loop: every parity suite, without the tier reruns, the wheel and fuzzing.
 check: deps build test-swift test-c test-python test-vbmi test-cli
@@ -138,7 +144,8 @@ test-vbmi-swift: .build/vbmi_emu.o
 	@QEMBED_VBMI_EMULATED=1 swift test --scratch-path .build-vbmi-emu -Xcc -DQEMBED_VBMI_EXTERNAL \
 	    -Xlinker $(abspath .build/vbmi_emu.o) --filter 'VBMITests|ReferenceParityTests|OptimizerTests|MapsTests' \
 	    > .build/swift-vbmi.log 2>&1; s=$$?; \
-	  grep -E "error:|failed|Executed [0-9]+ tests?" .build/swift-vbmi.log | tail -n 5 | sed 's/^/test-vbmi-swift (emulated VBMI): /'; exit $$s
+	  { grep -E "error:|failed" .build/swift-vbmi.log | tail -n 20; grep -E "Executed [0-9]+ tests?" .build/swift-vbmi.log | tail -n 1; } \
+	  | sed 's/^[[:space:]]*/test-vbmi-swift (emulated VBMI): /'; exit $$s
 vbmi-exhaustive: .build/vbmi_check $(if $(HAS_VBMI),.build/vbmi_check_native)
 	$(if $(HAS_VBMI),.build/vbmi_check_native,.build/vbmi_check) exhaustive
 
@@ -170,8 +177,11 @@ test-tiers: build
 # swift test's own summary lines are printed; the log keeps the rest.
 test-swift:
 	@mkdir -p .build
+	@echo "swift test (log: .build/swift-test.log):"
 	@swift test > .build/swift-test.log 2>&1; s=$$?; \
-	  grep -E "error:|failed|Executed [0-9]+ tests?" .build/swift-test.log | tail -n 25; exit $$s
+	  grep -E "error:|failed" .build/swift-test.log | tail -n 25; \
+	  grep -E "Executed [0-9]+ tests?" .build/swift-test.log | tail -n 1; \
+	  grep -E "Test run with [0-9]+ tests?" .build/swift-test.log | tail -n 1; exit $$s
 
 test-c: build
 	$(MAKE) -C bindings/c test
