@@ -24,7 +24,7 @@ enum QuantizedBench {
                 let q = try QuantizedEmbedding.from(e, kind: kind, blocksize: 64, compressStatistics: compress)
                 let t = try Bench.time { try q.forward(ind, out: out, outDtype: .f32) }
                 let bpp = Bench.fmt(Double(q.tableBytes) / Double(rows * dim), 3)
-                Bench.report("\(kind.name)\(compress ? "+nested" : "") (\(q.tableBytes >> 20) MiB, \(bpp) B/param) \(Bench.fmt(tf / t, 2))x f32", seconds: t,
+                Bench.report("\(kind.name)\(compress ? "+nested" : "") (\(q.tableBytes >> 20) MiB, \(bpp) B/param) \(Bench.fmt(tf / t, 2))x f32 speed", seconds: t,
                              elements: count, bytes: count * dim * 4, unit: "M rows/s")
             }
         }
@@ -35,7 +35,7 @@ enum QuantizedBench {
         let tOpen = try Bench.time(reps: 3) { _ = try TensorFile(path: path, mapped: true) }
         let f = try TensorFile(path: path, mapped: true)
         let (entry, data) = try f.entry(named: "weight")
-        print(Bench.pad("open+validate \(entry.nbytes >> 20) MiB safetensors (mmap)", 44) + Bench.fmt(tOpen * 1e3, 3) + " ms")
+        print(Bench.pad("open+validate \(entry.nbytes >> 20) MiB safetensors (mmap)", Bench.nameWidth) + Bench.fmt(tOpen * 1e3, 3) + " ms")
         let tRead = Bench.time(reps: 1) {
             var s: UInt8 = 0
             let b = data.assumingMemoryBound(to: UInt8.self)
@@ -43,7 +43,7 @@ enum QuantizedBench {
             while i < entry.nbytes { s &+= b[i]; i += 4096 }
             if s == 255 { print("") }
         }
-        print(Bench.pad("touch every page of it", 44) + Bench.fmt(tRead * 1e3, 1) + " ms")
+        print(Bench.pad("touch every page of it", Bench.nameWidth) + Bench.fmt(tRead * 1e3, 1) + " ms")
         let tq = try Bench.time(reps: 1) {
             _ = try QuantizedEmbedding.quantize(data, dtype: .f32, rows: rows, dim: dim, kind: .nf4, blocksize: 64)
         }

@@ -31,7 +31,7 @@ struct Quantize: ParsableCommand {
         }
         if let b = blocksize {
             if type == "nf4" || type == "fp4" {
-                guard FourBit.blocksizes.contains(b) else { throw ValidationError("--blocksize for 4-bit must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096") }
+                guard FourBit.blocksizes.contains(b) else { throw ValidationError("--blocksize for 4-bit must be one of \(FourBit.blocksizeList)") }
             } else if type == "int8" {
                 throw ValidationError("--blocksize does not apply to int8 (one scale per row)")
             } else if b < 1 { throw ValidationError("--blocksize must be >= 1") }

@@ -15,7 +15,7 @@ private func kind(_ raw: CInt) throws(QembedError) -> OptimizerKind {
 public func qembed_optimizer_params_init(_ p: UnsafeMutablePointer<qembed_optimizer_params>!, _ kind_: CInt, _ optim_bits: CInt) -> qembed_status {
     capi { () throws(QembedError) in
         let out = try need(p, "p")
-        guard optim_bits == 8 || optim_bits == 32 else { throw .invalid("optim_bits must be 8 or 32, got \(optim_bits)") }
+        try OptimizerConfig.checkBits(Int(optim_bits))
         let c = OptimizerConfig.defaults(try kind(kind_), optimBits: Int(optim_bits))
         var d = qembed_optimizer_params()
         d.struct_size = UInt32(MemoryLayout<qembed_optimizer_params>.size)

@@ -89,9 +89,7 @@ public func qembed_4bit_packed_bytes(_ n: Int64, _ bytes_: UnsafeMutablePointer<
 }
 
 private func fourBitBlocksize(_ v: Int64) throws(QembedError) -> Int {
-    guard FourBit.blocksizes.contains(Int(clamping: v)) else {
-        throw .unsupported("blocksize: \(v) is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096")
-    }
+    try FourBit.checkBlocksize(v)
     return Int(v)
 }
 

@@ -66,9 +66,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
             return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: dim, q: qb.raw,
                                       scales: sb.floats(), keepAlive: [qb, sb])
         }
-        guard FourBit.blocksizes.contains(blocksize) else {
-            throw .unsupported("blocksize: \(blocksize) is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096")
-        }
+        try FourBit.checkBlocksize(Int64(blocksize))
         let blocks = ceilDiv(n, blocksize)
         let qb = try AlignedBuffer(byteCount: FourBit.packedBytes(n), zeroed: false)
         let ab = try AlignedBuffer(byteCount: blocks * 4, zeroed: false)

@@ -209,7 +209,7 @@ public final class Optimizer: @unchecked Sendable {
     public func load(_ i: Int, _ saved: SavedState) throws(QembedError) {
         try lock.withExclusive { () throws(QembedError) in
             let p = params[i]
-            guard saved.bits == 8 || saved.bits == 32 else { throw .invalid("bits must be 8 or 32, got \(saved.bits)") }
+            try OptimizerConfig.checkBits(saved.bits, argument: "bits")
             guard saved.step >= 0 else { throw .invalid("step must be >= 0, got \(saved.step)") }
             let s = try OptimizerState(bits: saved.bits, numel: p.numel, cols: p.cols,
                                        rowAligned: p.sparse && p.shape.count == 2, states: config.kind.stateCount)

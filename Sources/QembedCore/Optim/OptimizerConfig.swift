@@ -53,7 +53,7 @@ public struct OptimizerConfig: Sendable {
         for (name, v) in [("beta1", beta1), ("beta2", beta2)] {
             guard v >= 0 && v < 1 else { throw .invalid("\(name) must be in [0, 1), got \(v)") }
         }
-        guard optimBits == 8 || optimBits == 32 else { throw .invalid("optim_bits must be 8 or 32, got \(optimBits)") }
+        try OptimizerConfig.checkBits(optimBits)
         guard min8bitSize >= 0 else { throw .invalid("min_8bit_size must be >= 0, got \(min8bitSize)") }
         if kind == .momentum && beta1 == 0 { throw .unsupported("SGD without momentum is not supported (momentum must be > 0)") }
         if kind == .rmsprop && beta1 == 0 { throw .unsupported("RMSprop with alpha == 0 is not supported") }
@@ -70,5 +70,10 @@ public struct OptimizerConfig: Sendable {
         if let v = o[.eps] { c.eps = v }
         if let v = o[.weightDecay] { c.weightDecay = v }
         return c
+    }
+
+    /// Optimizer state is 8 or 32 bits: the one check of every layer.
+    public static func checkBits(_ bits: Int, argument: String = "optim_bits") throws(QembedError) {
+        guard bits == 8 || bits == 32 else { throw .invalid("\(argument) must be 8 or 32, got \(bits)") }
     }
 }

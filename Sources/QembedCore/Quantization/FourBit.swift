@@ -2,7 +2,18 @@
 /// FP4 and NF4) with the exact nearest-midpoint rule over the sorted levels.
 /// Packing: element 2k in the high nibble of byte k, element 2k+1 in the low.
 public enum FourBit {
+    /// The blocksizes of bitsandbytes' 4-bit kernels: the one list every
+    /// layer (core, C API, command) checks against.
     public static let blocksizes: Set<Int> = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+    /// "32, 64, ..., 4096", for messages.
+    public static var blocksizeList: String { blocksizes.sorted().map(String.init).joined(separator: ", ") }
+
+    /// Throws `.unsupported` naming the accepted blocksizes.
+    public static func checkBlocksize(_ b: Int64, argument: String = "blocksize") throws(QembedError) {
+        guard b >= 0, b <= 1 << 20, blocksizes.contains(Int(b)) else {
+            throw .unsupported("\(argument): \(b) is not one of \(blocksizeList)")
+        }
+    }
 
     /// Levels sorted ascending (stable, as torch.argsort on the CPU), the
     /// 15 midpoints between them, and the sorted-position -> nibble map.

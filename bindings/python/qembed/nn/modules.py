@@ -491,7 +491,7 @@ class StableEmbedding(Embedding):
 # Quantized embeddings
 # --------------------------------------------------------------------------
 
-_FOUR_BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+from ..functional import _FOUR_BIT_BLOCKSIZES  # noqa: E402  (one list, in qembed.functional)
 _KIND_OF_QUANT = {"fp4": L.QEMBED_QEMB_FP4, "nf4": L.QEMBED_QEMB_NF4}
 _QUANT_OF_KIND = {L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4", L.QEMBED_QEMB_INT8: None}
 
