@@ -93,7 +93,7 @@ back = EmbeddingNF4.load('t.nf4.safetensors')
 ids = np.array([1, 7, 499])
 assert np.array_equal(back(ids), e(ids))
 assert np.abs(back(ids) - w[ids]).max() < 0.5
-q8 = Embedding8bit.load('t.int8.safetensors', prefix='array')
+q8 = Embedding8bit.load('t.int8.safetensors')
 assert np.abs(q8(ids) - w[ids]).max() < 0.05
 print('wheel_test: venv python ok: tier', qembed.cpu_tier(), 'library', qembed.library_path)
 "

@@ -179,7 +179,7 @@ w = np.load('t.npy')
 q, s = F.quantize_4bit(w, blocksize=64, quant_type='nf4')
 back = F.dequantize_4bit(q, s)
 assert np.abs(back - w).max() < 0.5
-e = EmbeddingNF4.load('t.nf4.safetensors', prefix='array')
+e = EmbeddingNF4.load('t.nf4.safetensors')  # the command stores a .npy table as its only layer
 rows = e(np.array([3, 299]))
 assert np.abs(rows - back[[3, 299]]).max() == 0, 'the command and the binding disagree'
 print('hidden-toolchain python ok, tier', qembed.cpu_tier())

@@ -522,12 +522,16 @@ static void test_prefix(void) {
         CHECKF(st == QEMBED_OK && back != NULL, "%s: load under %s: %s", cfg_name(c), prefix, qembed_last_error());
         if (st == QEMBED_OK) CHECKF(lookups_equal(q, back, rows, dim), "%s: lookups after a prefixed save/load", cfg_name(c));
         qembed_qembedding_free(back);
-        /* the default prefix and a shorter one are not there */
+        /* no prefix: the file's only layer; "weight" and a shorter prefix are not there */
+        st = qembed_qembedding_load(path, NULL, &back);
+        CHECKF(st == QEMBED_OK && back != NULL, "load with no prefix (the file's only layer): %s", qembed_last_error());
+        if (st == QEMBED_OK) CHECK(lookups_equal(q, back, rows, dim));
+        qembed_qembedding_free(back);
         back = (qembed_qembedding *)&r;
         qembed_clear_error();
-        st = qembed_qembedding_load(path, NULL, &back);
-        CHECKF(st == QEMBED_ERR_FORMAT && back == NULL && qt_names(qembed_last_error(), "weight"),
-               "load with the default prefix: status %d, %s", (int)st, qembed_last_error());
+        st = qembed_qembedding_load(path, "weight", &back);
+        CHECKF(st == QEMBED_ERR_INVALID_ARGUMENT && back == NULL && qt_names(qembed_last_error(), "weight"),
+               "load under \"weight\": status %d, %s", (int)st, qembed_last_error());
         back = (qembed_qembedding *)&r;
         st = qembed_qembedding_load(path, "model.embed_tokens", &back);
         CHECKF(st != QEMBED_OK && back == NULL, "load with a truncated prefix: status %d", (int)st);
@@ -919,7 +923,7 @@ static void test_disagreement(void) {
         d.shape[1] = dim;
         d.data = v;
         CHECK(qembed_save_safetensors(dst, &d, 1, NULL, NULL, 0) == QEMBED_OK);
-        expect_load_fails("a float table", dst, FMT);
+        expect_load_fails("a float table", dst, MISSING);
         {
             FILE *f = fopen(dst, "wb");
             fputs("\x10\0\0\0\0\0\0\0{\"weight\": 1}  ", f);
