@@ -97,6 +97,16 @@ static inline float qt_normal(qt_rng *r) {
 
 /* ---- float16 / bfloat16 conversions ----------------------------------- */
 
+/* malloc that ends the test program (exit 2) when memory is short */
+static inline void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (p == NULL) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
+        exit(2);
+    }
+    return p;
+}
+
 static inline uint32_t qt_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float qt_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 

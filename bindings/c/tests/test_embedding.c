@@ -16,15 +16,6 @@
 #define GUARD 16
 #define GUARD_F 12345.678f
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 /* ---- small helpers --------------------------------------------------------- */
 
 static qembed_embedding_params base_params(int64_t n, int64_t d, uint64_t seed) {

@@ -17,15 +17,6 @@
 
 #define NT 4
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 #define make_layer qt_make_layer
 
 static qembed_param_info info_of(qembed_embedding *e, int64_t i) {

@@ -20,15 +20,6 @@
 #include "qembed.h"
 #include "qtest.h"
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 static const char *const kind_names[QEMBED_OPTIM_COUNT] = {"adam", "adamw", "momentum", "lion", "rmsprop", "adagrad"};
 
 static int num_states(int kind) { return kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW ? 2 : 1; }
@@ -755,8 +746,6 @@ static void test_8bit_trajectory(void) {
     }
 }
 
-
-
 /* ---- hyperparameters set in place ------------------------------------------------- */
 
 /* qembed_optimizer_set_params: bad calls fail with a status and a message and
@@ -1018,7 +1007,6 @@ static qembed_optimizer *two_layer_opt(int kind, int bits, uint64_t sa, uint64_t
     ensure_grads(*b);
     return o;
 }
-
 
 static void test_nonfinite(void) {
     int bits;

@@ -29,16 +29,6 @@
 #include "qtest.h"
 #include "qtest_dir.h"
 
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 typedef struct cfg {
     int kind;
     int64_t blocksize;

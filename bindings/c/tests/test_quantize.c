@@ -23,15 +23,6 @@ typedef struct input {
     float *x;
 } input;
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 /* n normal-ish values times `scale`; kind 1 adds exact zeros and a zero block
  * of 64 elements, kind 2 adds values at +-scale*3.5 and tiny ones. */
 static float *make_values(uint64_t seed, int64_t n, float scale, int kind) {
