@@ -21,8 +21,6 @@ public final class TensorFile: @unchecked Sendable {
     public let file: MappedFile
     public let entries: [TensorEntry]
     public let metadata: [(String, String)]
-    /// NUL-terminated names and dtype names for the C API, owned here.
-    let cStrings: [UnsafeMutablePointer<CChar>]
 
     public static let safetensorsDtypes: [String: (size: Int, dtype: DType?)] = [
         "F64": (8, nil), "F32": (4, .f32), "F16": (2, .f16), "BF16": (2, .bf16),
@@ -50,8 +48,6 @@ public final class TensorFile: @unchecked Sendable {
         } else {
             (entries, metadata) = try TensorFile.parseSafetensors(file)
         }
-        cStrings = entries.flatMap { [strdupSwift($0.name), strdupSwift($0.dtypeName)] }
-        cMetadata = metadata.map { ($0.0, strdupSwift($0.1)) }
         var byName: [String: Int] = [:], byKey: [String: Int] = [:]
         for (i, e) in entries.enumerated() where byName[e.name] == nil { byName[e.name] = i }
         for (i, m) in metadata.enumerated() where byKey[m.0] == nil { byKey[m.0] = i }
@@ -69,20 +65,9 @@ public final class TensorFile: @unchecked Sendable {
     public static let maxTensors = 1_000_000
     public static let maxMetadataEntries = 1_000_000
 
-    /// Metadata values as C strings, owned here.
-    let cMetadata: [(String, UnsafeMutablePointer<CChar>)]
-
-    deinit {
-        for p in cStrings { p.deallocate() }
-        for (_, p) in cMetadata { p.deallocate() }
-    }
-
-    public func metadataCString(_ key: String) -> UnsafePointer<CChar>? {
-        metadataIndex[key].map { UnsafePointer(cMetadata[$0].1) }
-    }
-
-    public func cName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i]) }
-    public func cDtypeName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(cStrings[2 * i + 1]) }
+    /// The value of metadata `key`, if present, and its position in `metadata`.
+    public func metadataValue(_ key: String) -> String? { metadataIndex[key].map { metadata[$0].1 } }
+    public func metadataPosition(_ key: String) -> Int? { metadataIndex[key] }
 
     public func index(of name: String) -> Int? { nameIndex[name] }
 
@@ -180,12 +165,6 @@ public final class TensorFile: @unchecked Sendable {
     }
 }
 
-func strdupSwift(_ s: String) -> UnsafeMutablePointer<CChar> {
-    let u = Array(s.utf8CString)
-    let p = UnsafeMutablePointer<CChar>.allocate(capacity: u.count)
-    p.initialize(from: u, count: u.count)
-    return p
-}
 
 /// A tensor to write: name, dtype (safetensors spelling), shape, bytes.
 public struct TensorSource {

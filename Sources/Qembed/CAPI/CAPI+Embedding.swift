@@ -1,3 +1,4 @@
+import Synchronization
 import CQembed
 import QembedCore
 
@@ -25,6 +26,21 @@ func checkStructSize(_ have: UInt32, _ want: Int, _ name: StaticString) throws(Q
 
 // MARK: - Parameters
 
+/// Parameter names as C strings for qembed_param_info.name: interned, as the
+/// names are few and fixed by the layer kinds ("weight", "norm.weight",
+/// "norm.bias"), so each pointer lives for the process.
+private let cNames = Mutex<[String: Int]>([:])
+
+func internedCName(_ name: String) -> UnsafePointer<CChar> {
+    let address = cNames.withLock { table -> Int in
+        if let a = table[name] { return a }
+        let a = Int(bitPattern: cStringCopy(name))
+        table[name] = a
+        return a
+    }
+    return UnsafePointer(bitPattern: address)!
+}
+
 @c @implementation
 public func qembed_param_info_get(_ param: OpaquePointer!, _ info: UnsafeMutablePointer<qembed_param_info>!) -> qembed_status {
     capi { () throws(QembedError) in
@@ -33,7 +49,7 @@ public func qembed_param_info_get(_ param: OpaquePointer!, _ info: UnsafeMutable
         try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_param_info>.size, "info")
         var i = qembed_param_info()
         i.struct_size = out.pointee.struct_size
-        i.name = p.cName
+        i.name = internedCName(p.name)
         i.dtype = p.dtype.rawValue
         i.ndim = Int32(p.shape.count)
         i.shape = (Int64(p.rows), Int64(p.cols))

@@ -2,10 +2,40 @@ import CQembed
 import QembedCore
 import QembedIO
 
-func tensorFile(_ p: OpaquePointer?) throws(QembedError) -> TensorFile {
-    guard let p else { throw QembedError(.nullPointer, "file handle is NULL") }
-    return Unmanaged<TensorFile>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+/// A qembed_tensor_file: the file and the C strings the API hands out
+/// for it (names, dtype names, metadata values), valid while the handle lives.
+final class CTensorFile {
+    let file: TensorFile
+    private let names: [UnsafeMutablePointer<CChar>]
+    private let values: [UnsafeMutablePointer<CChar>]
+
+    init(_ f: TensorFile) {
+        file = f
+        names = f.entries.flatMap { [cStringCopy($0.name), cStringCopy($0.dtypeName)] }
+        values = f.metadata.map { cStringCopy($0.1) }
+    }
+
+    deinit { for p in names + values { p.deallocate() } }
+
+    func name(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(names[2 * i]) }
+    func dtypeName(_ i: Int) -> UnsafePointer<CChar> { UnsafePointer(names[2 * i + 1]) }
+    func metadata(_ key: String) -> UnsafePointer<CChar>? { file.metadataPosition(key).map { UnsafePointer(values[$0]) } }
 }
+
+/// A NUL-terminated copy of `s` (the caller frees it).
+func cStringCopy(_ s: String) -> UnsafeMutablePointer<CChar> {
+    let u = Array(s.utf8CString)
+    let p = UnsafeMutablePointer<CChar>.allocate(capacity: u.count)
+    p.initialize(from: u, count: u.count)
+    return p
+}
+
+func tensorFileHandle(_ p: OpaquePointer?) throws(QembedError) -> CTensorFile {
+    guard let p else { throw QembedError(.nullPointer, "file handle is NULL") }
+    return Unmanaged<CTensorFile>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+func tensorFile(_ p: OpaquePointer?) throws(QembedError) -> TensorFile { try tensorFileHandle(p).file }
 
 func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(QembedError) -> String {
     guard let p else { throw QembedError(.nullPointer, "\(name) is NULL") }
@@ -32,14 +62,14 @@ public func qembed_tensor_file_open_ex(_ path: UnsafePointer<CChar>!, _ flags: U
         let o = try need(out, "out")
         let mapped = try mappedFlag(flags)
         let f = try TensorFile(path: try cString(path, "path"), mapped: mapped)
-        o.pointee = OpaquePointer(Unmanaged.passRetained(f).toOpaque())
+        o.pointee = OpaquePointer(Unmanaged.passRetained(CTensorFile(f)).toOpaque())
     }
 }
 
 @c @implementation
 public func qembed_tensor_file_close(_ f: OpaquePointer!) {
     guard let f else { return }
-    Unmanaged<TensorFile>.fromOpaque(UnsafeRawPointer(f)).release()
+    Unmanaged<CTensorFile>.fromOpaque(UnsafeRawPointer(f)).release()
 }
 
 @c @implementation
@@ -53,7 +83,8 @@ public func qembed_tensor_file_count(_ f: OpaquePointer!, _ n: UnsafeMutablePoin
 @c @implementation
 public func qembed_tensor_file_info(_ f: OpaquePointer!, _ i: Int64, _ info: UnsafeMutablePointer<qembed_tensor_info>!) -> qembed_status {
     capi { () throws(QembedError) in
-        let file = try tensorFile(f)
+        let handle = try tensorFileHandle(f)
+        let file = handle.file
         let out = try need(info, "info")
         try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_tensor_info>.size, "info")
         guard i >= 0 && i < Int64(file.entries.count) else {
@@ -63,8 +94,8 @@ public func qembed_tensor_file_info(_ f: OpaquePointer!, _ i: Int64, _ info: Uns
         guard e.shape.count <= Int(QEMBED_MAX_DIMS) else { throw .unsupported("tensor \"\(e.name)\" has \(e.shape.count) dimensions (at most 8)") }
         var d = qembed_tensor_info()
         d.struct_size = out.pointee.struct_size
-        d.name = file.cName(Int(i))
-        d.dtype_name = file.cDtypeName(Int(i))
+        d.name = handle.name(Int(i))
+        d.dtype_name = handle.dtypeName(Int(i))
         d.dtype = e.dtype?.rawValue ?? -1
         d.ndim = CInt(e.shape.count)
         withUnsafeMutableBytes(of: &d.shape) { b in
@@ -94,10 +125,10 @@ public func qembed_tensor_file_find(_ f: OpaquePointer!, _ name: UnsafePointer<C
 @c @implementation
 public func qembed_tensor_file_metadata(_ f: OpaquePointer!, _ key: UnsafePointer<CChar>!, _ value: UnsafeMutablePointer<UnsafePointer<CChar>?>!) -> qembed_status {
     capi { () throws(QembedError) in
-        let file = try tensorFile(f)
+        let handle = try tensorFileHandle(f)
         let k = try cString(key, "key")
         let o = try need(value, "value")
-        o.pointee = file.metadataCString(k)
+        o.pointee = handle.metadata(k)
     }
 }
 

@@ -44,8 +44,6 @@ public final class Parameter: @unchecked Sendable {
     public private(set) var overrides: [OverrideKey: Double] = [:]
     /// The owning layer's lock: mutations of data and grad take it exclusively.
     public let lock: RWLock
-    /// The name as a NUL-terminated C string owned by the parameter.
-    public let cName: UnsafePointer<CChar>
 
     public init(name: String, dtype: DType, shape: [Int], requiresGrad: Bool = true, sparse: Bool = false, lock: RWLock) throws(QembedError) {
         self.name = name
@@ -58,13 +56,7 @@ public final class Parameter: @unchecked Sendable {
         self.requiresGrad = requiresGrad
         self.sparse = sparse
         self.lock = lock
-        let utf8 = Array(name.utf8CString)
-        let c = UnsafeMutablePointer<CChar>.allocate(capacity: utf8.count)
-        c.initialize(from: utf8, count: utf8.count)
-        cName = UnsafePointer(c)
     }
-
-    deinit { UnsafeMutablePointer(mutating: cName).deallocate() }
 
     public var rows: Int { shape[0] }
     public var cols: Int { shape.count > 1 ? shape[1] : 1 }
