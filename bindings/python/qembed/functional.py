@@ -480,7 +480,13 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize=4096, nest
     n = a.size
     code_arr = _code(code) if code is not None else _dynamic_code()
     nblocks = _absmax_count(n, blocksize)
-    q = _out_array(out, a.shape, np.uint8)
+    # bitsandbytes also takes an int8 out= and writes the code bytes into it
+    if isinstance(out, np.ndarray) and out.dtype == np.int8:
+        q_int8 = _out_array(out, a.shape, np.int8)
+        q = q_int8.view(np.uint8)
+    else:
+        q_int8 = None
+        q = _out_array(out, a.shape, np.uint8)
     if absmax is not None:
         if nested:
             raise _value_error("absmax= cannot be combined with nested=True")
@@ -499,7 +505,7 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize=4096, nest
                            state2=state2)
     else:
         state = QuantState(absmax=am, code=code_copy, blocksize=blocksize, dtype=dname)
-    return q, state
+    return (q if q_int8 is None else q_int8), state
 
 
 def dequantize_blockwise(A, quant_state=None, absmax=None, code=None, out=None, blocksize=4096, nested=False):
