@@ -346,7 +346,7 @@ class Optimizer8bit:
         return {"kind": _KINDS[self._kind_name], "lr": float(group["lr"]), "beta1": float(betas[0]),
                 "beta2": float(betas[1]) if len(betas) > 1 else 0.0, "eps": float(group["eps"]),
                 "weight_decay": float(group["weight_decay"]), "optim_bits": int(self.args.optim_bits),
-                "min_8bit_size": int(self.args.min_8bit_size), "max_unorm": float(self.args.max_unorm),
+                "min_8bit_size": max(0, int(self.args.min_8bit_size)), "max_unorm": float(self.args.max_unorm),
                 "skip_zeros": bool(self.args.skip_zeros)}
 
     def _build(self, group):
@@ -578,8 +578,7 @@ def _make_args(args, optim_bits, min_8bit_size, max_unorm, skip_zeros):
 def _check_common(optim_bits, min_8bit_size, max_unorm):
     if optim_bits not in (8, 32):
         raise _value_error(f"Amount of optimizer bits not supported: {optim_bits}")
-    if operator.index(min_8bit_size) < 0:
-        raise _value_error(f"min_8bit_size must be >= 0, got {min_8bit_size}")
+    operator.index(min_8bit_size)  # an integer; a negative one means 0, as in bitsandbytes (every size qualifies)
     if not (math.isfinite(float(max_unorm)) and float(max_unorm) >= 0.0):
         raise _value_error(f"max_unorm must be finite and >= 0, got {max_unorm}")
 
