@@ -521,7 +521,7 @@ def test_overflowing_update_changes_nothing(factory):
     lambda ps: optim.SGD(ps, lr=-0.1, momentum=0.9), lambda ps: optim.RMSprop(ps, eps=-1.0),
     lambda ps: optim.Adagrad(ps, lr_decay=0.1), lambda ps: optim.Adagrad(ps, initial_accumulator_value=1.0),
     lambda ps: optim.Adagrad8bit(ps, optim_bits=32), lambda ps: optim.Adagrad(ps, lr=-1.0),
-    lambda ps: optim.Adam(ps, max_unorm=-1.0), lambda ps: optim.Adam([]),
+    lambda ps: optim.Adam(ps, eps=float("nan")), lambda ps: optim.Adam([]),
 ])
 def test_bad_hyperparameters_raise_value_error(make):
     e = table_param(np.ones((4, 4), np.float32))
