@@ -840,7 +840,10 @@ def test_bad_out_arrays():
     with pytest.raises(ValueError, match="shape"):
         F.quantize_blockwise(x, out=np.empty(99, np.uint8))
     with pytest.raises(TypeError):
-        F.quantize_blockwise(x, out=np.empty(100, np.int8))
+        F.quantize_blockwise(x, out=np.empty(100, np.int16))
+    # an int8 out= takes the code bytes, as in bitsandbytes (test_arg_edges.py)
+    q8, _ = F.quantize_blockwise(x, out=np.empty(100, np.int8))
+    assert q8.dtype == np.int8 and np.array_equal(q8.view(np.uint8), F.quantize_blockwise(x)[0])
     with pytest.raises(ValueError, match="contiguous"):
         F.quantize_blockwise(x, out=np.empty(200, np.uint8)[::2])
     ro = np.empty(100, np.uint8)
