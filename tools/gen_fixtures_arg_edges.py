@@ -39,7 +39,43 @@ def run(case):
     A = torch.from_numpy(x).to(DT[case["dtype"]]).reshape(case["shape"])
     out = {"input": b64(A)}
     try:
-        if case["fn"] == "quantize_blockwise":
+        if case["fn"] == "dequantize_blockwise":
+            q, st = F.quantize_blockwise(A.float(), blocksize=case["blocksize"])
+            kw = {}
+            form = case["form"]
+            if form == "state":
+                kw["quant_state"] = st
+            elif form == "absmax":
+                kw.update(absmax=st.absmax, blocksize=case["blocksize"])
+            elif form == "absmax_code":
+                kw.update(absmax=st.absmax, code=st.code, blocksize=case["blocksize"])
+            elif form == "none":
+                pass
+            if case.get("out") == "given":
+                kw["out"] = torch.zeros(A.shape, dtype=torch.float32)
+            elif case.get("out") == "f16":
+                kw["out"] = torch.zeros(A.shape, dtype=torch.float16)
+            elif case.get("out") == "wrong_shape":
+                kw["out"] = torch.zeros(A.numel() + 1, dtype=torch.float32)
+            d = F.dequantize_blockwise(q, **kw)
+            out.update(q=b64(q), absmax=b64(st.absmax.float()), deq=b64(d), deq_dtype=str(d.dtype)[6:], deq_shape=list(d.shape))
+        elif case["fn"] == "dequantize_4bit":
+            q, st = F.quantize_4bit(A, blocksize=case["blocksize"], quant_type="nf4")
+            kw = {}
+            form = case["form"]
+            if form == "state":
+                kw["quant_state"] = st
+            elif form == "absmax_out":
+                kw.update(absmax=st.absmax, out=torch.zeros(A.shape, dtype=A.dtype), blocksize=case["blocksize"], quant_type="nf4")
+            elif form == "absmax":
+                kw.update(absmax=st.absmax, blocksize=case["blocksize"], quant_type="nf4")
+            if case.get("out") == "given":
+                kw["out"] = torch.zeros(A.shape, dtype=A.dtype)
+            elif case.get("out") == "other_dtype":
+                kw["out"] = torch.zeros(A.shape, dtype=torch.float32 if A.dtype != torch.float32 else torch.float16)
+            d = F.dequantize_4bit(q, **kw)
+            out.update(q=b64(q), absmax=b64(st.absmax.float()), deq=b64(d), deq_dtype=str(d.dtype)[6:], deq_shape=list(d.shape))
+        elif case["fn"] == "quantize_blockwise":
             kw = {"blocksize": case["blocksize"]}
             if case.get("out") == "given":
                 kw["out"] = torch.zeros(A.shape, dtype=torch.uint8)
@@ -86,6 +122,24 @@ def main():
         seed += 1
         cases.append({"fn": "quantize_4bit", "dtype": "float16", "n": 64 * 300, "shape": [300, 64], "blocksize": 64,
                       "quant_type": "fp4", "quant_storage": "uint8", "nested": nested, "seed": seed})
+    for form in ("state", "absmax", "absmax_code", "none"):
+        for o in (None, "given", "f16", "wrong_shape"):
+            seed += 1
+            c = {"fn": "dequantize_blockwise", "dtype": "float32", "n": 600, "shape": [20, 30], "blocksize": 64,
+                 "form": form, "seed": seed}
+            if o:
+                c["out"] = o
+            cases.append(c)
+    for dtype in ("float32", "bfloat16"):
+        for form in ("state", "absmax_out", "absmax"):
+            for o in (None, "given", "other_dtype"):
+                if form == "absmax_out" and o:
+                    continue
+                seed += 1
+                c = {"fn": "dequantize_4bit", "dtype": dtype, "n": 1024, "shape": [16, 64], "blocksize": 64, "form": form, "seed": seed}
+                if o:
+                    c["out"] = o
+                cases.append(c)
     results = [run(c) for c in cases]
     path = os.path.join(os.path.dirname(__file__), "..", "Tests", "golden", "arg_edges.json")
     with open(path, "w") as f:
@@ -95,7 +149,7 @@ def main():
     ok = sum(1 for r in results if "raises" not in r)
     print(f"{len(results)} cases, {ok} accepted by bitsandbytes {bitsandbytes.__version__}; wrote {path}", file=sys.stderr)
     for r in results:
-        print(r["fn"], r.get("dtype"), r.get("blocksize"), r.get("quant_type", ""), r.get("quant_storage", ""), r.get("out", ""),
+        print(r["fn"], r.get("dtype"), r.get("blocksize"), r.get("quant_type", ""), r.get("quant_storage", ""), r.get("form", ""), r.get("out", ""),
               "->", r.get("raises", "ok " + str(r.get("q_dtype")) + str(r.get("q_shape"))), file=sys.stderr)
 
 

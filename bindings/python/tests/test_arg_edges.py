@@ -39,7 +39,7 @@ def case_id(c):
                     if c.get(k) is not None)
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", [c for c in CASES if c["fn"].startswith("quantize")], ids=case_id)
 def test_arg_edge(case):
     if "bfloat16" in (case["dtype"], case.get("quant_storage")) and BF16 is None:
         pytest.skip("ml_dtypes is not installed")
@@ -85,3 +85,78 @@ def test_arg_edge(case):
         scale = float(np.max(np.abs(want))) or 1.0
         assert str(deq.dtype) == case["deq_dtype"]
         assert np.max(np.abs(got - want)) <= 0.35 * scale  # at most one level step apart where codes differ
+
+
+DEQ = [c for c in CASES if c["fn"].startswith("dequantize")]
+
+
+def dequantize_call(case, q, absmax, A):
+    """The qembed call of a dequantize case: its form, with bitsandbytes' codes and absmax."""
+    out = {"given": lambda: np.zeros(A.shape, np.float32 if case["fn"] == "dequantize_blockwise" else A.dtype),
+           "f16": lambda: np.zeros(A.shape, np.float16),
+           "wrong_shape": lambda: np.zeros(A.size + 1, np.float32),
+           "other_dtype": lambda: np.zeros(A.shape, np.float32 if A.dtype != np.float32 else np.float16)}
+    kw = {}
+    if case.get("out"):
+        kw["out"] = out[case["out"]]()
+    if case["fn"] == "dequantize_blockwise":
+        code = np.asarray(F.create_dynamic_map(True), np.float32)
+        if case["form"] == "state":
+            kw["quant_state"] = F.QuantState(absmax=absmax, code=code, blocksize=case["blocksize"], dtype="float32")
+        elif case["form"] in ("absmax", "absmax_code"):
+            kw.update(absmax=absmax, blocksize=case["blocksize"])
+            if case["form"] == "absmax_code":
+                kw["code"] = code
+        return lambda: F.dequantize_blockwise(q.reshape(A.shape), **kw)
+    shape = A.shape
+    if case["form"] == "state":
+        kw["quant_state"] = F.QuantState(absmax=absmax, shape=shape, code=np.asarray(F.get_4bit_type("nf4"), np.float32),
+                                         blocksize=case["blocksize"], quant_type="nf4", dtype=case["dtype"])
+    else:
+        kw.update(absmax=absmax, blocksize=case["blocksize"], quant_type="nf4")
+        if case["form"] == "absmax_out":
+            kw["out"] = np.zeros(shape, A.dtype)
+    return lambda: F.dequantize_4bit(q.reshape(-1, 1), **kw)
+
+
+@pytest.mark.parametrize("case", DEQ, ids=lambda c: "-".join(str(c.get(k)) for k in ("fn", "dtype", "form", "out")))
+def test_dequantize_edge(case):
+    """bitsandbytes' answers: the output for the plain forms (qembed: the same
+    bits, from bitsandbytes' own codes and absmax); NotImplementedError for
+    every out= on the CPU, where qembed writes into a valid out (the same
+    values) and refuses a wrong one; ValueError without statistics."""
+    if case["dtype"] == "bfloat16" and BF16 is None:
+        pytest.skip("ml_dtypes is not installed")
+    A = arr(case["input"], case["dtype"]).reshape(case["shape"])
+    if "q" in case:
+        q, absmax = np.frombuffer(base64.b64decode(case["q"]), np.uint8), arr(case["absmax"], "float32")
+    else:  # refused upstream before quantizing anything: qembed's own codes and absmax
+        if case["fn"] == "dequantize_blockwise":
+            q, st = F.quantize_blockwise(A.astype(np.float32), blocksize=case["blocksize"])
+        else:
+            q, st = F.quantize_4bit(A, blocksize=case["blocksize"], quant_type="nf4")
+        q, absmax = q.reshape(-1), np.asarray(st.absmax, np.float32)
+    call = dequantize_call(case, q, absmax, A)
+    if case.get("raises") == "ValueError":
+        with pytest.raises(ValueError):
+            call()
+        return
+    if case.get("raises") == "NotImplementedError":  # out= on the CPU: qembed's extension
+        bad = case.get("out") in ("f16", "wrong_shape") or (case.get("out") == "other_dtype" and case["form"] == "state")
+        if bad:
+            with pytest.raises((ValueError, TypeError)):
+                call()
+            return
+        got = call()
+        plain = dict(case)
+        plain.pop("out", None)
+        if plain["form"] == "absmax_out":
+            plain["form"] = "absmax"
+        ref = dequantize_call({**plain, "out": None}, q, absmax, A) if plain["form"] != "absmax" or case["fn"] == "dequantize_blockwise" else None
+        if ref is not None:
+            assert np.array_equal(np.asarray(got, np.float32), np.asarray(ref(), np.float32))
+        return
+    got = call()
+    want = arr(case["deq"], case["deq_dtype"]).reshape(case["deq_shape"])
+    assert str(got.dtype) == case["deq_dtype"] and list(got.shape) == case["deq_shape"]
+    assert np.array_equal(np.ascontiguousarray(got).view(np.uint8), np.ascontiguousarray(want).view(np.uint8))
