@@ -517,6 +517,17 @@ static void test_prefix(void) {
         CHECKF(st == QEMBED_OK && back != NULL, "load with no prefix (the file's only layer): %s", qembed_last_error());
         if (st == QEMBED_OK) CHECK(lookups_equal(q, back, rows, dim));
         qembed_qembedding_free(back);
+        /* the mapped load gives the same layer; unknown flags and NULL are refused, nothing returned */
+        st = qembed_qembedding_load_ex(path, prefix, QEMBED_OPEN_MMAP, &back);
+        CHECKF(st == QEMBED_OK && back != NULL, "mapped load: %s", qembed_last_error());
+        if (st == QEMBED_OK) CHECK(lookups_equal(q, back, rows, dim));
+        qembed_qembedding_free(back);
+        back = (qembed_qembedding *)&r;
+        CHECK(qembed_qembedding_load_ex(path, prefix, 4u, &back) == QEMBED_ERR_INVALID_ARGUMENT && back == NULL);
+        CHECK(strstr(qembed_last_error(), "flags") != NULL);
+        back = (qembed_qembedding *)&r;
+        CHECK(qembed_qembedding_load_ex(NULL, prefix, 0, &back) == QEMBED_ERR_NULL_POINTER && back == NULL);
+        CHECK(qembed_qembedding_load_ex(path, prefix, 0, NULL) == QEMBED_ERR_NULL_POINTER);
         back = (qembed_qembedding *)&r;
         qembed_clear_error();
         st = qembed_qembedding_load(path, "weight", &back);
