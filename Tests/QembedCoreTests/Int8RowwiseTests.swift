@@ -2,18 +2,9 @@ import XCTest
 @testable import QembedCore
 
 final class Int8RowwiseTests: XCTestCase {
-    /// Plain-loop statement of the rule.
     func reference(_ a: [Float], rows: Int, cols: Int, threshold: Float) -> ([Int8], [Float], [Int32]) {
-        var outlier = [Bool](repeating: false, count: cols)
-        if threshold > 0 { for i in a.indices where abs(a[i]) >= threshold { outlier[i % cols] = true } }
-        var stats = [Float](repeating: 0, count: rows)
-        var q = [Int8](repeating: 0, count: a.count)
-        for r in 0..<rows {
-            for c in 0..<cols where threshold == 0 || abs(a[r * cols + c]) < threshold { stats[r] = max(stats[r], abs(a[r * cols + c])) }
-            let scale: Float = stats[r] == 0 ? 0 : (1 / stats[r]) * 127
-            for c in 0..<cols where !outlier[c] { q[r * cols + c] = Int8((a[r * cols + c] * scale).rounded(.toNearestOrEven)) }
-        }
-        return (q, stats, (0..<cols).filter { outlier[$0] }.map(Int32.init))
+        let r = Int8RowwiseReference.quantize(a, rows: rows, cols: cols, threshold: threshold)
+        return (r.q, r.rowStats, r.outlierCols)
     }
 
     func testRandomAndThreshold() throws {
@@ -27,7 +18,7 @@ final class Int8RowwiseTests: XCTestCase {
                 XCTAssertEqual(q, ref.0); XCTAssertEqual(st, ref.1); XCTAssertEqual(oc, ref.2)
                 var d = [Float](repeating: 0, count: a.count)
                 try Int8Rowwise.dequantize(q, rows: rows, cols: cols, rowStats: st, out: &d, dtype: .f32)
-                for i in a.indices { XCTAssertEqual(d[i], Float(q[i]) * st[i / cols] * Int8Rowwise.inv127) }
+                XCTAssertEqual(d, Int8RowwiseReference.dequantize(q, rows: rows, cols: cols, rowStats: st))
             }
         }
     }
@@ -39,5 +30,30 @@ final class Int8RowwiseTests: XCTestCase {
         XCTAssertEqual(Array(q[0..<8]), [127, 2, -4, 0, 0, 2, 126, -127])
         XCTAssertEqual(Array(q[8...]), [Int8](repeating: 0, count: 8))
         XCTAssertEqual(st, [127, 0])
+    }
+
+    /// Values over many orders of magnitude, f16 and bf16 inputs, rows whose
+    /// maximum is subnormal (the overflowing scale takes the division path),
+    /// outliers in a few columns: equal to the scalar reference.
+    func testEqualsTheScalarReference() throws {
+        var rng = Rng(9)
+        let rows = 96, cols = 200
+        for dtype in [DType.f32, .f16, .bf16] {
+            for threshold: Float in [0, 6] {
+                var a = (0..<rows * cols).map { _ in rng.normal() * Float(pow(10.0, -6.0 + 6.0 * Double(rng.uniform()))) }
+                for c in [3, 77, 150] { a[5 * cols + c] = 9.5; a[40 * cols + c] = -20 }
+                for c in 0..<cols { a[7 * cols + c] = Float(bitPattern: UInt32(c + 1)) }  // subnormal row
+                for c in 0..<cols { a[8 * cols + c] = 0 }
+                let (vals, bytes) = storage(a, dtype)
+                var q = [Int8](repeating: 0, count: a.count), st = [Float](repeating: 0, count: rows)
+                let oc = try bytes.withUnsafeBytes { b in
+                    try Int8Rowwise.quantize(b.baseAddress!, dtype: dtype, rows: rows, cols: cols, threshold: threshold, out: &q, rowStats: &st)
+                }
+                let ref = Int8RowwiseReference.quantize(vals, rows: rows, cols: cols, threshold: threshold)
+                XCTAssertEqual(q, ref.q, "\(dtype) threshold \(threshold)")
+                XCTAssertEqual(st, ref.rowStats, "\(dtype) threshold \(threshold)")
+                XCTAssertEqual(oc, ref.outlierCols, "\(dtype) threshold \(threshold)")
+            }
+        }
     }
 }
