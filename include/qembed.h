@@ -841,6 +841,138 @@ QEMBED_API qembed_status qembed_qembedding_load(const char *path, const char *pr
 QEMBED_API qembed_status qembed_qembedding_load_ex(const char *path, const char *prefix, uint32_t flags,
                                                    qembed_qembedding **out);
 
+/* ======================================================================== */
+/*  Bags: pooled lookups (torch.nn.EmbeddingBag)                            */
+/* ======================================================================== */
+/* torch.nn.functional.embedding_bag over a float layer (qembed_embedding,
+ * trainable: forward and backward) or a quantized one (qembed_qembedding:
+ * forward; each row is dequantized and reduced in one pass, the looked-up rows
+ * are never materialized). Bag b of a qembed_bags holds indices
+ * [start(b), end(b)):
+ *  - offsets form (offsets != NULL): start(b) = offsets[b]; end(b) =
+ *    offsets[b + 1], and for the last bag `count`, or with
+ *    include_last_offset the last offset (indices after it belong to no bag).
+ *    num_bags = num_offsets (num_offsets - 1 with include_last_offset).
+ *    offsets[0] must be 0, offsets non-decreasing, none above count.
+ *  - fixed form (offsets == NULL): num_bags bags of count / num_bags indices
+ *    each (a 2-D input of torch); count % num_bags == 0; num_bags 0 needs count 0.
+ * out[b, :] = the reduction over the bag's indices i other than padding_idx:
+ *  SUM: sum of rows (times per_sample_weights[k] when given: SUM only), in
+ *       index order, in float32; MEAN: that sum divided by the number of
+ *       non-padding indices; MAX: the elementwise maximum (the first index
+ *       wins ties). A bag with no non-padding index gives zeros (all modes).
+ * Rows are read as float32 (quantized rows dequantized as by
+ * qembed_qembedding_forward), reduced in float32, and stored as out_dtype.
+ * All arguments are validated before anything is written. */
+
+typedef enum qembed_bag_mode {
+    QEMBED_BAG_SUM = 0,
+    QEMBED_BAG_MEAN = 1,
+    QEMBED_BAG_MAX = 2,
+    QEMBED_BAG_MODE_COUNT
+} qembed_bag_mode;
+
+typedef struct qembed_bags {
+    uint32_t struct_size;            /* sizeof(qembed_bags) */
+    const void *indices;             /* count indices (may be NULL when count is 0) */
+    int index_dtype;                 /* QEMBED_DTYPE_I32 or I64 */
+    int64_t count;
+    const void *offsets;             /* num_offsets offsets of index_dtype, or NULL (fixed form) */
+    int64_t num_offsets;
+    bool include_last_offset;        /* offsets form: the last offset ends the last bag */
+    int64_t num_bags;                /* fixed form only (offsets NULL); must be 0 otherwise */
+    const void *per_sample_weights;  /* count weights (SUM only), finite, or NULL */
+    int weights_dtype;               /* F32, F16 or BF16 */
+    int mode;                        /* qembed_bag_mode (default MEAN, as torch) */
+    int64_t padding_idx;             /* QEMBED_NO_PADDING (default): a float layer uses its own
+                                        padding_idx, a quantized one none; else in [-rows, rows) */
+} qembed_bags;
+
+/*! qembed_bags_init() : count 0, no offsets, mode MEAN, I64, F32 weights,
+ *  padding from the layer. Since 0.1. */
+QEMBED_API void qembed_bags_init(qembed_bags *b);
+
+/*! qembed_bags_num_bags() : *num_bags = the number of bags b describes
+ *  (the output has num_bags x embedding_dim elements); validates the shape
+ *  fields, not the index values. Since 0.1. */
+QEMBED_API qembed_status qembed_bags_num_bags(const qembed_bags *b, int64_t *num_bags);
+
+/*! qembed_embedding_bag_forward() :
+ *  out (num_bags x embedding_dim of out_dtype F32, F16 or BF16, capacity
+ *  out_len elements) = the bags' reductions over the layer's weight (a
+ *  StableEmbedding's raw rows, without its LayerNorm). With max_norm, the
+ *  referenced rows are first renormalized in place, as qembed_embedding_forward.
+ *  Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_bag_forward(qembed_embedding *e, const qembed_bags *b,
+                                                      void *out, int out_dtype, int64_t out_len);
+
+/*! qembed_embedding_bag_backward() :
+ *  Accumulates the weight gradient of a bag forward given grad_output
+ *  (num_bags x embedding_dim of grad_dtype, finite): SUM adds the bag's
+ *  gradient row (times its per-sample weight) to each index's row, MEAN the
+ *  row divided by the bag's non-padding count, MAX each element to the row
+ *  that held that element's maximum (recomputed from the current weight: call
+ *  it before the weight changes). scale_grad_by_freq divides by the count of
+ *  the index in the whole input; padding rows get nothing; dense or sparse as
+ *  the layer. As torch, MAX refuses scale_grad_by_freq and sparse layers.
+ *  grad_per_sample_weights (count floats, or NULL) receives, when
+ *  per_sample_weights are given, d out / d weight[k] = grad_output[bag(k)] .
+ *  row(indices[k]) (0 for padding and for indices in no bag). A frozen weight
+ *  receives nothing. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_bag_backward(qembed_embedding *e, const qembed_bags *b,
+                                                       const void *grad_output, int grad_dtype, int64_t grad_len,
+                                                       float *grad_per_sample_weights);
+
+/*! qembed_qembedding_bag_forward() : the same reductions over a quantized
+ *  table (padding_idx from b; max_norm does not apply). Since 0.1. */
+QEMBED_API qembed_status qembed_qembedding_bag_forward(const qembed_qembedding *q, const qembed_bags *b,
+                                                       void *out, int out_dtype, int64_t out_len);
+
+/* ======================================================================== */
+/*  Scoring: queries against every row (logits, nearest neighbours)        */
+/* ======================================================================== */
+/* scores[i, r] = <queries[i], row r> (DOT) or that divided by
+ * max(|queries[i]|, 1e-8) * max(|row r|, 1e-8) (COSINE), for every row r of a
+ * float layer's weight or a quantized table dequantized to float32 (the
+ * tied output projection; inner-product or cosine search). queries are
+ * num_queries x embedding_dim of F32, F16 or BF16, finite.
+ *
+ * Summation order (exact, on every CPU tier and thread count, for one query
+ * or many, with or without top-k): products q[j] * w[j] are rounded to
+ * float32 (no fused multiply-add) and added in float32 into 8 lanes, lane l
+ * taking j = l, l + 8, l + 16, ... in order; the lanes are then added as
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). Norms are the square
+ * roots of the same sums of squares. Against the exact real dot product the
+ * error is at most gamma(dim / 8 + 3) * sum_j |q[j] w[j]|, with
+ * gamma(n) = n u / (1 - n u), u = 2^-24. Rows whose score is NaN (a NaN in
+ * the table) rank below every number in top-k. */
+
+typedef enum qembed_score_metric {
+    QEMBED_SCORE_DOT = 0,
+    QEMBED_SCORE_COSINE = 1,
+    QEMBED_SCORE_METRIC_COUNT
+} qembed_score_metric;
+
+/*! qembed_embedding_score() / qembed_qembedding_score() :
+ *  scores (num_queries x num_embeddings float32, capacity scores_len
+ *  elements) = every query scored against every row. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_score(qembed_embedding *e, const void *queries, int query_dtype,
+                                                int64_t num_queries, int metric, float *scores, int64_t scores_len);
+QEMBED_API qembed_status qembed_qembedding_score(const qembed_qembedding *q, const void *queries, int query_dtype,
+                                                 int64_t num_queries, int metric, float *scores, int64_t scores_len);
+
+/*! qembed_embedding_topk() / qembed_qembedding_topk() :
+ *  The k best rows of each query without the full score matrix: indices and
+ *  scores (num_queries x k each, capacity out_len elements) sorted by score
+ *  descending, ties to the lower row index; 1 <= k <= num_embeddings. The
+ *  scores equal those of *_score bit for bit. Since 0.1. */
+QEMBED_API qembed_status qembed_embedding_topk(qembed_embedding *e, const void *queries, int query_dtype,
+                                               int64_t num_queries, int metric, int64_t k,
+                                               int64_t *indices, float *scores, int64_t out_len);
+QEMBED_API qembed_status qembed_qembedding_topk(const qembed_qembedding *q, const void *queries, int query_dtype,
+                                                int64_t num_queries, int metric, int64_t k,
+                                                int64_t *indices, float *scores, int64_t out_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -118,7 +118,7 @@ public final class Embedding: @unchecked Sendable {
 
     /// torch's embedding_renorm_: each distinct referenced row whose p-norm
     /// exceeds max_norm is scaled by max_norm / (norm + 1e-7).
-    private func renorm(_ indices: Indices) {
+    func renorm(_ indices: Indices) {
         guard let maxNorm = config.maxNorm else { return }
         let rows = indices.distinct(rows: config.numEmbeddings)
         let dim = config.embeddingDim, p = config.normType
@@ -230,9 +230,9 @@ public final class Embedding: @unchecked Sendable {
             }
             guard weight.requiresGrad else { return }
             if config.sparse {
-                accumulateSparse(indices, g)
+                accumulateSparse(indices, g, pad: config.paddingIdx)
             } else {
-                accumulateDense(indices, g, into: try weight.denseGrad())
+                accumulateDense(indices, g, into: try weight.denseGrad(), pad: config.paddingIdx)
             }
         }
     }
@@ -247,9 +247,9 @@ public final class Embedding: @unchecked Sendable {
 
     /// grad[i] += g[k] * scale for indices[k] == i, in batch order per row;
     /// threads own disjoint row ranges, so no two write the same row.
-    private func accumulateDense(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>) {
+    func accumulateDense(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>, pad padding: Int?) {
         let dim = config.embeddingDim, rows = config.numEmbeddings
-        let pad = config.paddingIdx ?? -1
+        let pad = padding ?? -1
         let scales = frequencyScale(indices)
         let parts = min(Parallel.threadCount, max(1, indices.count * dim / 32768))
         Parallel.forEachChunk(parts, grain: 1) { pr in
@@ -274,9 +274,9 @@ public final class Embedding: @unchecked Sendable {
     /// Coalesces this batch's rows and merges them into the sparse gradient.
     /// Rows are independent, so both passes run on all threads; the value
     /// buffers are filled without zeroing them first.
-    private func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>) {
+    func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, pad padding: Int?) {
         let dim = config.embeddingDim
-        let pad = config.paddingIdx ?? -1
+        let pad = padding ?? -1
         let scales = frequencyScale(indices)
         // Sort (row, position) pairs packed in one integer: rows in order,
         // positions in batch order within a row.

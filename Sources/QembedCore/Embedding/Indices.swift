@@ -13,6 +13,16 @@ public struct Indices {
         self.count = count
     }
 
+    /// A view of values already known to be i32 (is64 false) or i64.
+    public init(unchecked base: UnsafeRawPointer, is64: Bool, count: Int) {
+        self.base = base
+        self.is64 = is64
+        self.count = count
+    }
+
+    /// The first `n` values.
+    public func prefix(_ n: Int) -> Indices { Indices(unchecked: base, is64: is64, count: n) }
+
     @inline(__always)
     public subscript(_ k: Int) -> Int {
         is64 ? Int(base.load(fromByteOffset: k * 8, as: Int64.self)) : Int(base.load(fromByteOffset: k * 4, as: Int32.self))
