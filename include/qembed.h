@@ -861,8 +861,10 @@ QEMBED_API qembed_status qembed_qembedding_load_ex(const char *path, const char 
  *       index order, in float32; MEAN: that sum divided by the number of
  *       non-padding indices; MAX: the elementwise maximum (the first index
  *       wins ties). A bag with no non-padding index gives zeros (all modes).
- * Rows are read as float32 (quantized rows dequantized as by
- * qembed_qembedding_forward), reduced in float32, and stored as out_dtype.
+ * Rows are read as the layer's lookups return them, as float32 (a quantized
+ * table's rows exactly as qembed_qembedding_forward returns them, rounded to
+ * the dtype of the weight it was made from), reduced in float32, and stored
+ * as out_dtype.
  * All arguments are validated before anything is written. */
 
 typedef enum qembed_bag_mode {
@@ -917,8 +919,9 @@ QEMBED_API qembed_status qembed_embedding_bag_forward(qembed_embedding *e, const
  *  the layer. As torch, MAX refuses scale_grad_by_freq and sparse layers.
  *  grad_per_sample_weights (count floats, or NULL) receives, when
  *  per_sample_weights are given, d out / d weight[k] = grad_output[bag(k)] .
- *  row(indices[k]) (0 for padding and for indices in no bag). A frozen weight
- *  receives nothing. Since 0.1. */
+ *  row(indices[k]) (0 for padding and for indices in no bag); a non-NULL
+ *  grad_per_sample_weights without per_sample_weights is refused
+ *  (QEMBED_ERR_INVALID_ARGUMENT). A frozen weight receives nothing. Since 0.1. */
 QEMBED_API qembed_status qembed_embedding_bag_backward(qembed_embedding *e, const qembed_bags *b,
                                                        const void *grad_output, int grad_dtype, int64_t grad_len,
                                                        float *grad_per_sample_weights);
@@ -933,9 +936,11 @@ QEMBED_API qembed_status qembed_qembedding_bag_forward(const qembed_qembedding *
 /* ======================================================================== */
 /* scores[i, r] = <queries[i], row r> (DOT) or that divided by
  * max(|queries[i]|, 1e-8) * max(|row r|, 1e-8) (COSINE), for every row r of a
- * float layer's weight or a quantized table dequantized to float32 (the
- * tied output projection; inner-product or cosine search). queries are
- * num_queries x embedding_dim of F32, F16 or BF16, finite.
+ * float layer's weight (a StableEmbedding's raw rows) or of a quantized table
+ * (its rows as qembed_qembedding_forward returns them as F32): the tied
+ * output projection, inner-product or cosine search. queries are
+ * num_queries x embedding_dim of F32, F16 or BF16, finite; num_queries may
+ * be 0 (nothing is written).
  *
  * Summation order (exact, on every CPU tier and thread count, for one query
  * or many, with or without top-k): products q[j] * w[j] are rounded to

@@ -3,7 +3,7 @@ import QembedCore
 /// The benchmark suite (`make bench`, `qembed bench`): every kernel and layer
 /// next to a memcpy bandwidth probe measured in the same run.
 public enum Benchmarks {
-    public static let suites = ["quantize", "embedding", "quantized", "optimizer"]
+    public static let suites = ["quantize", "embedding", "quantized", "bags", "optimizer"]
 
     /// Runs `only` (or every suite) at full size, or small with `quick`.
     public static func run(only: String?, quick: Bool) throws {
@@ -18,6 +18,7 @@ public enum Benchmarks {
         if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }
         if only == nil || only == "embedding" { try EmbeddingBench.run(quick: quick) }
         if only == nil || only == "quantized" { try QuantizedBench.run(quick: quick) }
+        if only == nil || only == "bags" { try BagBench.run(quick: quick) }
         if only == nil || only == "optimizer" { try OptimizerBench.run(quick: quick) }
     }
 }

@@ -31,6 +31,15 @@ static inline __attribute__((always_inline)) qembed__f32x8 qembed__bf16_load8(co
     return f;
 }
 
+typedef signed char qembed__i8x8 __attribute__((ext_vector_type(8)));
+
+/* 8 int8 values at p as floats (vpmovsxbd + vcvtdq2ps). */
+static inline __attribute__((always_inline)) qembed__f32x8 qembed__i8_load8(const signed char *p) {
+    qembed__i8x8 b;
+    __builtin_memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, qembed__f32x8);
+}
+
 /* Prefetches `bytes` bytes at p (one hint per 64-byte line) for reading:
  * random row gathers are latency-bound without it. */
 static inline __attribute__((always_inline)) void qembed__prefetch(const void *p, long bytes) {
@@ -40,5 +49,6 @@ static inline __attribute__((always_inline)) void qembed__prefetch(const void *p
 
 /* The AVX-512 VBMI register-table kernels (run-time dispatched). */
 #include "qembed_vbmi.h"
+#include "qembed_4bit.h"
 
 #endif

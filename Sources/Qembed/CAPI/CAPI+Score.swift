@@ -18,11 +18,11 @@ private struct ScoreArgs {
     let metric: ScoreMetric
 
     init(_ queries: UnsafeRawPointer?, _ dtype: CInt, _ n: Int64, _ m: CInt, dim: Int) throws(QembedError) {
-        let num = try count(n, "num_queries", minimum: 1)
+        let num = try count(n, "num_queries", minimum: 0)
         self.dtype = try DType.float(dtype, argument: "query_dtype")
         self.metric = try scoreMetric(m)
         _ = try checkedMul(try checkedMul(num, dim, "num_queries x embedding_dim"), 4, "queries bytes")
-        self.queries = try need(queries, "queries")
+        self.queries = num == 0 ? (queries ?? UnsafeRawPointer(bitPattern: 8)!) : try need(queries, "queries")
         self.num = num
     }
 }
@@ -31,6 +31,7 @@ private func scoreOut(_ scores: UnsafeMutablePointer<Float>?, _ len: Int64, _ nq
     let needed = try checkedMul(nq, rows, "num_queries x num_embeddings")
     _ = try bytes(needed, 4, "scores")
     try capacity(len, needed, "scores")
+    if needed == 0, scores == nil { return UnsafeMutablePointer(bitPattern: 8)! }
     return try need(scores, "scores")
 }
 
@@ -51,6 +52,7 @@ public func qembed_embedding_score(_ e: OpaquePointer!, _ queries: UnsafeRawPoin
         let l = try embedding(e)
         let a = try ScoreArgs(queries, query_dtype, num_queries, metric, dim: l.config.embeddingDim)
         let out = try scoreOut(scores, scores_len, a.num, l.config.numEmbeddings)
+        if a.num == 0 { return }
         try l.score(a.queries, dtype: a.dtype, count: a.num, metric: a.metric, out: out)
     }
 }
@@ -62,6 +64,7 @@ public func qembed_qembedding_score(_ q: OpaquePointer!, _ queries: UnsafeRawPoi
         let l = try qembedding(q)
         let a = try ScoreArgs(queries, query_dtype, num_queries, metric, dim: l.embeddingDim)
         let out = try scoreOut(scores, scores_len, a.num, l.numEmbeddings)
+        if a.num == 0 { return }
         try l.score(a.queries, dtype: a.dtype, count: a.num, metric: a.metric, out: out)
     }
 }
@@ -74,6 +77,7 @@ public func qembed_embedding_topk(_ e: OpaquePointer!, _ queries: UnsafeRawPoint
         let l = try embedding(e)
         let a = try ScoreArgs(queries, query_dtype, num_queries, metric, dim: l.config.embeddingDim)
         let kk = try topkOut(k, out_len, a.num, rows: l.config.numEmbeddings)
+        if a.num == 0 { return }
         try l.topk(a.queries, dtype: a.dtype, count: a.num, metric: a.metric, k: kk,
                    indices: try need(indices, "indices"), scores: try need(scores, "scores"))
     }
@@ -87,6 +91,7 @@ public func qembed_qembedding_topk(_ q: OpaquePointer!, _ queries: UnsafeRawPoin
         let l = try qembedding(q)
         let a = try ScoreArgs(queries, query_dtype, num_queries, metric, dim: l.embeddingDim)
         let kk = try topkOut(k, out_len, a.num, rows: l.numEmbeddings)
+        if a.num == 0 { return }
         try l.topk(a.queries, dtype: a.dtype, count: a.num, metric: a.metric, k: kk,
                    indices: try need(indices, "indices"), scores: try need(scores, "scores"))
     }

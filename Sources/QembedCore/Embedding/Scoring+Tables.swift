@@ -30,13 +30,6 @@ extension Embedding {
 }
 
 extension QuantizedEmbedding {
-    func withRows<T>(_ body: (any BagRowSource) -> T) -> T {
-        if kind == .int8 { return body(Int8Rows(q: q.assumingMemoryBound(to: Int8.self), scb: scales!, dim: embeddingDim)) }
-        return QuantMap.fourBit(kind.fourBit!).withUnsafeBufferPointer { cb in
-            body(FourBitRows(table: self, packed: q.assumingMemoryBound(to: UInt8.self), code: cb.baseAddress!, dim: embeddingDim))
-        }
-    }
-
     public func score(_ queries: UnsafeRawPointer, dtype: DType, count: Int, metric: ScoreMetric,
                       out: UnsafeMutablePointer<Float>) throws(QembedError) {
         let q = try ScoreQueries(queries, dtype: dtype, count: count, dim: embeddingDim, metric: metric)

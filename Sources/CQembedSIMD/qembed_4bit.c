@@ -1,0 +1,97 @@
+/* AVX2 4-bit row kernels (see include/qembed_4bit.h). A 16-entry float code
+ * is two 8-float registers: each nibble picks its lane in both with
+ * vpermps, and bit 3 of the nibble (moved to the sign bit) chooses the
+ * register with vblendvps. Written with separate multiply and add
+ * intrinsics, so every result is rounded as the scalar rule rounds it. */
+#include "qembed_4bit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+#ifdef __clang__
+#pragma clang fp contract(off)
+#endif
+
+#define QE_AVX2 __attribute__((target("avx2")))
+
+static int qe_avx2_cached = -1;
+static int qe_avx2_switch = 1;
+
+static int qe_avx2_cpu(void) {
+    int c = __atomic_load_n(&qe_avx2_cached, __ATOMIC_RELAXED);
+    if (c >= 0) return c;
+    c = 0;
+    unsigned a, b, cx, d;
+    if (__get_cpuid(1, &a, &b, &cx, &d) && (cx & (1u << 27)) && (cx & (1u << 28))) {  /* OSXSAVE, AVX */
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        if ((lo & 6u) == 6u && __get_cpuid_count(7, 0, &a, &b, &cx, &d)) c = (b >> 5) & 1;  /* XMM+YMM state, AVX2 */
+    }
+    const char *env = getenv("QEMBED_CPU");
+    if (env && strcmp(env, "baseline") == 0) c = 0;
+    __atomic_store_n(&qe_avx2_cached, c, __ATOMIC_RELAXED);
+    return c;
+}
+
+int qembed__avx2_enabled(void) { return __atomic_load_n(&qe_avx2_switch, __ATOMIC_RELAXED) && qe_avx2_cpu(); }
+void qembed__avx2_set_enabled(int on) { __atomic_store_n(&qe_avx2_switch, on ? 1 : 0, __ATOMIC_RELAXED); }
+
+/* 8 values from 4 bytes: nibbles high, low of byte 0, then byte 1, ... */
+static inline __attribute__((always_inline)) QE_AVX2 __m256 qe_decode8(const uint8_t *p, __m256 lo, __m256 hi, __m256 a) {
+    int32_t four;
+    memcpy(&four, p, 4);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup));
+    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
+    __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
+    __m256 v = _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    return _mm256_mul_ps(v, a);
+}
+
+QE_AVX2 void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, float absmax, float w, int op, float *dst) {
+    const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8), a = _mm256_set1_ps(absmax);
+    const __m256 wv = _mm256_set1_ps(w);
+    long k = 0;
+    switch (op) {
+    case QEMBED__4BIT_STORE:
+        for (; k + 4 <= pairs; k += 4) _mm256_storeu_ps(dst + 2 * k, qe_decode8(p + k, lo, hi, a));
+        break;
+    case QEMBED__4BIT_ADD:
+        for (; k + 4 <= pairs; k += 4)
+            _mm256_storeu_ps(dst + 2 * k, _mm256_add_ps(_mm256_loadu_ps(dst + 2 * k), qe_decode8(p + k, lo, hi, a)));
+        break;
+    case QEMBED__4BIT_ADD_WEIGHTED:
+        for (; k + 4 <= pairs; k += 4)
+            _mm256_storeu_ps(dst + 2 * k, _mm256_add_ps(_mm256_loadu_ps(dst + 2 * k), _mm256_mul_ps(qe_decode8(p + k, lo, hi, a), wv)));
+        break;
+    default: {
+        for (; k + 4 <= pairs; k += 4) {
+            __m256 v = qe_decode8(p + k, lo, hi, a), o = _mm256_loadu_ps(dst + 2 * k);
+            _mm256_storeu_ps(dst + 2 * k, _mm256_blendv_ps(o, v, _mm256_cmp_ps(v, o, _CMP_GT_OQ)));
+        }
+    }
+    }
+    for (; k < pairs; k++) {
+        float v0 = code[p[k] >> 4] * absmax, v1 = code[p[k] & 15] * absmax;
+        float *o = dst + 2 * k;
+        switch (op) {
+        case QEMBED__4BIT_STORE: o[0] = v0; o[1] = v1; break;
+        case QEMBED__4BIT_ADD: o[0] += v0; o[1] += v1; break;
+        case QEMBED__4BIT_ADD_WEIGHTED: o[0] += v0 * w; o[1] += v1 * w; break;
+        default: if (v0 > o[0]) o[0] = v0; if (v1 > o[1]) o[1] = v1;
+        }
+    }
+}
+
+#else
+int qembed__avx2_enabled(void) { return 0; }
+void qembed__avx2_set_enabled(int on) { (void)on; }
+void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, float absmax, float w, int op, float *dst) {
+    (void)p; (void)pairs; (void)code; (void)absmax; (void)w; (void)op; (void)dst;
+    abort();
+}
+#endif
