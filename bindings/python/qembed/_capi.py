@@ -74,6 +74,15 @@ QEMBED_QEMB_FP4 = 1
 QEMBED_QEMB_NF4 = 2
 QEMBED_QEMB_COUNT = 3
 
+QEMBED_BAG_SUM = 0
+QEMBED_BAG_MEAN = 1
+QEMBED_BAG_MAX = 2
+QEMBED_BAG_MODE_COUNT = 3
+
+QEMBED_SCORE_DOT = 0
+QEMBED_SCORE_COSINE = 1
+QEMBED_SCORE_METRIC_COUNT = 2
+
 # --------------------------------------------------------------------------
 # Structures
 # --------------------------------------------------------------------------
@@ -183,8 +192,26 @@ class qembed_qembedding_info(Structure):
     ]
 
 
+class qembed_bags(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("indices", c_void_p),
+        ("index_dtype", c_int),
+        ("count", c_int64),
+        ("offsets", c_void_p),
+        ("num_offsets", c_int64),
+        ("include_last_offset", c_bool),
+        ("num_bags", c_int64),
+        ("per_sample_weights", c_void_p),
+        ("weights_dtype", c_int),
+        ("mode", c_int),
+        ("padding_idx", c_int64),
+    ]
+
+
 STRUCTS = (qembed_param_info, qembed_embedding_params, qembed_optimizer_params,
-           qembed_optimizer_state_info, qembed_tensor_info, qembed_tensor_desc, qembed_qembedding_info)
+           qembed_optimizer_state_info, qembed_tensor_info, qembed_tensor_desc, qembed_qembedding_info,
+           qembed_bags)
 
 # --------------------------------------------------------------------------
 # Functions
@@ -425,6 +452,37 @@ qembed_qembedding_save = _fn("qembed_qembedding_save", status, handle, c_char_p,
 qembed_qembedding_load = _fn("qembed_qembedding_load", status, c_char_p, c_char_p, POINTER(handle))
 # qembed_status qembed_qembedding_load_ex(const char *path, const char *prefix, uint32_t flags, qembed_qembedding **out);
 qembed_qembedding_load_ex = _fn("qembed_qembedding_load_ex", status, c_char_p, c_char_p, c_uint32, POINTER(handle))
+
+# --- Bags: pooled lookups ----------------------------------------------------
+
+# void qembed_bags_init(qembed_bags *b);
+qembed_bags_init = _fn("qembed_bags_init", None, POINTER(qembed_bags))
+# qembed_status qembed_bags_num_bags(const qembed_bags *b, int64_t *num_bags);
+qembed_bags_num_bags = _fn("qembed_bags_num_bags", status, POINTER(qembed_bags), P_i64)
+# qembed_status qembed_embedding_bag_forward(qembed_embedding *e, const qembed_bags *b, void *out, int out_dtype, int64_t out_len);
+qembed_embedding_bag_forward = _fn("qembed_embedding_bag_forward", status, handle, POINTER(qembed_bags), c_void_p,
+                                   c_int, c_int64)
+# qembed_status qembed_embedding_bag_backward(qembed_embedding *e, const qembed_bags *b, const void *grad_output, int grad_dtype, int64_t grad_len, float *grad_per_sample_weights);
+qembed_embedding_bag_backward = _fn("qembed_embedding_bag_backward", status, handle, POINTER(qembed_bags), c_void_p,
+                                    c_int, c_int64, P_f32)
+# qembed_status qembed_qembedding_bag_forward(const qembed_qembedding *q, const qembed_bags *b, void *out, int out_dtype, int64_t out_len);
+qembed_qembedding_bag_forward = _fn("qembed_qembedding_bag_forward", status, handle, POINTER(qembed_bags), c_void_p,
+                                    c_int, c_int64)
+
+# --- Scoring: queries against every row --------------------------------------
+
+# qembed_status qembed_embedding_score(qembed_embedding *e, const void *queries, int query_dtype, int64_t num_queries, int metric, float *scores, int64_t scores_len);
+qembed_embedding_score = _fn("qembed_embedding_score", status, handle, c_void_p, c_int, c_int64, c_int, P_f32,
+                             c_int64)
+# qembed_status qembed_qembedding_score(const qembed_qembedding *q, const void *queries, int query_dtype, int64_t num_queries, int metric, float *scores, int64_t scores_len);
+qembed_qembedding_score = _fn("qembed_qembedding_score", status, handle, c_void_p, c_int, c_int64, c_int, P_f32,
+                              c_int64)
+# qembed_status qembed_embedding_topk(qembed_embedding *e, const void *queries, int query_dtype, int64_t num_queries, int metric, int64_t k, int64_t *indices, float *scores, int64_t out_len);
+qembed_embedding_topk = _fn("qembed_embedding_topk", status, handle, c_void_p, c_int, c_int64, c_int, c_int64, P_i64,
+                            P_f32, c_int64)
+# qembed_status qembed_qembedding_topk(const qembed_qembedding *q, const void *queries, int query_dtype, int64_t num_queries, int metric, int64_t k, int64_t *indices, float *scores, int64_t out_len);
+qembed_qembedding_topk = _fn("qembed_qembedding_topk", status, handle, c_void_p, c_int, c_int64, c_int, c_int64,
+                             P_i64, P_f32, c_int64)
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from ._capi import (  # noqa: E402,F401  (one home: qembed._capi, checked agains
     QEMBED_OVERRIDE_OPTIM_BITS, QEMBED_OVERRIDE_LR, QEMBED_OVERRIDE_BETA1, QEMBED_OVERRIDE_BETA2,
     QEMBED_OVERRIDE_EPS, QEMBED_OVERRIDE_WEIGHT_DECAY, QEMBED_OPTIM_ADAM, QEMBED_OPTIM_ADAMW,
     QEMBED_OPTIM_MOMENTUM, QEMBED_OPTIM_LION, QEMBED_OPTIM_RMSPROP, QEMBED_OPTIM_ADAGRAD, QEMBED_MAX_DIMS,
-    QEMBED_QEMB_INT8, QEMBED_QEMB_FP4, QEMBED_QEMB_NF4, QEMBED_OPEN_MMAP, QEMBED_NO_PADDING
+    QEMBED_QEMB_INT8, QEMBED_QEMB_FP4, QEMBED_QEMB_NF4, QEMBED_OPEN_MMAP, QEMBED_NO_PADDING,
+    QEMBED_ERR_NULL_POINTER, QEMBED_BAG_SUM, QEMBED_BAG_MEAN, QEMBED_BAG_MAX, QEMBED_SCORE_DOT, QEMBED_SCORE_COSINE
 )
 
 # --------------------------------------------------------------------------
@@ -51,6 +52,9 @@ from ._capi import (  # noqa: E402,F401
     qembed_embedding_save,
     qembed_qembedding_quantize, qembed_qembedding_from_embedding, qembed_qembedding_free,
     qembed_qembedding_info_get, qembed_qembedding_forward, qembed_qembedding_save, qembed_qembedding_load, qembed_qembedding_load_ex,
+    qembed_bags, qembed_bags_init, qembed_bags_num_bags, qembed_embedding_bag_forward, qembed_embedding_bag_backward,
+    qembed_qembedding_bag_forward, qembed_embedding_score, qembed_qembedding_score, qembed_embedding_topk,
+    qembed_qembedding_topk,
 )
 
 handle = c_void_p  # opaque pointers

@@ -181,9 +181,16 @@ def test_every_bound_function_is_exported():
 
 def test_enum_constants_match_header():
     text = open(HEADER).read()
-    for m in re.finditer(r"\b(QEMBED_(?:ERR_\w+|OK|DTYPE_\w+|QUANT_\w+|OPTIM_\w+|OVERRIDE_\w+|QEMB_\w+))\s*=\s*(\d+)",
-                         text):
+    for m in re.finditer(r"\b(QEMBED_(?:ERR_\w+|OK|DTYPE_\w+|QUANT_\w+|OPTIM_\w+|OVERRIDE_\w+|QEMB_\w+|BAG_\w+|"
+                         r"SCORE_\w+))\s*=\s*(\d+)", text):
         assert getattr(C, m.group(1)) == int(m.group(2)), m.group(1)
+    # enums whose last member counts the others (no explicit value in the header)
+    for enum in ("qembed_bag_mode", "qembed_score_metric"):
+        body = re.search(r"typedef enum " + enum + r" \{(.*?)\}", text, flags=re.S).group(1)
+        names = re.findall(r"\b(QEMBED_\w+)", body)
+        assert names[-1].endswith("_COUNT") and "=" not in body.split(names[-1])[1], enum
+        assert getattr(C, names[-1]) == len(names) - 1, names[-1]
+        assert sorted(getattr(C, n) for n in names[:-1]) == list(range(len(names) - 1)), enum
     assert C.QEMBED_CODE_SIZE == int(re.search(r"#define QEMBED_CODE_SIZE (\d+)", text).group(1))
     assert C.QEMBED_MAX_DIMS == int(re.search(r"#define QEMBED_MAX_DIMS (\d+)", text).group(1))
 

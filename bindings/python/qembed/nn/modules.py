@@ -32,6 +32,7 @@ import numpy as np
 from .. import _capi_layers as L
 from .. import io as _io
 from .._capi import QembedTypeError, QembedValueError
+from ._bags import FloatTableOps, QuantizedTableOps
 
 __all__ = ["Parameter", "SparseGrad", "LayerNorm", "Embedding", "StableEmbedding", "Embedding8bit",
            "Embedding4bit", "EmbeddingFP4", "EmbeddingNF4"]
@@ -248,7 +249,7 @@ class LayerNorm:
 # --------------------------------------------------------------------------
 
 
-class Embedding:
+class Embedding(FloatTableOps):
     """bitsandbytes.nn.Embedding: torch.nn.Embedding with Xavier-uniform
     initialization, whose weight always gets 32-bit optimizer state.
 
@@ -496,7 +497,7 @@ _KIND_OF_QUANT = {"fp4": L.QEMBED_QEMB_FP4, "nf4": L.QEMBED_QEMB_NF4}
 _QUANT_OF_KIND = {L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4", L.QEMBED_QEMB_INT8: None}
 
 
-class _QuantizedEmbedding:
+class _QuantizedEmbedding(QuantizedTableOps):
     """Shared machinery of Embedding8bit and Embedding4bit: a layer starts
     unquantized and is quantized by load_state_dict({"weight": W}) (what
     bitsandbytes does on .to(device)), from_embedding() or load()."""
