@@ -52,7 +52,13 @@ static inline __attribute__((always_inline)) QE_AVX2 __m256 qe_decode8(const uin
     return _mm256_mul_ps(v, a);
 }
 
+static inline __attribute__((always_inline)) QE_AVX2 void qe_run(const uint8_t *p, long pairs, const float *code, float absmax,
+                                                                  float w, int op, float *dst);
 QE_AVX2 void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, float absmax, float w, int op, float *dst) {
+    qe_run(p, pairs, code, absmax, w, op, dst);
+}
+static inline __attribute__((always_inline)) QE_AVX2 void qe_run(const uint8_t *p, long pairs, const float *code, float absmax,
+                                                                  float w, int op, float *dst) {
     const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8), a = _mm256_set1_ps(absmax);
     const __m256 wv = _mm256_set1_ps(w);
     long k = 0;
@@ -87,7 +93,58 @@ QE_AVX2 void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *co
     }
 }
 
+static inline void qe_apply(int op, float v, float w, float *d) {
+    switch (op) {
+    case QEMBED__4BIT_STORE: *d = v; break;
+    case QEMBED__4BIT_ADD: *d += v; break;
+    case QEMBED__4BIT_ADD_WEIGHTED: *d += v * w; break;
+    default: if (v > *d) *d = v;
+    }
+}
+
+QE_AVX2 void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                                   float w, int op, float *dst) {
+    long b0 = e0 / bs, j = 0;
+    while (j < n) {
+        long e = e0 + j, b = e / bs;
+        long run_end = (b + 1) * bs - e0;
+        if (run_end > n) run_end = n;
+        float a = absmax[b - b0];
+        if (e & 1) { qe_apply(op, code[packed[e >> 1] & 15] * a, w, dst + j); j++; e++; }
+        long pairs = (run_end - j) / 2;
+        qe_run(packed + (e >> 1), pairs, code, a, w, op, dst + j);
+        j += 2 * pairs; e += 2 * pairs;
+        if (j < run_end) { qe_apply(op, code[packed[e >> 1] >> 4] * a, w, dst + j); j++; }
+    }
+}
+
+QE_AVX2 void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                                       const float *q, float lanes[8]) {
+    const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8);
+    __m256 acc = _mm256_setzero_ps();
+    long b0 = e0 / bs, j = 0;
+    while (j < n) {
+        long b = (e0 + j) / bs;
+        long run_end = (b + 1) * bs - e0;
+        if (run_end > n) run_end = n;
+        const __m256 a = _mm256_set1_ps(absmax[b - b0]);
+        for (; j < run_end; j += 8)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q + j), qe_decode8(packed + ((e0 + j) >> 1), lo, hi, a)));
+    }
+    _mm256_storeu_ps(lanes, acc);
+}
+
 #else
+void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                               const float *q, float lanes[8]) {
+    (void)packed; (void)e0; (void)n; (void)bs; (void)absmax; (void)code; (void)q; (void)lanes;
+    abort();
+}
+void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                           float w, int op, float *dst) {
+    (void)packed; (void)e0; (void)n; (void)bs; (void)absmax; (void)code; (void)w; (void)op; (void)dst;
+    abort();
+}
 int qembed__avx2_enabled(void) { return 0; }
 void qembed__avx2_set_enabled(int on) { (void)on; }
 void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, float absmax, float w, int op, float *dst) {

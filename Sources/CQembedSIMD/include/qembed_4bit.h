@@ -21,4 +21,18 @@ void qembed__avx2_set_enabled(int on);
  * qembed__avx2_enabled(). */
 void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, float absmax, float w, int op, float *dst);
 
+/* The same over elements e0 .. e0 + n - 1 of a packed table whose blocks of
+ * bs elements have scales absmax[b - e0 / bs] (b the element's block): a
+ * whole row in one call, runs split at block edges, single nibbles at odd
+ * edges by the scalar rule. */
+void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                           float w, int op, float *dst);
+
+/* lanes[l] = the sum over j = l, l + 8, ... < n (in that order, from +0) of
+ * q[j] * v[j], v the row's values as above; products and sums rounded once
+ * each. Needs e0, n and bs multiples of 8 (every run whole bytes, lanes
+ * aligned with j mod 8). */
+void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
+                               const float *q, float lanes[8]);
+
 #endif

@@ -15,6 +15,13 @@ protocol BagRowSource {
     /// acc[j] = row(i)[j] (first) or the larger of the two (earlier wins ties).
     func maximum(_ i: Int, first: Bool, _ acc: UnsafeMutablePointer<Float>)
     func prefetch(_ i: Int)
+    /// <q, row(i)> in the scoring order (Scoring.swift) straight from the
+    /// table, when this source has a fused kernel for it here; else nil.
+    func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float?
+}
+
+extension BagRowSource {
+    @inline(__always) func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float? { nil }
 }
 
 struct FloatRows<E: FloatElement>: BagRowSource {
@@ -122,7 +129,21 @@ struct FourBitRows: BagRowSource {
     /// everything otherwise) by the same scalar rule.
     @inline(__always) private func run(_ i: Int, _ op: Int32, _ w: Float, _ dst: UnsafeMutablePointer<Float>) {
         let start = i * dim, bs = table.blocksize
-        let simd = qembed__avx2_enabled() != 0
+        if qembed__avx2_enabled() != 0 {
+            // One call per row: the row's block scales, from the table or
+            // decoded from nested statistics into a small buffer.
+            let b0 = start / bs
+            if let s = table.scales {
+                qembed__4bit_row_avx2(packed, start, dim, bs, s + b0, code, w, op, dst)
+            } else {
+                let nb = (start + dim - 1) / bs - b0 + 1
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { t in
+                    for b in 0..<nb { t[b] = table.absmax(b0 + b) }
+                    qembed__4bit_row_avx2(packed, start, dim, bs, t.baseAddress!, code, w, op, dst)
+                }
+            }
+            return
+        }
         var j = 0
         while j < dim {
             let b = (start + j) / bs
@@ -131,14 +152,10 @@ struct FourBitRows: BagRowSource {
             var e = start + j
             if e & 1 == 1 { apply(op, code[Int(packed[e >> 1] & 15)] * a, w, dst + j); j += 1; e += 1 }
             let pairs = (runEnd - j) / 2
-            if simd {
-                qembed__4bit_run_avx2(packed + (e >> 1), pairs, code, a, w, op, dst + j)
-            } else {
-                for t in 0..<pairs {
-                    let byte = packed[(e >> 1) + t]
-                    apply(op, code[Int(byte >> 4)] * a, w, dst + j + 2 * t)
-                    apply(op, code[Int(byte & 15)] * a, w, dst + j + 2 * t + 1)
-                }
+            for t in 0..<pairs {
+                let byte = packed[(e >> 1) + t]
+                apply(op, code[Int(byte >> 4)] * a, w, dst + j + 2 * t)
+                apply(op, code[Int(byte & 15)] * a, w, dst + j + 2 * t + 1)
             }
             j += 2 * pairs; e += 2 * pairs
             if j < runEnd { apply(op, code[Int(packed[e >> 1] >> 4)] * a, w, dst + j); j += 1 }
@@ -155,6 +172,26 @@ struct FourBitRows: BagRowSource {
     }
 
     @inline(__always) func load(_ i: Int, _ dst: UnsafeMutablePointer<Float>) { run(i, Int32(QEMBED__4BIT_STORE), 1, dst) }
+
+    @inline(__always) func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float? {
+        let bs = table.blocksize
+        guard dim % 8 == 0, bs % 8 == 0, qembed__avx2_enabled() != 0 else { return nil }
+        let start = i * dim, b0 = start / bs
+        var lanes = SIMD8<Float>()
+        withUnsafeMutableBytes(of: &lanes) { lb in
+            let l = lb.baseAddress!.assumingMemoryBound(to: Float.self)
+            if let s = table.scales {
+                qembed__4bit_row_dot_avx2(packed, start, dim, bs, s + b0, code, q, l)
+            } else {
+                let nb = (start + dim - 1) / bs - b0 + 1
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { t in
+                    for b in 0..<nb { t[b] = table.absmax(b0 + b) }
+                    qembed__4bit_row_dot_avx2(packed, start, dim, bs, t.baseAddress!, code, q, l)
+                }
+            }
+        }
+        return Scoring.laneSum(lanes)
+    }
 
     @inline(__always) func add(_ i: Int, _ w: Float, _ acc: UnsafeMutablePointer<Float>) {
         if w == 1 { run(i, Int32(QEMBED__4BIT_ADD), 1, acc) } else { run(i, Int32(QEMBED__4BIT_ADD_WEIGHTED), w, acc) }

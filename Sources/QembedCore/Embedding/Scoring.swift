@@ -6,7 +6,7 @@
 /// (lane l takes j = l, l + 8, ...), lanes combined as
 /// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). Rows are decoded into
 /// zero-padded float32 tiles, so a padded lane adds +0.
-public enum ScoreMetric: Int32, Sendable {
+public enum ScoreMetric: Int32, Sendable, CaseIterable {
     case dot = 0, cosine = 1
 }
 
@@ -139,6 +139,14 @@ extension Scoring {
                 let lo = tiles * part / parts, hi = tiles * (part + 1) / parts
                 for ti in lo..<hi {
                     let r0 = ti * t, n = min(t, count - r0)
+                    // One query over a source with a fused kernel: the same
+                    // sums straight from the table, no tile.
+                    if q.nq4 == 1 && metric == .dot, let first = rows.dot(r0, q.ptr) {
+                        s[0] = first
+                        for r in 1..<max(n, 1) { s[r] = rows.dot(r0 + r, q.ptr)! }
+                        body(part, r0, n, n, s)
+                        continue
+                    }
                     for r in 0..<n { rows.load(r0 + r, tile + r * stride) }
                     if n % 2 == 1 && q.nq4 > 1 { (tile + n * stride).update(repeating: 0, count: stride) }
                     let nr = q.nq4 > 1 ? (n + 1) & ~1 : n
