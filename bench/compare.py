@@ -14,7 +14,12 @@ import os
 import sys
 import time
 
-import numpy as np
+# torch's OpenMP workers spin after each parallel region; on a 2-core machine
+# that steals the cores from whichever library is timed next. Passive waiting
+# keeps the comparison fair (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "python"))
 import qembed  # noqa: E402
@@ -55,7 +60,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=("kernels", "layers", "optimizer"), help="run one section")
+    ap.add_argument("--only", choices=("kernels", "layers", "bags", "optimizer"), help="run one section")
     args = ap.parse_args()
     qembed.set_num_threads(args.threads)
     if torch is not None:
@@ -73,6 +78,8 @@ def main():
         kernels(args, n, x, tx, memcpy)
     if want("layers"):
         layers(args, memcpy)
+    if want("bags"):
+        bags(args, memcpy)
     if want("optimizer"):
         optimizers(args, memcpy)
 
@@ -183,6 +190,78 @@ def layers(args, memcpy):
                 print(f"  bitsandbytes {bcls.__name__}: {type(e).__name__}: {e}")
                 ref = None
             row(f"qembed {cls.__name__} {rows}x{dim}", tq, 65536 * dim * 4, memcpy, ref)
+
+
+def bags(args, memcpy):
+    """EmbeddingBag and scoring (issue #18's anchors): torch F.embedding_bag, FBGEMM's row-wise
+    int8/4-bit bags, W @ q, and faiss IndexScalarQuantizer (QT_8bit) when installed."""
+    nn = qembed.nn
+    rng = np.random.default_rng(2)
+    rows, dim, nb, per = (50_000, 128, 1024, 40) if args.quick else (250_000, 128, 4096, 40)
+    print(f"\nbags: {nb} bags of {per} random rows of {rows}x{dim} (GB/s of rows read)")
+    w = rng.standard_normal((rows, dim), dtype=np.float32)
+    idx = rng.integers(0, rows, nb * per)
+    off = np.arange(nb, dtype=np.int64) * per
+    bag = nn.EmbeddingBag.from_pretrained(w, mode="sum")
+    anchors = {}
+    if torch is not None:
+        tw, ti, to = torch.from_numpy(w), torch.from_numpy(idx), torch.from_numpy(off)
+        anchors["f32"] = ("torch F.embedding_bag", best(lambda: torch.nn.functional.embedding_bag(ti, tw, to, mode="sum")))
+        try:
+            p8 = torch.ops.quantized.embedding_bag_byte_prepack(tw)
+            anchors["int8"] = ("FBGEMM embedding_bag_byte_rowwise_offsets",
+                               best(lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to, mode=0)))
+            p4 = torch.ops.quantized.embedding_bag_4bit_prepack(tw)
+            anchors["nf4"] = ("FBGEMM embedding_bag_4bit_rowwise_offsets",
+                              best(lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to, mode=0)))
+        except Exception as e:  # torch built without FBGEMM
+            print(f"  FBGEMM quantized bags unavailable: {type(e).__name__}: {e}")
+    tables = [("f32", bag, dim * 4), ("int8", nn.Embedding8bit.from_embedding(bag), dim + 4),
+              ("nf4", nn.EmbeddingNF4.from_embedding(bag), dim // 2 + 4 * (dim // 64))]
+    for name, layer, row_bytes in tables:
+        run = (lambda: layer(idx, off)) if name == "f32" else (lambda: layer.bag(idx, off, mode="sum"))
+        t = best(run)
+        ref = anchors.get(name)
+        if ref:
+            row(ref[0], ref[1], nb * per * row_bytes, memcpy)
+        row(f"qembed {name} bag sum", t, nb * per * row_bytes, memcpy, ref[1] if ref else None, ref[0] if ref else None)
+
+    rows, dim = (8192, 384) if args.quick else (30522, 384)
+    print(f"\nscoring: queries against every row of {rows}x{dim} (a tied LM head; GB/s of table)")
+    w = rng.standard_normal((rows, dim), dtype=np.float32)
+    emb = nn.Embedding.from_pretrained(w)
+    nf4 = nn.EmbeddingNF4.from_embedding(emb)
+    for nq in (1, 64):
+        q = rng.standard_normal((nq, dim), dtype=np.float32)
+        ref = None
+        if torch is not None:
+            tw, tq = torch.from_numpy(w), torch.from_numpy(q[0] if nq == 1 else q.T.copy())
+            ref = best(lambda: tw @ tq)
+            row(f"torch f32 W @ q, {nq} quer{'y' if nq == 1 else 'ies'}", ref, rows * dim * 4, memcpy)
+        for name, layer, nbytes in (("f32", emb, rows * dim * 4), ("nf4", nf4, rows * dim // 2)):
+            t = best(lambda: layer.score(q))
+            row(f"qembed {name} score, {nq} quer{'y' if nq == 1 else 'ies'}", t, nbytes, memcpy, ref, "torch f32 W @ q")
+    rows, dim, nq = (100_000, 128, 16) if args.quick else (1_000_000, 128, 16)
+    print(f"\ntop-10 inner-product search over {rows}x{dim} int8 rows")
+    w = rng.standard_normal((rows, dim), dtype=np.float32)
+    q8 = nn.Embedding8bit.from_embedding(nn.Embedding.from_pretrained(w))
+    try:
+        import faiss
+        faiss.omp_set_num_threads(args.threads)
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index.train(w)
+        index.add(w)
+    except ImportError:
+        faiss = index = None
+        print("  faiss not installed (pip install faiss-cpu): qembed alone")
+    for n in (1, nq):
+        q = rng.standard_normal((n, dim), dtype=np.float32)
+        ref = None
+        if index is not None:
+            ref = best(lambda: index.search(q, 10))
+            row(f"faiss IndexScalarQuantizer QT_8bit, {n} quer{'y' if n == 1 else 'ies'}", ref, rows * dim, memcpy)
+        row(f"qembed int8 score(k=10), {n} quer{'y' if n == 1 else 'ies'}", best(lambda: q8.score(q, k=10)), rows * dim, memcpy,
+            ref, "faiss")
 
 
 def optimizers(args, memcpy):
