@@ -75,9 +75,9 @@ extension Embedding {
             }
             let idx = bags.indices.prefix(bagged)
             if config.sparse {
-                accumulateSparse(idx, rg, pad: bags.paddingIdx)
+                accumulateSparse(idx, rg, pad: bags.paddingIdx, countIn: bags.indices)
             } else {
-                accumulateDense(idx, rg, into: try weight.denseGrad(), pad: bags.paddingIdx)
+                accumulateDense(idx, rg, into: try weight.denseGrad(), pad: bags.paddingIdx, countIn: bags.indices)
             }
         }
     }

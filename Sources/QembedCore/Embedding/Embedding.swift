@@ -237,7 +237,8 @@ public final class Embedding: @unchecked Sendable {
         }
     }
 
-    /// Per-index scale: 1, or 1 / (count of the index in this batch).
+    /// Per-index scale: 1, or 1 / (count of the index in `indices`: the
+    /// batch, or for bags the whole input, trailing indices included).
     private func frequencyScale(_ indices: Indices) -> [Int: Float]? {
         guard config.scaleGradByFreq else { return nil }
         var counts: [Int: Int] = [:]
@@ -247,10 +248,11 @@ public final class Embedding: @unchecked Sendable {
 
     /// grad[i] += g[k] * scale for indices[k] == i, in batch order per row;
     /// threads own disjoint row ranges, so no two write the same row.
-    func accumulateDense(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>, pad padding: Int?) {
+    func accumulateDense(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>,
+                         pad padding: Int?, countIn all: Indices? = nil) {
         let dim = config.embeddingDim, rows = config.numEmbeddings
         let pad = padding ?? -1
-        let scales = frequencyScale(indices)
+        let scales = frequencyScale(all ?? indices)
         let parts = min(Parallel.threadCount, max(1, indices.count * dim / 32768))
         Parallel.forEachChunk(parts, grain: 1) { pr in
             for part in pr {
@@ -274,10 +276,10 @@ public final class Embedding: @unchecked Sendable {
     /// Coalesces this batch's rows and merges them into the sparse gradient.
     /// Rows are independent, so both passes run on all threads; the value
     /// buffers are filled without zeroing them first.
-    func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, pad padding: Int?) {
+    func accumulateSparse(_ indices: Indices, _ g: UnsafeMutablePointer<Float>, pad padding: Int?, countIn all: Indices? = nil) {
         let dim = config.embeddingDim
         let pad = padding ?? -1
-        let scales = frequencyScale(indices)
+        let scales = frequencyScale(all ?? indices)
         // Sort (row, position) pairs packed in one integer: rows in order,
         // positions in batch order within a row.
         var keys: [UInt64] = []
