@@ -25,6 +25,7 @@
 #include "../Sources/CQembedSIMD/qembed_vbmi.c"
 
 #include <qembed.h>
+#include <math.h>
 #include <stdio.h>
 
 static int passed, failed;

@@ -75,6 +75,8 @@ struct qembed__vbmi_quant {
     uint32_t sh[32], off[32];/* per binade e (index e & 31): bucket = (key >> sh) + off */
     uint32_t kmin, kmax;     /* key clamps: e0 << 24 and key(-1.0) */
     uint32_t neg;            /* N: number of negative midpoints */
+    uint32_t small;          /* <= 256 buckets and <= 128 thresholds: the short form */
+    uint8_t ilo[64], ihi[64], perm[64]; /* byte selections (long form) and pack -> natural order */
 };
 
 struct qembed__vbmi_dequant {
@@ -85,6 +87,11 @@ static void *qe_alloc(size_t size) {
     size = (size + 63) & ~(size_t)63;
     return aligned_alloc(64, size);
 }
+
+/* "Pack order": after packus_epi32 / packus_epi16 of four 16-lane vectors,
+ * byte P = 16L + 4r + q holds element 16r + 4L + q; the map is an
+ * involution, and the byte transposition below undoes it. */
+static uint8_t qe_pack_index(int p) { return (uint8_t)(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3)); }
 
 static uint32_t qe_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
@@ -144,6 +151,17 @@ qembed__vbmi_quant *qembed__vbmi_quant_new(const float *code) {
     t->kmin = e0 << 24;
     t->kmax = 0x7F000001u;
     t->neg = (uint32_t)N;
+    /* Short form: bucket numbers fit a byte (packus saturates at 255, and
+     * the last bucket is base) and T has at most 128 entries (one vpermi2b
+     * per plane; cand <= nT - 1 < 128). */
+    t->small = base <= 255 && nT <= 128;
+    for (int p = 0; p < 64; p++) {
+        int L = p >> 4, r = (p >> 2) & 3, q = p & 3;
+        int byte = r < 2 ? 2 * (8 * L + 4 * r + q) : 64 + 2 * (8 * L + 4 * (r - 2) + q);
+        t->ilo[p] = (uint8_t)byte;
+        t->ihi[p] = (uint8_t)(byte + 1);
+        t->perm[p] = qe_pack_index(p);
+    }
     return t;
 }
 
@@ -163,10 +181,6 @@ void qembed__vbmi_dequant_free(qembed__vbmi_dequant *t) { free(t); }
 
 /* ---- Kernels ------------------------------------------------------------- */
 
-/* "Pack order": after packus_epi32 / packus_epi16 of four 16-lane vectors,
- * byte P = 16L + 4r + q holds element 16r + 4L + q; the map is an
- * involution, and the byte transposition below undoes it. */
-static uint8_t qe_pack_index(int p) { return (uint8_t)(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3)); }
 
 /* Four planes of bytes in pack order -> four dword vectors in natural order. */
 #define QE_TRANSPOSE4(p0, p1, p2, p3, d0, d1, d2, d3) do { \
@@ -188,8 +202,8 @@ typedef struct {
 
 QE_INLINE __m512i qe_load(const void *p) { return _mm512_loadu_si512(p); }
 
-QE_INLINE void qe_q64(const qe_qregs *R, const float *x, uint8_t *out) {
-    __m512i k[4], b[4];
+/* Keys (bits(s) << 1 | sign), sign masks and bucket numbers of 64 floats. */
+QE_INLINE uint64_t qe_keys(const qe_qregs *R, const float *x, __m512i k[4], __m512i b[4]) {
     uint64_t neg = 0;
     for (int j = 0; j < 4; j++) {
         __m512i si = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), R->r));
@@ -201,18 +215,12 @@ QE_INLINE void qe_q64(const qe_qregs *R, const float *x, uint8_t *out) {
         __m512i of = _mm512_permutex2var_epi32(R->of0, e, R->of1);
         b[j] = _mm512_add_epi32(_mm512_srlv_epi32(kc, sh), of);
     }
-    /* 9-bit bucket numbers as low bytes and bit 8, in pack order */
-    __m512i w0 = _mm512_packus_epi32(b[0], b[1]), w1 = _mm512_packus_epi32(b[2], b[3]);
-    __m512i lo = _mm512_permutex2var_epi8(w0, R->ilo, w1);
-    __m512i hi = _mm512_permutex2var_epi8(w0, R->ihi, w1);
-    __m512i c01 = QE_LOOKUP256(R->cand[0], R->cand[1], R->cand[2], R->cand[3], lo);
-    __m512i c23 = QE_LOOKUP256(R->cand[4], R->cand[5], R->cand[6], R->cand[7], lo);
-    __m512i c = _mm512_mask_blend_epi8(_mm512_test_epi8_mask(hi, hi), c01, c23);
-    /* T[cand] as four byte planes, back to natural-order dwords */
-    __m512i p0 = QE_LOOKUP256(R->tp[0][0], R->tp[0][1], R->tp[0][2], R->tp[0][3], c);
-    __m512i p1 = QE_LOOKUP256(R->tp[1][0], R->tp[1][1], R->tp[1][2], R->tp[1][3], c);
-    __m512i p2 = QE_LOOKUP256(R->tp[2][0], R->tp[2][1], R->tp[2][2], R->tp[2][3], c);
-    __m512i p3 = QE_LOOKUP256(R->tp[3][0], R->tp[3][1], R->tp[3][2], R->tp[3][3], c);
+    return neg;
+}
+
+/* The count from cand (pack order) and T[cand] (natural order), stored. */
+QE_INLINE void qe_finish(const qe_qregs *R, const __m512i k[4], uint64_t neg, __m512i c,
+                         __m512i p0, __m512i p1, __m512i p2, __m512i p3, uint8_t *out) {
     __m512i d0, d1, d2, d3;
     QE_TRANSPOSE4(p0, p1, p2, p3, d0, d1, d2, d3);
     /* key > T[cand], i.e. not (T[cand] >= key) */
@@ -227,36 +235,73 @@ QE_INLINE void qe_q64(const qe_qregs *R, const float *x, uint8_t *out) {
     _mm512_storeu_si512(out, q);
 }
 
+/* Long form: up to 512 buckets (9-bit numbers), up to 256 thresholds. */
+QE_INLINE void qe_q64(const qe_qregs *R, const float *x, uint8_t *out) {
+    __m512i k[4], b[4];
+    uint64_t neg = qe_keys(R, x, k, b);
+    /* 9-bit bucket numbers as low bytes and bit 8, in pack order */
+    __m512i w0 = _mm512_packus_epi32(b[0], b[1]), w1 = _mm512_packus_epi32(b[2], b[3]);
+    __m512i lo = _mm512_permutex2var_epi8(w0, R->ilo, w1);
+    __m512i hi = _mm512_permutex2var_epi8(w0, R->ihi, w1);
+    __m512i c01 = QE_LOOKUP256(R->cand[0], R->cand[1], R->cand[2], R->cand[3], lo);
+    __m512i c23 = QE_LOOKUP256(R->cand[4], R->cand[5], R->cand[6], R->cand[7], lo);
+    __m512i c = _mm512_mask_blend_epi8(_mm512_test_epi8_mask(hi, hi), c01, c23);
+    /* T[cand] as four byte planes */
+    qe_finish(R, k, neg, c,
+              QE_LOOKUP256(R->tp[0][0], R->tp[0][1], R->tp[0][2], R->tp[0][3], c),
+              QE_LOOKUP256(R->tp[1][0], R->tp[1][1], R->tp[1][2], R->tp[1][3], c),
+              QE_LOOKUP256(R->tp[2][0], R->tp[2][1], R->tp[2][2], R->tp[2][3], c),
+              QE_LOOKUP256(R->tp[3][0], R->tp[3][1], R->tp[3][2], R->tp[3][3], c), out);
+}
+
+/* Short form (the signed dynamic map): bucket numbers are bytes, cand a
+ * 256-byte table (4 registers), T at most 128 entries (2 per plane):
+ * 21 table registers in all, against 35 for the long form. */
+QE_INLINE void qe_q64_small(const qe_qregs *R, const float *x, uint8_t *out) {
+    __m512i k[4], b[4];
+    uint64_t neg = qe_keys(R, x, k, b);
+    __m512i bb = _mm512_packus_epi16(_mm512_packus_epi32(b[0], b[1]), _mm512_packus_epi32(b[2], b[3]));
+    __m512i c = QE_LOOKUP256(R->cand[0], R->cand[1], R->cand[2], R->cand[3], bb);
+    qe_finish(R, k, neg, c,
+              _mm512_permutex2var_epi8(R->tp[0][0], c, R->tp[0][1]),
+              _mm512_permutex2var_epi8(R->tp[1][0], c, R->tp[1][1]),
+              _mm512_permutex2var_epi8(R->tp[2][0], c, R->tp[2][1]),
+              _mm512_permutex2var_epi8(R->tp[3][0], c, R->tp[3][1]), out);
+}
+
+#define QE_QUANTIZE_LOOP(KERNEL) do { \
+    size_t i = 0; \
+    for (; i + 64 <= n; i += 64) KERNEL(&R, x + i, out + i); \
+    if (i < n) { \
+        float buf[64]; \
+        uint8_t res[64]; \
+        memset(buf, 0, sizeof buf); \
+        memcpy(buf, x + i, (n - i) * sizeof(float)); \
+        KERNEL(&R, buf, res); \
+        memcpy(out + i, res, n - i); \
+    } } while (0)
+
 QE_TARGET void qembed__vbmi_quantize(const qembed__vbmi_quant *t, const float *x, size_t n, float recip, uint8_t *out) {
     qe_qregs R;
-    uint8_t ilo[64], ihi[64], perm[64];
-    for (int p = 0; p < 64; p++) {
-        int L = p >> 4, r = (p >> 2) & 3, q = p & 3;
-        int byte = r < 2 ? 2 * (8 * L + 4 * r + q) : 64 + 2 * (8 * L + 4 * (r - 2) + q);
-        ilo[p] = (uint8_t)byte;
-        ihi[p] = (uint8_t)(byte + 1);
-        perm[p] = qe_pack_index(p);
-    }
-    for (int i = 0; i < 8; i++) R.cand[i] = qe_load(t->cand + 64 * i);
-    for (int k = 0; k < 4; k++)
-        for (int i = 0; i < 4; i++) R.tp[k][i] = qe_load(t->tplane[k] + 64 * i);
     R.sh0 = qe_load(t->sh); R.sh1 = qe_load(t->sh + 16);
     R.of0 = qe_load(t->off); R.of1 = qe_load(t->off + 16);
     R.kmin = _mm512_set1_epi32((int)t->kmin);
     R.kmax = _mm512_set1_epi32((int)t->kmax);
-    R.ilo = qe_load(ilo); R.ihi = qe_load(ihi); R.perm = qe_load(perm);
+    R.perm = qe_load(t->perm);
     R.neg = _mm512_set1_epi8((char)t->neg);
     R.r = _mm512_set1_ps(recip);
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) qe_q64(&R, x + i, out + i);
-    if (i < n) {
-        float buf[64];
-        uint8_t res[64];
-        memset(buf, 0, sizeof buf);
-        memcpy(buf, x + i, (n - i) * sizeof(float));
-        qe_q64(&R, buf, res);
-        memcpy(out + i, res, n - i);
+    if (t->small) {
+        for (int i = 0; i < 4; i++) R.cand[i] = qe_load(t->cand + 64 * i);
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 2; i++) R.tp[k][i] = qe_load(t->tplane[k] + 64 * i);
+        QE_QUANTIZE_LOOP(qe_q64_small);
+        return;
     }
+    for (int i = 0; i < 8; i++) R.cand[i] = qe_load(t->cand + 64 * i);
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < 4; i++) R.tp[k][i] = qe_load(t->tplane[k] + 64 * i);
+    R.ilo = qe_load(t->ilo); R.ihi = qe_load(t->ihi);
+    QE_QUANTIZE_LOOP(qe_q64);
 }
 
 QE_INLINE void qe_dq64(const __m512i P[4][4], __m512i topack, __m512 a, const uint8_t *q, float *out) {
