@@ -10,7 +10,7 @@
  *                           code; for each map that fits, and the maps that do
  *                           not fit are reported as not fitting (seconds; part of
  *                           make test)
- *   vbmi_check exhaustive   every float in [-1, 1] for the signed dynamic map
+ *   vbmi_check exhaustive   every float in [-1, 1] for the signed dynamic map, NF4 and FP4
  *                           and every float in [+0, 1] (and -0, and [-1, 0) which
  *                           must give 0) for the unsigned one (minutes natively;
  *                           far longer under emulation: make vbmi-exhaustive)
@@ -170,6 +170,108 @@ static void check_exhaustive(const char *name, const float *code, uint32_t neg_f
     qembed__vbmi_quant_free(t);
 }
 
+/* ---- 4-bit (FP4/NF4) ---------------------------------------------------- */
+
+typedef struct { float mids[16]; uint8_t order[16]; } spec4_t;
+
+/* FourBit.Levels: levels sorted stably, float32 midpoints, +inf pad. */
+static void spec4_init(spec4_t *s, int type) {
+    float c[16];
+    qembed_get_4bit_code(type, c);
+    int idx[16];
+    for (int i = 0; i < 16; i++) idx[i] = i;
+    for (int i = 1; i < 16; i++)
+        for (int j = i; j > 0 && c[idx[j]] < c[idx[j - 1]]; j--) { int x = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = x; }
+    for (int i = 0; i < 15; i++) s->mids[i] = (c[idx[i]] + c[idx[i + 1]]) / 2.0f;
+    s->mids[15] = INFINITY;
+    for (int i = 0; i < 16; i++) s->order[i] = (uint8_t)idx[i];
+}
+
+static uint8_t spec4_nibble(const spec4_t *s, float x, float recip) {
+    float v = x * recip;
+    v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+    int c = 0;
+    for (int i = 0; i < 15; i++) c += s->mids[i] < v;
+    return s->order[c];
+}
+
+static long check4_batch(const char *what, const spec4_t *s, const float *xs, size_t n, float recip, uint8_t *out) {
+    qembed__vbmi_quantize_4bit(s->mids, s->order, xs, n, recip, out);
+    long bad = 0;
+    for (size_t k = 0; k < (n + 1) / 2; k++) {
+        uint8_t lo = 2 * k + 1 < n ? spec4_nibble(s, xs[2 * k + 1], recip) : spec4_nibble(s, 0.0f, recip);
+        uint8_t want = (uint8_t)(spec4_nibble(s, xs[2 * k], recip) << 4 | lo);
+        if (out[k] != want) {
+            if (bad < 5) fprintf(stderr, "  %s: x=%a,%a recip=%a kernel %#x spec %#x\n", what, xs[2 * k],
+                                 2 * k + 1 < n ? xs[2 * k + 1] : 0.0f, recip, out[k], want);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+static void check4_quick(const char *name, int type) {
+    spec4_t s;
+    spec4_init(&s, type);
+    float *xs = malloc(BATCH * sizeof(float));
+    uint8_t *out = malloc(BATCH);
+    long bad = 0;
+    size_t n = 0;
+#define FLUSH4(recip) do { bad += check4_batch(name, &s, xs, n, recip, out); n = 0; } while (0)
+#define PUSH4(v, recip) do { xs[n++] = (v); if (n == BATCH) FLUSH4(recip); } while (0)
+    for (int i = 0; i < 15; i++) {
+        uint32_t m = qe_bits(s.mids[i]) & 0x7FFFFFFFu;
+        for (int d = -256; d <= 256; d++) {
+            if ((int64_t)m + d < 0 || m + (uint32_t)d > 0x3F800000u) continue;
+            PUSH4(f_of(m + (uint32_t)d), 1.0f);
+            PUSH4(-f_of(m + (uint32_t)d), 1.0f);
+        }
+    }
+    for (uint32_t u = 0; u <= 0x3F800000u; u += 9973) { PUSH4(f_of(u), 1.0f); PUSH4(-f_of(u), 1.0f); }
+    const float edges[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.0000001f, -1.0000001f, 1.5f, -1.5f, 3.4e38f, -3.4e38f, 1e-45f, -1e-45f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) PUSH4(edges[i], 1.0f);
+    if (n & 1) PUSH4(0.5f, 1.0f);
+    FLUSH4(1.0f);
+    const float recips[] = {1.0f / 3.7f, 1.0f / 0.0123f, 1.0f / 1e-30f, 0.999999f};
+    for (size_t r = 0; r < sizeof recips / sizeof recips[0]; r++) {
+        float recip = recips[r], amax = 1.0f / recip;
+        for (int i = 0; i < (1 << 20); i++) {
+            float u = uniform(), v = (i & 1) ? amax * (u * 2.0f - 1.0f)
+                                             : amax * powf(2.0f, -12.0f * u) * ((next64() & 1) ? 1.0f : -1.0f);
+            if (i % 7 == 0) v *= 1.0f + uniform() * 1e-6f;
+            PUSH4(v, recip);
+        }
+        FLUSH4(recip);
+    }
+    for (size_t len = 0; len <= 130; len++) {
+        for (size_t i = 0; i < len; i++) xs[i] = uniform() * 2.0f - 1.0f;
+        memset(out, 0xA5, 200);
+        bad += check4_batch(name, &s, xs, len, 1.0f, out);
+        if (out[(len + 1) / 2] != 0xA5) { fprintf(stderr, "  %s: wrote past n=%zu\n", name, len); bad++; }
+    }
+    printf("  %-28s 4-bit quantize: %ld mismatches\n", name, bad);
+    if (bad) failed++; else passed++;
+    free(xs); free(out);
+}
+
+static void check4_exhaustive(const char *name, int type) {
+    spec4_t s;
+    spec4_init(&s, type);
+    float *xs = malloc(BATCH * sizeof(float));
+    uint8_t *out = malloc(BATCH);
+    long bad = 0;
+    size_t n = 0;
+    for (int sign = 0; sign < 2; sign++)
+        for (uint64_t u = 0; u <= 0x3F800000u; u++) {
+            xs[n++] = sign ? -f_of((uint32_t)u) : f_of((uint32_t)u);
+            if (n == BATCH) { bad += check4_batch(name, &s, xs, n, 1.0f, out); n = 0; }
+        }
+    bad += check4_batch(name, &s, xs, n, 1.0f, out);
+    printf("  %-28s exhaustive over [-1, 1]: %ld mismatches\n", name, bad);
+    if (bad) failed++; else passed++;
+    free(xs); free(out);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "quick";
 #ifdef QEMBED_VBMI_EMULATE
@@ -184,11 +286,15 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "exhaustive") == 0) {
         check_exhaustive("dynamic signed", sd, 0);
         check_exhaustive("dynamic unsigned", ud, 0);
+        check4_exhaustive("nf4", QEMBED_QUANT_NF4);
+        check4_exhaustive("fp4", QEMBED_QUANT_FP4);
     } else {
         check_quick("dynamic signed", sd);
         check_quick("dynamic unsigned", ud);
         check_dequant("dynamic signed", sd);
         check_dequant("dynamic unsigned", ud);
+        check4_quick("nf4", QEMBED_QUANT_NF4);
+        check4_quick("fp4", QEMBED_QUANT_FP4);
         char name[64];
         for (int sg = 0; sg < 2; sg++)
             for (int tb = 2; tb <= 8; tb++)

@@ -337,4 +337,48 @@ QE_TARGET void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint
         memcpy(out + i, res, (n - i) * sizeof(float));
     }
 }
+/* ---- 4-bit code search -------------------------------------------------- */
+
+/* 16 nibbles of 16 floats: a 4-step binary search over the 16 midpoints
+ * held in one register (vpermps), then the sorted-position -> nibble map. */
+QE_INLINE __m512i qe_nib16(__m512 mids, __m512i order, __m512 r, const float *x) {
+    __m512 s = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x), r), _mm512_set1_ps(-1.0f)),
+                             _mm512_set1_ps(1.0f));
+    __m512i idx = _mm512_setzero_si512();
+    for (int step = 8; step >= 1; step >>= 1) {
+        __m512 m = _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(step - 1)), mids);
+        idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(m, s, _CMP_LT_OQ), idx, _mm512_set1_epi32(step));
+    }
+    return _mm512_permutexvar_epi32(idx, order);
+}
+
+/* Nibbles of two 16-float vectors (one per dword) -> 16 bytes, element 2k
+ * in the high nibble: each qword becomes (lo << 4 | hi) in its low byte,
+ * then one byte permute gathers those 16 bytes. */
+QE_INLINE void qe_store_nibbles(__m512i a, __m512i b, __m512i gather, uint8_t *out) {
+    __m512i pa = _mm512_or_si512(_mm512_slli_epi64(a, 4), _mm512_srli_epi64(a, 32));
+    __m512i pb = _mm512_or_si512(_mm512_slli_epi64(b, 4), _mm512_srli_epi64(b, 32));
+    _mm_storeu_si128((__m128i *)out, _mm512_castsi512_si128(_mm512_permutex2var_epi8(pa, gather, pb)));
+}
+
+QE_TARGET void qembed__vbmi_quantize_4bit(const float *mids, const uint8_t *order, const float *x, size_t n, float recip,
+                                          uint8_t *out) {
+    uint32_t o32[16];
+    uint8_t g[64];
+    for (int i = 0; i < 16; i++) o32[i] = order[i];
+    for (int i = 0; i < 64; i++) g[i] = (uint8_t)(i < 16 ? 8 * i : 0);
+    __m512 M = _mm512_loadu_ps(mids), r = _mm512_set1_ps(recip);
+    __m512i O = qe_load(o32), G = qe_load(g);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        qe_store_nibbles(qe_nib16(M, O, r, x + i), qe_nib16(M, O, r, x + i + 16), G, out + i / 2);
+    if (i < n) {
+        float buf[32];
+        uint8_t res[16];
+        memset(buf, 0, sizeof buf);
+        memcpy(buf, x + i, (n - i) * sizeof(float));
+        qe_store_nibbles(qe_nib16(M, O, r, buf), qe_nib16(M, O, r, buf + 16), G, res);
+        memcpy(out + i / 2, res, (n - i + 1) / 2);
+    }
+}
 #endif /* QEMBED_VBMI_EXTERNAL */

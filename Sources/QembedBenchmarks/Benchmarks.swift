@@ -14,7 +14,7 @@ public enum Benchmarks {
                                         : "portable SIMD (this CPU has no AVX-512 VBMI)"))
         Bench.memcpyRate = Bench.memcpyGBs(bytes: n * 4)
         print("memcpy probe: \(Bench.fmt(Bench.memcpyRate, 1)) GB/s (read + write, \((n * 4) >> 20) MiB); \"of memcpy\" is each case's GB/s " +
-              "against it, and cases above 100% are marked cache-resident (their data stays in cache)")
+              "against it; above 100% a case is cache-resident (<= 64 MiB moved) or a write-heavy stream (memcpy is half reads)")
         if only == nil || only == "quantize" { try QuantizeBench.run(n: n) }
         if only == nil || only == "embedding" { try EmbeddingBench.run(quick: quick) }
         if only == nil || only == "quantized" { try QuantizedBench.run(quick: quick) }

@@ -57,6 +57,16 @@ void qembed__vbmi_dequant_free(qembed__vbmi_dequant *t);
 /* out[i] = code[q[i]] * absmax for i < n, in float32. */
 void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint8_t *q, size_t n, float absmax, float *out);
 
+/* 4-bit code search (FP4/NF4 and any 16-level code), AVX-512 F+BW, behind
+ * the same switch. mids: the 15 midpoints of the sorted levels, ascending,
+ * then +inf (16 floats); order: sorted position -> nibble (16 bytes). For
+ * i < n, nibble(i) = order[#{mids[j] < clamp(x[i] * recip, -1, 1)}] (the
+ * rule of FourBit.Levels.nibble), packed two per byte: element 2k in the
+ * high nibble of out[k], element 2k+1 in the low one; an odd n pairs the
+ * last element with nibble(0). Writes (n + 1) / 2 bytes. x finite. */
+void qembed__vbmi_quantize_4bit(const float *mids, const uint8_t *order, const float *x, size_t n, float recip,
+                                uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,3 +1,5 @@
+import CQembedSIMD
+
 /// 4-bit blockwise quantization (bitsandbytes quantize_4bit / dequantize_4bit,
 /// FP4 and NF4) with the exact nearest-midpoint rule over the sorted levels.
 /// Packing: element 2k in the high nibble of byte k, element 2k+1 in the low.
@@ -17,13 +19,16 @@ public enum FourBit {
 
     /// Levels sorted ascending (stable, as torch.argsort on the CPU), the
     /// 15 midpoints between them, and the sorted-position -> nibble map.
-    public struct Levels: Sendable {
+    public struct Levels: @unchecked Sendable {
         public let code: [Float]       // 16 levels in nibble order
         public let sortedMids: [Float] // 15 midpoints
         public let order: [UInt8]      // sorted position -> nibble
         let mids16: SIMD16<Float>      // sortedMids, padded with +inf
         let order16: SIMD16<UInt8>
         let identityOrder: Bool
+        /// mids16 and order16 in memory for the AVX-512 kernel (process lifetime).
+        let kernelMids: UnsafeMutablePointer<Float>
+        let kernelOrder: UnsafeMutablePointer<UInt8>
 
         init(_ type: FourBitType) {
             let c = QuantMap.fourBit(type)
@@ -38,6 +43,9 @@ public enum FourBit {
             mids16 = m16
             order16 = o16
             identityOrder = idx == Array(0..<16)
+            kernelMids = .allocate(capacity: 16)
+            kernelOrder = .allocate(capacity: 16)
+            for j in 0..<16 { kernelMids[j] = m16[j]; kernelOrder[j] = o16[j] }
         }
 
         /// Nibble of a scaled value: order[#midpoints < s].
@@ -77,6 +85,11 @@ public enum FourBit {
     static func quantizeBlock<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int,
                                                _ scale: BlockScale, _ lv: Levels, _ out: UnsafeMutablePointer<UInt8>) {
         var i = 0
+        if E.self == F32.self, !scale.divides, VBMI.enabled {
+            qembed__vbmi_quantize_4bit(lv.kernelMids, lv.kernelOrder, UnsafeRawPointer(src).assumingMemoryBound(to: Float.self),
+                                       count, scale.reciprocal, out)
+            return
+        }
         if !scale.divides {
             let r = SIMD8<Float>(repeating: scale.reciprocal)
             let m = lv.mids16
