@@ -210,7 +210,9 @@ static long check4_batch(const char *what, const spec4_t *s, const float *xs, si
     return bad;
 }
 
-static void check4_quick(const char *name, int type) {
+/* The 4-bit kernel against the spec: quick (parity set) or exhaustive
+ * (every float in [-1, 1], both signs). */
+static void check4(const char *name, int type, int exhaustive) {
     spec4_t s;
     spec4_init(&s, type);
     float *xs = malloc(BATCH * sizeof(float));
@@ -219,55 +221,46 @@ static void check4_quick(const char *name, int type) {
     size_t n = 0;
 #define FLUSH4(recip) do { bad += check4_batch(name, &s, xs, n, recip, out); n = 0; } while (0)
 #define PUSH4(v, recip) do { xs[n++] = (v); if (n == BATCH) FLUSH4(recip); } while (0)
-    for (int i = 0; i < 15; i++) {
-        uint32_t m = qe_bits(s.mids[i]) & 0x7FFFFFFFu;
-        for (int d = -256; d <= 256; d++) {
-            if ((int64_t)m + d < 0 || m + (uint32_t)d > 0x3F800000u) continue;
-            PUSH4(f_of(m + (uint32_t)d), 1.0f);
-            PUSH4(-f_of(m + (uint32_t)d), 1.0f);
+    if (exhaustive) {
+        for (int sign = 0; sign < 2; sign++)
+            for (uint64_t u = 0; u <= 0x3F800000u; u++) {
+                xs[n++] = sign ? -f_of((uint32_t)u) : f_of((uint32_t)u);
+                if (n == BATCH) { bad += check4_batch(name, &s, xs, n, 1.0f, out); n = 0; }
+            }
+        bad += check4_batch(name, &s, xs, n, 1.0f, out);
+    } else {
+        for (int i = 0; i < 15; i++) {
+            uint32_t m = qe_bits(s.mids[i]) & 0x7FFFFFFFu;
+            for (int d = -256; d <= 256; d++) {
+                if ((int64_t)m + d < 0 || m + (uint32_t)d > 0x3F800000u) continue;
+                PUSH4(f_of(m + (uint32_t)d), 1.0f);
+                PUSH4(-f_of(m + (uint32_t)d), 1.0f);
+            }
+        }
+        for (uint32_t u = 0; u <= 0x3F800000u; u += 9973) { PUSH4(f_of(u), 1.0f); PUSH4(-f_of(u), 1.0f); }
+        const float edges[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.0000001f, -1.0000001f, 1.5f, -1.5f, 3.4e38f, -3.4e38f, 1e-45f, -1e-45f};
+        for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) PUSH4(edges[i], 1.0f);
+        if (n & 1) PUSH4(0.5f, 1.0f);
+        FLUSH4(1.0f);
+        const float recips[] = {1.0f / 3.7f, 1.0f / 0.0123f, 1.0f / 1e-30f, 0.999999f};
+        for (size_t r = 0; r < sizeof recips / sizeof recips[0]; r++) {
+            float recip = recips[r], amax = 1.0f / recip;
+            for (int i = 0; i < (1 << 20); i++) {
+                float u = uniform(), v = (i & 1) ? amax * (u * 2.0f - 1.0f)
+                                                 : amax * powf(2.0f, -12.0f * u) * ((next64() & 1) ? 1.0f : -1.0f);
+                if (i % 7 == 0) v *= 1.0f + uniform() * 1e-6f;
+                PUSH4(v, recip);
+            }
+            FLUSH4(recip);
+        }
+        for (size_t len = 0; len <= 130; len++) {
+            for (size_t i = 0; i < len; i++) xs[i] = uniform() * 2.0f - 1.0f;
+            memset(out, 0xA5, 200);
+            bad += check4_batch(name, &s, xs, len, 1.0f, out);
+            if (out[(len + 1) / 2] != 0xA5) { fprintf(stderr, "  %s: wrote past n=%zu\n", name, len); bad++; }
         }
     }
-    for (uint32_t u = 0; u <= 0x3F800000u; u += 9973) { PUSH4(f_of(u), 1.0f); PUSH4(-f_of(u), 1.0f); }
-    const float edges[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.0000001f, -1.0000001f, 1.5f, -1.5f, 3.4e38f, -3.4e38f, 1e-45f, -1e-45f};
-    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) PUSH4(edges[i], 1.0f);
-    if (n & 1) PUSH4(0.5f, 1.0f);
-    FLUSH4(1.0f);
-    const float recips[] = {1.0f / 3.7f, 1.0f / 0.0123f, 1.0f / 1e-30f, 0.999999f};
-    for (size_t r = 0; r < sizeof recips / sizeof recips[0]; r++) {
-        float recip = recips[r], amax = 1.0f / recip;
-        for (int i = 0; i < (1 << 20); i++) {
-            float u = uniform(), v = (i & 1) ? amax * (u * 2.0f - 1.0f)
-                                             : amax * powf(2.0f, -12.0f * u) * ((next64() & 1) ? 1.0f : -1.0f);
-            if (i % 7 == 0) v *= 1.0f + uniform() * 1e-6f;
-            PUSH4(v, recip);
-        }
-        FLUSH4(recip);
-    }
-    for (size_t len = 0; len <= 130; len++) {
-        for (size_t i = 0; i < len; i++) xs[i] = uniform() * 2.0f - 1.0f;
-        memset(out, 0xA5, 200);
-        bad += check4_batch(name, &s, xs, len, 1.0f, out);
-        if (out[(len + 1) / 2] != 0xA5) { fprintf(stderr, "  %s: wrote past n=%zu\n", name, len); bad++; }
-    }
-    printf("  %-28s 4-bit quantize: %ld mismatches\n", name, bad);
-    if (bad) failed++; else passed++;
-    free(xs); free(out);
-}
-
-static void check4_exhaustive(const char *name, int type) {
-    spec4_t s;
-    spec4_init(&s, type);
-    float *xs = malloc(BATCH * sizeof(float));
-    uint8_t *out = malloc(BATCH);
-    long bad = 0;
-    size_t n = 0;
-    for (int sign = 0; sign < 2; sign++)
-        for (uint64_t u = 0; u <= 0x3F800000u; u++) {
-            xs[n++] = sign ? -f_of((uint32_t)u) : f_of((uint32_t)u);
-            if (n == BATCH) { bad += check4_batch(name, &s, xs, n, 1.0f, out); n = 0; }
-        }
-    bad += check4_batch(name, &s, xs, n, 1.0f, out);
-    printf("  %-28s exhaustive over [-1, 1]: %ld mismatches\n", name, bad);
+    printf("  %-28s 4-bit %s: %ld mismatches\n", name, exhaustive ? "exhaustive over [-1, 1]" : "quantize", bad);
     if (bad) failed++; else passed++;
     free(xs); free(out);
 }
@@ -286,15 +279,15 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "exhaustive") == 0) {
         check_exhaustive("dynamic signed", sd, 0);
         check_exhaustive("dynamic unsigned", ud, 0);
-        check4_exhaustive("nf4", QEMBED_QUANT_NF4);
-        check4_exhaustive("fp4", QEMBED_QUANT_FP4);
+        check4("nf4", QEMBED_QUANT_NF4, 1);
+        check4("fp4", QEMBED_QUANT_FP4, 1);
     } else {
         check_quick("dynamic signed", sd);
         check_quick("dynamic unsigned", ud);
         check_dequant("dynamic signed", sd);
         check_dequant("dynamic unsigned", ud);
-        check4_quick("nf4", QEMBED_QUANT_NF4);
-        check4_quick("fp4", QEMBED_QUANT_FP4);
+        check4("nf4", QEMBED_QUANT_NF4, 0);
+        check4("fp4", QEMBED_QUANT_FP4, 0);
         char name[64];
         for (int sg = 0; sg < 2; sg++)
             for (int tb = 2; tb <= 8; tb++)
