@@ -60,7 +60,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=("kernels", "layers", "bags", "optimizer"), help="run one section")
+    ap.add_argument("--only", choices=("kernels", "layers", "bags", "optimizer", "offload"), help="run one section")
     args = ap.parse_args()
     qembed.set_num_threads(args.threads)
     if torch is not None:
@@ -82,6 +82,8 @@ def main():
         bags(args, memcpy)
     if want("optimizer"):
         optimizers(args, memcpy)
+    if want("offload"):
+        offload(args, memcpy)
 
 
 def kernels(args, n, x, tx, memcpy):
@@ -309,6 +311,45 @@ def optimizers(args, memcpy):
     if bnb is not None:
         bo = bnb.optim.Adam([tp])
         row("bitsandbytes Adam (32-bit)", best(lambda: bo.step(), reps=2), numel * 28, memcpy)
+
+
+def offload(args, memcpy):
+    """AdamW8bit stepping a torch model's CPU parameters in place (wrapped,
+    no copy of weights or gradients), beside the same step on qembed-owned
+    parameters of the same sizes, torch's fused AdamW and bitsandbytes'
+    AdamW8bit: 100M parameters as a 12-layer MLP stack with biases."""
+    if torch is None:
+        return
+    width, depth = (512, 4) if args.quick else (2048, 24)
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(depth)])
+    params = list(model.parameters())
+    numel = sum(p.numel() for p in params)
+    print(f"\nAdamW8bit on a torch model's CPU parameters: {numel / 1e6:.1f}M parameters in {len(params)} tensors")
+    rng = np.random.default_rng(3)
+    for p in params:
+        p.grad = torch.from_numpy(rng.standard_normal(tuple(p.shape), dtype=np.float32) * 1e-3)
+    nbytes = numel * 16
+    wrapped = qembed.optim.AdamW8bit(model.parameters())
+    tw = best(lambda: wrapped.step(), reps=5)
+    owned = [qembed.nn.Parameter(p.detach().numpy()) for p in params]
+    for q, p in zip(owned, params):
+        q.grad = p.grad.numpy().copy()
+    oo = qembed.optim.AdamW8bit(owned)
+    to = best(lambda: oo.step(), reps=5)
+    row("qembed AdamW8bit, qembed-owned parameters", to, nbytes, memcpy)
+    row("qembed AdamW8bit, wrapped torch parameters", tw, nbytes, memcpy)
+    print(f"    wrapped / owned step time: {tw / to:.3f}")
+    tf = torch.optim.AdamW(params, fused=True)
+    ref = best(lambda: tf.step(), reps=3)
+    row("torch AdamW fused (32-bit)", ref, numel * 28, memcpy)
+    print(f"    qembed wrapped AdamW8bit vs torch fused AdamW: {ref / tw:.2f}x")
+    if bnb is not None:
+        bo = bnb.optim.AdamW8bit(params)
+        tb = best(lambda: bo.step(), reps=1, warmup=1)
+        row("bitsandbytes AdamW8bit", tb, nbytes, memcpy)
+        print(f"    qembed wrapped AdamW8bit vs bitsandbytes AdamW8bit: {tb / tw:.1f}x")
+    state = sum(wrapped.state_info(p)["state_bytes"] for p in wrapped.param_groups[0]["params"])
+    print(f"    qembed 8-bit state: {state / numel:.3f} bytes/param (torch AdamW: 8)")
 
 
 if __name__ == "__main__":

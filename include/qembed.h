@@ -37,7 +37,7 @@ extern "C" {
 /* ======================================================================== */
 
 #define QEMBED_VERSION_MAJOR 0 /* bumped by any ABI change: signature, enum value, struct layout */
-#define QEMBED_VERSION_MINOR 1 /* bumped by new functions or enum values */
+#define QEMBED_VERSION_MINOR 2 /* bumped by new functions or enum values */
 #define QEMBED_VERSION_PATCH 0
 #define QEMBED_VERSION_NUMBER \
     (QEMBED_VERSION_MAJOR * 10000 + QEMBED_VERSION_MINOR * 100 + QEMBED_VERSION_PATCH)
@@ -365,12 +365,26 @@ QEMBED_API qembed_status qembed_int8_vectorwise_dequant(const int8_t *A, int64_t
 /* ======================================================================== */
 /*  Parameters                                                              */
 /* ======================================================================== */
-/* A parameter is a tensor owned by a layer: its data (f32, f16 or bf16), a
- * float32 dense gradient (allocated by the first dense backward), a sparse
- * gradient (sorted distinct row ids + summed rows) for sparse layers, a name
- * ("weight", "norm.weight", "norm.bias") and per-parameter optimizer
- * overrides. Parameter handles are borrowed from their layer: valid until the
- * layer is freed, never freed by the caller. */
+/* A parameter is a tensor: its data (f32, f16 or bf16), a float32 dense
+ * gradient, a sparse gradient (sorted distinct row ids + summed rows) for
+ * sparse layers, a name and per-parameter optimizer overrides.
+ *
+ * A layer's parameters ("weight", "norm.weight", "norm.bias") are borrowed
+ * from it: valid until the layer is freed, never freed by the caller; their
+ * dense gradient is allocated by the first dense backward.
+ *
+ * A standalone parameter (qembed_param_create, qembed_param_wrap) belongs to
+ * the caller, who frees it with qembed_param_free; it may own its memory or
+ * view the caller's (any float buffer of another framework, with no copy),
+ * and its gradient is whatever the caller sets (qembed_param_set_grad copies,
+ * qembed_param_wrap_grad views caller memory, qembed_param_clear_grad drops
+ * it). Optimizers accept any mix of layer and standalone parameters and keep
+ * each one alive until the optimizer is freed.
+ *
+ * Thread safety of a standalone parameter: the calls below that change it
+ * (load, set_grad, wrap_grad, clear_grad) take its own lock and are
+ * serialized with each other and with an optimizer step updating it;
+ * info_get and the override calls behave as for a layer's parameter. */
 
 typedef struct qembed_param qembed_param;
 
@@ -434,6 +448,60 @@ QEMBED_API qembed_status qembed_param_clear_override(qembed_param *param, int ke
  *  the parameter is unchanged. Serialized with the owning layer's other
  *  mutating calls. Since 0.1. */
 QEMBED_API qembed_status qembed_param_load(qembed_param *param, const void *src, int dtype, int64_t numel);
+
+/*! qembed_param_create() :
+ *  A standalone parameter that owns zeroed, 64-byte aligned memory: `name`
+ *  (copied; NULL gives "param"), dtype f32/f16/bf16 (QEMBED_DTYPE_*), ndim
+ *  1 or 2, shape[0..ndim) each >= 1 (a tensor of more dimensions is passed
+ *  as (shape[0], product of the rest): the optimizers are elementwise). It
+ *  has no gradient until one is set; requires_grad is true, sparse false.
+ *  *out is NULL on failure. Since 0.2. */
+QEMBED_API qembed_status qembed_param_create(const char *name, int dtype, int ndim, const int64_t *shape,
+                                             qembed_param **out);
+
+/*! qembed_param_wrap() :
+ *  As qembed_param_create, over the caller's memory: `data` holds numel
+ *  elements of dtype, aligned to the element size (64-byte alignment is
+ *  fastest). Nothing is copied: optimizer steps write the new values into
+ *  `data`. The caller's contract: keep `data` alive, unmoved and at its size
+ *  until the parameter and every optimizer holding it are freed, and do not
+ *  read or write it while a step that updates it runs. Since 0.2. */
+QEMBED_API qembed_status qembed_param_wrap(const char *name, int dtype, int ndim, const int64_t *shape, void *data,
+                                           qembed_param **out);
+
+/*! qembed_param_free() :
+ *  Releases a parameter from qembed_param_create or qembed_param_wrap (an
+ *  optimizer that holds it keeps it until the optimizer is freed). NULL and
+ *  a layer's parameter (freed with its layer) are no-ops. Since 0.2. */
+QEMBED_API void qembed_param_free(qembed_param *param);
+
+/*! qembed_param_set_grad() :
+ *  The dense gradient becomes a copy of `grad`: numel (= the parameter's
+ *  numel) elements of dtype f32/f16/bf16, converted to float32, stored in
+ *  the parameter's own gradient buffer (allocated once; a wrapped gradient
+ *  is replaced by it, the caller's memory is not written). Refused, with nothing changed, for a
+ *  sparse layer parameter (its gradient comes from backward), a size
+ *  mismatch, or a NaN/Inf (QEMBED_ERR_NON_FINITE naming the element).
+ *  Since 0.2. */
+QEMBED_API qembed_status qembed_param_set_grad(qembed_param *param, const void *grad, int dtype, int64_t numel);
+
+/*! qembed_param_wrap_grad() :
+ *  The dense gradient becomes the caller's memory, with no copy: numel
+ *  (= the parameter's numel) float32s, 4-byte aligned. The caller keeps it
+ *  alive and unmoved until the gradient is replaced (set_grad, wrap_grad) or
+ *  cleared, or the parameter and its optimizers are freed. A dense backward
+ *  accumulates into it and zero_grad writes zeros there. It is not checked
+ *  for finiteness here (it can change afterwards): every step checks it and
+ *  refuses a NaN/Inf as usual. Dense parameters only. Since 0.2. */
+QEMBED_API qembed_status qembed_param_wrap_grad(qembed_param *param, float *grad, int64_t numel);
+
+/*! qembed_param_clear_grad() :
+ *  No gradient (torch's `p.grad = None`): info.grad becomes NULL (a
+ *  wrapped buffer is forgotten; the parameter's own buffer is kept, zeroed
+ *  at its next use, and freed with the parameter, so a grad pointer read
+ *  earlier never dangles) and a sparse gradient is emptied; optimizer steps
+ *  skip the parameter until it has a gradient again. Since 0.2. */
+QEMBED_API qembed_status qembed_param_clear_grad(qembed_param *param);
 
 /* ======================================================================== */
 /*  Embedding and StableEmbedding                                           */

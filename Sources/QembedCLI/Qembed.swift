@@ -167,7 +167,7 @@ func checkOutputDirectory(_ path: String) throws {
 /// for (the command carries its own copy of the core; the installed one is
 /// the baseline build, which runs on every x86-64-v2 CPU).
 #if QEMBED_TIER_BASELINE
-let qembedVersion = "0.1.0 (cpu tier: baseline, x86-64-v2)"
+let qembedVersion = "0.2.0 (cpu tier: baseline, x86-64-v2)"
 #else
-let qembedVersion = "0.1.0 (cpu tier: native, built for its build machine)"
+let qembedVersion = "0.2.0 (cpu tier: native, built for its build machine)"
 #endif

@@ -1,4 +1,3 @@
-import Synchronization
 import CQembed
 import QembedCore
 
@@ -11,112 +10,9 @@ func embedding(_ p: OpaquePointer?) throws(QembedError) -> Embedding {
     return Unmanaged<Embedding>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
 }
 
-func parameter(_ p: OpaquePointer?) throws(QembedError) -> Parameter {
-    guard let p else { throw QembedError(.nullPointer, "param handle is NULL") }
-    return Unmanaged<Parameter>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
-}
-
-func borrowed(_ p: Parameter) -> OpaquePointer { OpaquePointer(Unmanaged.passUnretained(p).toOpaque()) }
-
 func checkStructSize(_ have: UInt32, _ want: Int, _ name: StaticString) throws(QembedError) {
     guard Int(have) == want else {
         throw .invalid("\(name)->struct_size is \(have), expected \(want) (initialize it with sizeof)")
-    }
-}
-
-// MARK: - Parameters
-
-/// Parameter names as C strings for qembed_param_info.name: interned, as the
-/// names are few and fixed by the layer kinds ("weight", "norm.weight",
-/// "norm.bias"), so each pointer lives for the process.
-private let cNames = Mutex<[String: Int]>([:])
-
-func internedCName(_ name: String) -> UnsafePointer<CChar> {
-    let address = cNames.withLock { table -> Int in
-        if let a = table[name] { return a }
-        let a = Int(bitPattern: cStringCopy(name))
-        table[name] = a
-        return a
-    }
-    return UnsafePointer(bitPattern: address)!
-}
-
-@c @implementation
-public func qembed_param_info_get(_ param: OpaquePointer!, _ info: UnsafeMutablePointer<qembed_param_info>!) -> qembed_status {
-    capi { () throws(QembedError) in
-        let p = try parameter(param)
-        let out = try need(info, "info")
-        try checkStructSize(out.pointee.struct_size, MemoryLayout<qembed_param_info>.size, "info")
-        var i = qembed_param_info()
-        i.struct_size = out.pointee.struct_size
-        i.name = internedCName(p.name)
-        i.dtype = p.dtype.rawValue
-        i.ndim = Int32(p.shape.count)
-        i.shape = (Int64(p.rows), Int64(p.cols))
-        i.numel = Int64(p.numel)
-        i.data = p.data.raw
-        i.grad = p.grad?.floats()
-        i.requires_grad = p.requiresGrad
-        i.sparse = p.sparse
-        out.pointee = i
-    }
-}
-
-@c @implementation
-public func qembed_param_sparse_grad(_ param: OpaquePointer!, _ nnz_rows: UnsafeMutablePointer<Int64>!,
-                                     _ rows: UnsafeMutablePointer<Int64>!, _ rows_cap: Int64,
-                                     _ values: UnsafeMutablePointer<Float>!, _ values_cap: Int64) -> qembed_status {
-    capi { () throws(QembedError) in
-        let p = try parameter(param)
-        let nnz = try need(nnz_rows, "nnz_rows")
-        try p.lock.withShared { () throws(QembedError) in
-            let r = p.sparseRows, v = p.sparseValues
-            if rows != nil || values != nil {
-                let ro = try need(rows, "rows"), vo = try need(values, "values")
-                try capacity(rows_cap, r.count, "rows")
-                try capacity(values_cap, v.count, "values")
-                for (k, x) in r.enumerated() { ro[k] = Int64(x) }
-                v.withUnsafeBufferPointer { if let b = $0.baseAddress { vo.update(from: b, count: $0.count) } }
-            }
-            nnz.pointee = Int64(r.count)
-        }
-    }
-}
-
-private func overrideKey(_ key: CInt) throws(QembedError) -> OverrideKey {
-    guard let k = OverrideKey(rawValue: key) else { throw .invalid("key: unknown override key \(key)") }
-    return k
-}
-
-@c @implementation
-public func qembed_param_set_override(_ param: OpaquePointer!, _ key: CInt, _ value: Double) -> qembed_status {
-    capi { () throws(QembedError) in try parameter(param).setOverride(try overrideKey(key), value) }
-}
-
-@c @implementation
-public func qembed_param_get_override(_ param: OpaquePointer!, _ key: CInt, _ value: UnsafeMutablePointer<Double>!,
-                                      _ is_set: UnsafeMutablePointer<Bool>!) -> qembed_status {
-    capi { () throws(QembedError) in
-        let p = try parameter(param), k = try overrideKey(key)
-        let v = try need(value, "value"), s = try need(is_set, "is_set")
-        let o = p.overrides[k]
-        v.pointee = o ?? 0
-        s.pointee = o != nil
-    }
-}
-
-@c @implementation
-public func qembed_param_clear_override(_ param: OpaquePointer!, _ key: CInt) -> qembed_status {
-    capi { () throws(QembedError) in try parameter(param).clearOverride(try overrideKey(key)) }
-}
-
-@c @implementation
-public func qembed_param_load(_ param: OpaquePointer!, _ src: UnsafeRawPointer!, _ dtype: CInt, _ numel: Int64) -> qembed_status {
-    capi { () throws(QembedError) in
-        let p = try parameter(param)
-        let s = try need(src, "src")
-        let d = try DType.float(dtype, argument: "dtype")
-        try p.load(s, dtype: d, count: try count(numel, "numel"))
     }
 }
 

@@ -4,9 +4,20 @@ import Glibc
 
 /// A 64-byte aligned heap buffer owned by a Swift object (zeroed unless asked
 /// not to); from 4 MiB on, 2 MiB aligned and advised for transparent huge pages.
+/// Or, made with `init(wrapping:byteCount:)`, a view of caller memory that
+/// the caller keeps alive and that is never freed here (element-aligned only).
 public final class AlignedBuffer: @unchecked Sendable {
     public let raw: UnsafeMutableRawPointer
     public let byteCount: Int
+    /// False for wrapped caller memory.
+    public let owned: Bool
+
+    /// Wraps caller memory (not copied, not freed).
+    public init(wrapping raw: UnsafeMutableRawPointer, byteCount: Int) {
+        self.raw = raw
+        self.byteCount = byteCount
+        owned = false
+    }
 
     public init(byteCount: Int, zeroed: Bool = true) throws(QembedError) {
         var p: UnsafeMutableRawPointer? = nil
@@ -24,9 +35,10 @@ public final class AlignedBuffer: @unchecked Sendable {
         if zeroed { memset(p, 0, max(byteCount, 64)) }
         raw = p
         self.byteCount = byteCount
+        owned = true
     }
 
-    deinit { free(raw) }
+    deinit { if owned { free(raw) } }
 
     static let hugePage = 2 << 20
     static let hugeThreshold = 4 << 20

@@ -26,9 +26,11 @@ public enum OverrideKey: Int32, CaseIterable, Sendable {
     }
 }
 
-/// A tensor owned by a layer: data, a float32 dense gradient (allocated by
-/// the first dense backward), a coalesced sparse gradient, a name, and
-/// per-parameter optimizer overrides.
+/// A tensor: data, a float32 dense gradient (allocated by the first dense
+/// backward, set by the caller, or wrapping the caller's memory), a coalesced
+/// sparse gradient, a name, and per-parameter optimizer overrides. Made by a
+/// layer (which shares its lock with it), or standalone: owning zeroed memory
+/// or wrapping the caller's (then `data.owned` is false).
 public final class Parameter: @unchecked Sendable {
     public let name: String
     public let dtype: DType
@@ -36,25 +38,62 @@ public final class Parameter: @unchecked Sendable {
     public let numel: Int
     public let data: AlignedBuffer
     public private(set) var grad: AlignedBuffer?
+    /// The gradient buffer this parameter allocated, once it has one: kept
+    /// (for reuse) when the gradient is cleared or wraps caller memory, so a
+    /// pointer to it handed out earlier never dangles.
+    private var ownedGrad: AlignedBuffer?
     public var requiresGrad: Bool
     public let sparse: Bool
+    /// Made on its own (create or wrap), not by a layer.
+    public let standalone: Bool
     /// Sparse gradient: sorted distinct rows and their summed values (rows x shape[1]).
     public internal(set) var sparseRows: [Int] = []
     public internal(set) var sparseValues: [Float] = []
     public private(set) var overrides: [OverrideKey: Double] = [:]
-    /// The owning layer's lock: mutations of data and grad take it exclusively.
+    /// The owning layer's lock (a standalone parameter has its own):
+    /// mutations of data and grad take it exclusively.
     public let lock: RWLock
 
-    public init(name: String, dtype: DType, shape: [Int], requiresGrad: Bool = true, sparse: Bool = false, lock: RWLock) throws(QembedError) {
+    /// A layer's parameter: zeroed memory, the layer's lock.
+    public convenience init(name: String, dtype: DType, shape: [Int], requiresGrad: Bool = true, sparse: Bool = false, lock: RWLock) throws(QembedError) {
+        try self.init(name: name, dtype: dtype, shape: shape, requiresGrad: requiresGrad, sparse: sparse, lock: lock,
+                      wrapping: nil, standalone: false)
+    }
+
+    /// A standalone parameter (dense gradient): owns zeroed memory, or wraps
+    /// `data`, which must hold numel elements of `dtype`, aligned to the
+    /// element size; the caller keeps it alive and unmoved for the
+    /// parameter's life. Every dimension must be >= 1.
+    public static func standalone(name: String, dtype: DType, shape: [Int], wrapping data: UnsafeMutableRawPointer? = nil) throws(QembedError) -> Parameter {
+        guard dtype.isFloat else { throw .unsupported("dtype \(dtype.name): a parameter is f32, f16 or bf16") }
+        guard !shape.isEmpty else { throw .shape("\(name): shape has no dimensions") }
+        for (k, d) in shape.enumerated() where d < 1 {
+            throw .shape("\(name): shape[\(k)] = \(d) (every dimension must be >= 1)")
+        }
+        if let data, Int(bitPattern: data) % dtype.size != 0 {
+            throw .invalid("data: \(name)'s memory at \(data) is not aligned to its \(dtype.size)-byte elements")
+        }
+        return try Parameter(name: name, dtype: dtype, shape: shape, requiresGrad: true, sparse: false, lock: RWLock(),
+                             wrapping: data, standalone: true)
+    }
+
+    private init(name: String, dtype: DType, shape: [Int], requiresGrad: Bool, sparse: Bool, lock: RWLock,
+                 wrapping: UnsafeMutableRawPointer?, standalone: Bool) throws(QembedError) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
         var n = 1
         for d in shape { n = try checkedMul(n, d, "\(name) shape") }
         numel = n
-        data = try AlignedBuffer(byteCount: try checkedMul(n, dtype.size, "\(name) bytes"))
+        let bytes = try checkedMul(n, dtype.size, "\(name) bytes")
+        if let wrapping {
+            data = AlignedBuffer(wrapping: wrapping, byteCount: bytes)
+        } else {
+            data = try AlignedBuffer(byteCount: bytes)
+        }
         self.requiresGrad = requiresGrad
         self.sparse = sparse
+        self.standalone = standalone
         self.lock = lock
     }
 
@@ -64,9 +103,66 @@ public final class Parameter: @unchecked Sendable {
     /// The dense gradient, allocated (zeroed) on first use. Call under the exclusive lock.
     public func denseGrad() throws(QembedError) -> UnsafeMutablePointer<Float> {
         if let g = grad { return g.floats() }
-        let g = try AlignedBuffer(byteCount: try checkedMul(numel, 4, "\(name) gradient bytes"))
+        let g = try ownedGradBuffer(zeroed: true)
         grad = g
         return g.floats()
+    }
+
+    /// The owned gradient buffer (allocated on first use; zeroed when asked).
+    private func ownedGradBuffer(zeroed: Bool) throws(QembedError) -> AlignedBuffer {
+        if let g = ownedGrad {
+            if zeroed { memsetZero(g.raw, numel * 4) }
+            return g
+        }
+        let g = try AlignedBuffer(byteCount: try checkedMul(numel, 4, "\(name) gradient bytes"), zeroed: zeroed)
+        ownedGrad = g
+        return g
+    }
+
+    /// The dense gradient's values become `count` elements of `srcDtype`
+    /// (converted to float32), copied into a buffer the parameter owns (a
+    /// wrapped gradient is replaced, not written). Validated first (a dense
+    /// parameter, size, finite); unchanged on failure.
+    public func setGrad(copying src: UnsafeRawPointer, dtype srcDtype: DType, count: Int) throws(QembedError) {
+        try checkDenseGrad(count)
+        guard srcDtype.isFloat else { throw .unsupported("grad dtype \(srcDtype.name): a gradient is f32, f16 or bf16") }
+        _ = try withFloatElement(srcDtype) { (e) throws(QembedError) in try checkFinite(e, src, count, argument: "\(name).grad") }
+        try lock.withExclusive { () throws(QembedError) in
+            let g = try ownedGradBuffer(zeroed: false)
+            if srcDtype == .f32 {
+                g.raw.copyMemory(from: src, byteCount: count * 4)
+            } else {
+                let f = g.floats()
+                for i in 0..<count { f[i] = loadFloat(src, srcDtype, i) }
+            }
+            grad = g
+        }
+    }
+
+    /// The dense gradient becomes the caller's memory: `count` (= numel)
+    /// float32s, 4-byte aligned, kept alive and unmoved by the caller until the
+    /// gradient is replaced or cleared, or the parameter is gone. Not checked
+    /// for finiteness here (it may change afterwards): every step checks it.
+    public func wrapGrad(_ g: UnsafeMutablePointer<Float>, count: Int) throws(QembedError) {
+        try checkDenseGrad(count)
+        guard Int(bitPattern: g) % 4 == 0 else { throw .invalid("grad: \(name)'s gradient memory at \(g) is not 4-byte aligned") }
+        lock.withExclusive { grad = AlignedBuffer(wrapping: UnsafeMutableRawPointer(g), byteCount: count * 4) }
+    }
+
+    /// No gradient (torch's `p.grad = None`): the dense gradient is dropped
+    /// (an owned buffer kept for reuse) and the sparse one emptied; the next
+    /// step skips the parameter.
+    public func clearGrad() {
+        lock.withExclusive {
+            grad = nil
+            sparseRows = []
+            sparseValues = []
+        }
+    }
+
+    private func checkDenseGrad(_ count: Int) throws(QembedError) {
+        guard !sparse else { throw .unsupported("\(name) has a sparse gradient: it is set by the layer's backward") }
+        guard count == numel else { throw .shape("numel: \(name)'s gradient holds \(numel) elements, got numel = \(count)") }
     }
 
     public func zeroGrad() {

@@ -348,6 +348,18 @@ qembed_param_get_override = _fn("qembed_param_get_override", status, handle, c_i
 qembed_param_clear_override = _fn("qembed_param_clear_override", status, handle, c_int)
 # qembed_status qembed_param_load(qembed_param *param, const void *src, int dtype, int64_t numel);
 qembed_param_load = _fn("qembed_param_load", status, handle, c_void_p, c_int, c_int64)
+# qembed_status qembed_param_create(const char *name, int dtype, int ndim, const int64_t *shape, qembed_param **out);
+qembed_param_create = _fn("qembed_param_create", status, c_char_p, c_int, c_int, P_i64, POINTER(handle))
+# qembed_status qembed_param_wrap(const char *name, int dtype, int ndim, const int64_t *shape, void *data, qembed_param **out);
+qembed_param_wrap = _fn("qembed_param_wrap", status, c_char_p, c_int, c_int, P_i64, c_void_p, POINTER(handle))
+# void qembed_param_free(qembed_param *param);
+qembed_param_free = _fn("qembed_param_free", None, handle)
+# qembed_status qembed_param_set_grad(qembed_param *param, const void *grad, int dtype, int64_t numel);
+qembed_param_set_grad = _fn("qembed_param_set_grad", status, handle, c_void_p, c_int, c_int64)
+# qembed_status qembed_param_wrap_grad(qembed_param *param, float *grad, int64_t numel);
+qembed_param_wrap_grad = _fn("qembed_param_wrap_grad", status, handle, P_f32, c_int64)
+# qembed_status qembed_param_clear_grad(qembed_param *param);
+qembed_param_clear_grad = _fn("qembed_param_clear_grad", status, handle)
 
 # --- Embedding and StableEmbedding -------------------------------------------
 

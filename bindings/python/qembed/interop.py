@@ -1,4 +1,5 @@
-"""Loading qembed's files into bitsandbytes (and the other way round).
+"""Working with torch and bitsandbytes: qembed's files as bitsandbytes
+layers, and torch parameters stepped by qembed's optimizers.
 
 qembed writes quantized embeddings in the layout transformers and
 bitsandbytes use (``NAME``, ``NAME.absmax``, ``NAME.quant_map``,
@@ -14,6 +15,10 @@ does that; it needs torch, bitsandbytes and safetensors, imported on first use.
 
 The other direction needs no glue: ``qembed.nn.EmbeddingNF4.load(path)`` reads
 a file saved from a bitsandbytes layer's state_dict (see the README).
+
+``torch_parameters(model.parameters())`` wraps a torch model's CPU tensors
+as qembed Parameters (no copy), so that ``qembed.optim.AdamW8bit`` steps them
+in place; the optimizers do this by themselves when handed torch tensors.
 """
 
 import json
@@ -76,3 +81,127 @@ def to_bitsandbytes(path, prefix=None, device="cpu"):
         layer.weight.SCB = tensors[prefix + ".SCB"].to(device)
         return layer
     raise ValueError(f"{path}: no quantized embedding under '{prefix}'")
+
+
+# --------------------------------------------------------------------------
+# torch parameters stepped by qembed's optimizers (CPU offload)
+# --------------------------------------------------------------------------
+
+
+def _tensor_view(t):
+    """A writeable numpy view of a contiguous CPU tensor's memory (no copy);
+    bfloat16 as ml_dtypes.bfloat16 (uint16 bits without ml_dtypes). The
+    view's base holds the tensor."""
+    import numpy as np
+    from .nn.parameter import _View
+    names = {"torch.float32": np.float32, "torch.float16": np.float16, "torch.bfloat16": np.uint16}
+    kind = names.get(str(t.dtype))
+    if kind is None:
+        raise TypeError(f"only float32, float16 and bfloat16 tensors can be wrapped, got {t.dtype}")
+    arr = np.asarray(_View(t.data_ptr(), tuple(t.shape), kind, t))
+    if str(t.dtype) == "torch.bfloat16" and _io.BFLOAT16 is not None:
+        arr = arr.view(_io.BFLOAT16)
+    return arr
+
+
+def _check_tensor(t, what):
+    if t.device.type != "cpu":
+        raise ValueError(f"{what}: the tensor is on {t.device}; qembed steps CPU memory (offload it first)")
+    if not t.is_contiguous():
+        raise ValueError(f"{what}: the tensor is not contiguous; wrapping needs contiguous memory")
+    if t.numel() == 0:
+        raise ValueError(f"{what}: the tensor is empty")
+
+
+def _make_torch_parameter():
+    from .nn.parameter import Parameter
+
+    class TorchParameter(Parameter):
+        """A qembed Parameter over a torch CPU tensor's memory (no copy). Before
+        every optimizer step it takes the tensor's current ``.grad``: a
+        float32 contiguous gradient is wrapped (no copy; torch may give a new
+        tensor after each ``zero_grad(set_to_none=True)``), any other (float16,
+        bfloat16, strided, sparse) is converted into a copy; None means no
+        update. ``zero_grad()`` of the optimizer sets the tensors' ``.grad``
+        to None (or zeros them with set_to_none=False), as torch's does."""
+
+        def __init__(self, tensor, name=None):
+            what = name or "tensor"
+            _check_tensor(tensor, what)
+            data = tensor.detach()
+            super().__init__(_tensor_view(data), copy=False, name=name)
+            self._source = (tensor, self._source)
+            self.tensor = tensor
+            self._grad_tensor = None
+
+        def _before_step(self):
+            g = self.tensor.grad
+            if g is None:
+                self._grad_tensor = None
+                if self._grad_source is not None or self._info().grad:
+                    self.grad = None
+                return
+            if g is self._grad_tensor and self._grad_source is not None and self._grad_source[1] == g.data_ptr():
+                return  # the gradient tensor of the last step, where it was
+            if g.device.type != "cpu":
+                raise ValueError(f"{self.name}.grad is on {g.device}; qembed steps CPU memory")
+            if str(g.dtype) == "torch.float32" and not g.is_sparse and g.is_contiguous() and g.numel() == self.numel():
+                self._wrap_grad_unchecked(_tensor_view(g.detach()))
+                self._grad_tensor = g
+            else:
+                self.grad = (g.to_dense() if g.is_sparse else g).detach().float().contiguous().reshape(self.shape)
+                self._grad_tensor = None
+
+        def _zero_grad(self, set_to_none):
+            if set_to_none:
+                self.tensor.grad = None
+                self.grad = None
+            elif self.tensor.grad is not None:
+                self.tensor.grad.detach().zero_()
+
+        def __repr__(self):
+            return f"TorchParameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype_name})"
+
+    return TorchParameter
+
+
+_TORCH_PARAMETER = None
+
+
+def TorchParameter(tensor, name=None):  # noqa: N802 (a class, made on first use so torch stays optional)
+    """qembed.nn.Parameter over a torch CPU tensor (see torch_parameters)."""
+    global _TORCH_PARAMETER
+    if _TORCH_PARAMETER is None:
+        _TORCH_PARAMETER = _make_torch_parameter()
+    return _TORCH_PARAMETER(tensor, name=name)
+
+
+def is_torch_tensor(x):
+    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr") and hasattr(x, "grad")
+
+
+def torch_parameters(params):
+    """qembed Parameters over torch tensors, for qembed's optimizers to step
+    a torch model's CPU parameters in place (an 8-bit optimizer offloaded to
+    the CPU: 2 bytes of state per parameter instead of torch Adam's 8):
+
+        model = MyModel()                       # CPU parameters
+        opt = qembed.optim.AdamW8bit(model.parameters(), lr=1e-3)   # wraps them (this function)
+        loss = model(x).sum(); loss.backward()
+        opt.step(); opt.zero_grad()
+
+    `params` is an iterable of tensors, of (name, tensor) pairs
+    (``model.named_parameters()``), or of param-group dicts; tensors that do
+    not require grad are skipped. Neither weights nor gradients are copied
+    per step (a float32 contiguous gradient is wrapped where it lies)."""
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            group = dict(item)
+            group["params"] = torch_parameters(group["params"])
+            out.append(group)
+            continue
+        name, t = item if isinstance(item, tuple) else (None, item)
+        if getattr(t, "requires_grad", True):
+            out.append(TorchParameter(t, name=name))
+    return out

@@ -33,14 +33,11 @@ from .. import _capi_layers as L
 from .. import io as _io
 from .._capi import QembedTypeError, QembedValueError
 from ._bags import FloatTableOps, QuantizedTableOps
+from .parameter import _NAME_OF_CODE, Parameter, SparseGrad, _view  # noqa: F401 (re-exported)
 
 __all__ = ["Parameter", "SparseGrad", "LayerNorm", "Embedding", "StableEmbedding", "Embedding8bit",
            "Embedding4bit", "EmbeddingFP4", "EmbeddingNF4"]
 
-_NAME_OF_CODE = {L.QEMBED_DTYPE_F32: "float32", L.QEMBED_DTYPE_F16: "float16", L.QEMBED_DTYPE_BF16: "bfloat16"}
-_OVERRIDE_KEYS = {"optim_bits": L.QEMBED_OVERRIDE_OPTIM_BITS, "lr": L.QEMBED_OVERRIDE_LR,
-                  "beta1": L.QEMBED_OVERRIDE_BETA1, "beta2": L.QEMBED_OVERRIDE_BETA2, "eps": L.QEMBED_OVERRIDE_EPS,
-                  "weight_decay": L.QEMBED_OVERRIDE_WEIGHT_DECAY}
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -77,154 +74,6 @@ def _out_array(out, shape, dtype):
         raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)}, "
                          f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     return out
-
-class _View:
-    """Exposes a block of library memory to numpy through the array interface.
-    It holds the Handle of the object owning the memory, and numpy keeps this
-    object as the array's ``base``: the memory outlives every view."""
-
-    __slots__ = ("__array_interface__", "owner")
-
-    def __init__(self, address, shape, dtype, owner, readonly=False):
-        self.__array_interface__ = {"data": (address, readonly), "shape": tuple(shape),
-                                    "typestr": np.dtype(dtype).str, "version": 3}
-        self.owner = owner
-
-
-def _view(address, shape, dtype, owner):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "V":  # ml_dtypes.bfloat16 has no array-interface typestr: view its bits
-        return np.asarray(_View(address, shape, np.uint16, owner)).view(dtype)
-    return np.asarray(_View(address, shape, dtype, owner))
-
-
-# --------------------------------------------------------------------------
-# Parameters
-# --------------------------------------------------------------------------
-
-
-class SparseGrad:
-    """The coalesced gradient of a sparse layer: ``indices`` (sorted, distinct
-    row ids, int64) and ``values`` (one summed row per index, float32), copies
-    taken when ``.grad`` was read. ``to_dense()`` gives the full matrix."""
-
-    def __init__(self, indices, values, shape):
-        self.indices = indices
-        self.values = values
-        self.shape = tuple(shape)
-
-    def to_dense(self):
-        out = np.zeros(self.shape, dtype=np.float32)
-        out[self.indices] = self.values
-        return out
-
-    def __repr__(self):
-        return f"SparseGrad(nnz_rows={len(self.indices)}, shape={self.shape})"
-
-
-class Parameter:
-    """One tensor of a layer ("weight", "norm.weight", "norm.bias").
-
-    ``data`` views the library's memory (f32, f16, or bf16: ml_dtypes.bfloat16
-    when installed, else uint16 bits); assigning ``p.data = x`` copies x in
-    (converted to the parameter's dtype, validated first). ``grad`` is None
-    before the first backward, then a float32 view of the dense gradient, or
-    a SparseGrad copy for sparse layers (None while it is empty)."""
-
-    def __init__(self, ptr, owner):
-        self._ptr = ptr
-        self._owner = owner  # the layer's Handle: keeps the memory alive
-        info = self._info()
-        self.name = info.name.decode("utf-8")
-        self.shape = tuple(info.shape[k] for k in range(info.ndim))
-        self._dtype_name = _NAME_OF_CODE[info.dtype]
-        self.dtype = _io.numpy_float_dtype(self._dtype_name)
-        self.is_sparse_grad = bool(info.sparse)
-
-    def _info(self):
-        info = L.new_struct(L.qembed_param_info)
-        L._check(L.qembed_param_info_get(self._ptr, ctypes.byref(info)))
-        return info
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    def numel(self):
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def requires_grad(self):
-        return bool(self._info().requires_grad)
-
-    @property
-    def data(self):
-        info = self._info()
-        return _view(info.data, self.shape, self.dtype, self._owner)
-
-    @data.setter
-    def data(self, value):
-        self.copy_(value)
-
-    def copy_(self, value):
-        """Copy `value` (same shape; f32/f16/bf16 or anything convertible to
-        float32) into the parameter. Validated before anything is written."""
-        arr, code = _io.float_array(value, self.name)
-        if arr.shape != self.shape:
-            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
-        L._check(L.qembed_param_load(self._ptr, arr.ctypes.data, code, arr.size))
-        return self
-
-    @property
-    def grad(self):
-        info = self._info()
-        if info.sparse:
-            nnz = ctypes.c_int64()
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz), None, 0, None, 0))
-            if nnz.value == 0:
-                return None
-            cols = self.shape[1] if len(self.shape) == 2 else 1
-            rows = np.empty(nnz.value, dtype=np.int64)
-            values = np.empty((nnz.value, cols), dtype=np.float32)
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz),
-                                                rows.ctypes.data_as(L.P_i64), rows.size,
-                                                values.ctypes.data_as(L.P_f32), values.size))
-            return SparseGrad(rows[:nnz.value], values[:nnz.value], self.shape)
-        if not info.grad:
-            return None
-        return _view(ctypes.cast(info.grad, ctypes.c_void_p).value, self.shape, np.float32, self._owner)
-
-    # optimizer overrides (GlobalOptimManager.override_config writes these)
-
-    def _set_override(self, key, value):
-        L._check(L.qembed_param_set_override(self._ptr, _OVERRIDE_KEYS[key], float(value)))
-
-    def _clear_override(self, key):
-        L._check(L.qembed_param_clear_override(self._ptr, _OVERRIDE_KEYS[key]))
-
-    def optim_overrides(self):
-        """The optimizer settings overridden on this parameter, as a dict
-        (keys optim_bits, lr, beta1, beta2, eps, weight_decay)."""
-        out = {}
-        for key, code in _OVERRIDE_KEYS.items():
-            value, is_set = ctypes.c_double(), ctypes.c_bool()
-            L._check(L.qembed_param_get_override(self._ptr, code, ctypes.byref(value), ctypes.byref(is_set)))
-            if is_set.value:
-                out[key] = int(value.value) if key == "optim_bits" else value.value
-        return out
-
-    def __array__(self, dtype=None, copy=None):
-        arr = self.data
-        if dtype is not None and np.dtype(dtype) != arr.dtype:
-            return arr.astype(dtype)
-        return arr.copy() if copy else arr
-
-    def __repr__(self):
-        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype_name})"
-
 
 class LayerNorm:
     """StableEmbedding's LayerNorm: normalized over the last dimension with
@@ -331,7 +180,7 @@ class Embedding(FloatTableOps):
         for i in range(n.value):
             ptr = L.out_handle()
             L._check(L.qembed_embedding_param(self._h(), i, ctypes.byref(ptr)))
-            params.append(Parameter(ptr.value, self._handle))
+            params.append(Parameter._borrowed(ptr.value, self._handle))
         return params
 
     def _h(self):

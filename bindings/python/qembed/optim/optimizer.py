@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import _capi_layers as L
 from .._capi import QembedTypeError, QembedValueError
+from .. import interop as _interop
 from ..nn.modules import Parameter
 
 __all__ = ["GlobalOptimManager", "Optimizer8bit", "Optimizer1State", "Optimizer2State", "MockArgs"]
@@ -166,6 +167,18 @@ class GlobalOptimManager:
 # --------------------------------------------------------------------------
 # Optimizer8bit
 # --------------------------------------------------------------------------
+
+
+def _as_parameter(p):
+    """A qembed Parameter as it is; a torch tensor wrapped (no copy) as a
+    qembed.interop.TorchParameter; anything else refused."""
+    if isinstance(p, Parameter):
+        return p
+    if _interop.is_torch_tensor(p):
+        return _interop.TorchParameter(p)
+    raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT,
+                          f"optimizer can only optimize qembed Parameters (layer.parameters(), "
+                          f"qembed.nn.Parameter(array)) or torch CPU tensors, got {type(p).__name__}")
 
 
 class _Backend:
@@ -310,12 +323,8 @@ class Optimizer8bit:
         if not isinstance(param_group, dict):
             raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT, "param_group must be a dict")
         params = param_group["params"]
-        params = [params] if isinstance(params, Parameter) else list(params)
-        for p in params:
-            if not isinstance(p, Parameter):
-                raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT,
-                                      f"optimizer can only optimize qembed Parameters (layer.parameters()), "
-                                      f"got {type(p).__name__}")
+        params = [params] if isinstance(params, Parameter) or _interop.is_torch_tensor(params) else list(params)
+        params = [_as_parameter(p) for p in params]
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params) or len({id(p) for p in params}) != len(params):
             raise _value_error("some parameters appear in more than one parameter group")
@@ -394,6 +403,11 @@ class Optimizer8bit:
         loss = None
         if closure is not None:
             loss = closure()
+        for g in self.param_groups:
+            for p in g["params"]:
+                hook = getattr(p, "_before_step", None)
+                if hook is not None:
+                    hook()
         self._sync()
         live = [b for b in self._backends if b is not None]
         if len(live) == 1:
@@ -405,10 +419,17 @@ class Optimizer8bit:
 
     def zero_grad(self, set_to_none=True):
         """Zero every parameter's gradient (dense gradients keep their
-        buffer filled with zeros; sparse gradients are emptied)."""
+        buffer filled with zeros; sparse gradients are emptied). The tensors
+        of a torch model being stepped (qembed.interop.TorchParameter) get
+        ``.grad = None`` when set_to_none, as torch's zero_grad does."""
         for b in self._backends:
             if b is not None:
                 L._check(L.qembed_optimizer_zero_grad(b.handle.ptr))
+        for g in self.param_groups:
+            for p in g["params"]:
+                hook = getattr(p, "_zero_grad", None)
+                if hook is not None:
+                    hook(set_to_none)
 
     # -- state
 
