@@ -124,7 +124,7 @@ check: deps build test-swift test-c test-python test-vbmi test-cli
 # always through SIMDe's portable AVX-512, so their logic is proven on any
 # CPU, and natively too where the CPU has VBMI. vbmi-exhaustive checks every
 # float in [-1, 1] (minutes natively; 4 minutes emulated on a Zen 3).
-VBMI_FLAGS := -O2 -std=gnu11 -Wall -Wextra -Wno-psabi -Iinclude -ISources/CQembedSIMD/include
+VBMI_FLAGS := -O2 -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-psabi -Iinclude -ISources/CQembedSIMD/include
 VBMI_SRC := tools/vbmi_check.c Sources/CQembedSIMD/qembed_vbmi.c Sources/CQembedSIMD/include/qembed_vbmi.h
 HAS_VBMI := $(shell grep -qw avx512vbmi /proc/cpuinfo 2>/dev/null && echo yes)
 .build/vbmi_check: $(VBMI_SRC) | $(LIB)

@@ -910,6 +910,96 @@ QEMBED_API qembed_status qembed_qembedding_load_ex(const char *path, const char 
                                                    qembed_qembedding **out);
 
 /* ======================================================================== */
+/*  LoRA over a frozen table                                                */
+/* ======================================================================== */
+/* peft's LoRA for embeddings (peft.tuners.lora.layer.Embedding) over any
+ * qembed table, float or quantized (int8, FP4/NF4, nested statistics), which
+ * stays frozen:
+ *
+ *     out = base(ids) + (A^T[ids] @ B^T) * scaling
+ *     scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora
+ *
+ * peft's lora_embedding_A is r x num_embeddings (zeros at creation) and
+ * lora_embedding_B is embedding_dim x r (standard normal draws from `seed`;
+ * peft draws from torch's generator, so the values differ, not the law).
+ * The two parameters (qembed_lora_param 0 and 1, named "lora_embedding_A"
+ * and "lora_embedding_B") hold A^T (num_embeddings x r) and B^T
+ * (r x embedding_dim): the layout peft's forward multiplies, one row of A^T
+ * per id. Transpose them to get peft's tensors (the Python binding does).
+ *
+ * A^T is looked up the way peft does it (F.embedding with the base's
+ * padding_idx, scale_grad_by_freq and sparse): no gradient reaches the
+ * padding row, and a sparse base gives A^T a sparse (row) gradient. A float
+ * base with max_norm is refused (peft would renormalize A^T in place). Any
+ * optimizer trains the two parameters (8-bit state where they are large
+ * enough: min_8bit_size).
+ *
+ * Thread safety: forwards may run concurrently with each other (a shared
+ * lock); backward, zero_grad and optimizer steps on the parameters are
+ * serialized with them. The base table must outlive the LoRA layer's use of
+ * it: the layer holds its own reference, so freeing the base handle first is
+ * allowed. */
+
+typedef struct qembed_lora qembed_lora;
+
+typedef struct qembed_lora_params {
+    uint32_t struct_size;   /* sizeof(qembed_lora_params) */
+    int64_t r;              /* rank, >= 1 (default 8) */
+    double lora_alpha;      /* finite (default 8) */
+    bool use_rslora;        /* scaling alpha / sqrt(r) instead of alpha / r (default false) */
+    uint64_t seed;          /* draws of lora_embedding_B (default 0) */
+} qembed_lora_params;
+
+/*! qembed_lora_params_init() : peft's defaults (r 8, lora_alpha 8, no rslora), seed 0. Since 0.2. */
+QEMBED_API void qembed_lora_params_init(qembed_lora_params *p);
+
+/*! qembed_lora_create() :
+ *  A LoRA layer over exactly one base: a float table (float_base) or a
+ *  quantized one (quantized_base); the other must be NULL. *out is NULL on
+ *  failure. Since 0.2. */
+QEMBED_API qembed_status qembed_lora_create(const qembed_lora_params *p, qembed_embedding *float_base,
+                                            qembed_qembedding *quantized_base, qembed_lora **out);
+
+/*! qembed_lora_free() : NULL is a no-op. Since 0.2. */
+QEMBED_API void qembed_lora_free(qembed_lora *l);
+
+/*! qembed_lora_get_params() : the creation parameters, and (when scaling is
+ *  not NULL) the scaling in force. Since 0.2. */
+QEMBED_API qembed_status qembed_lora_get_params(const qembed_lora *l, qembed_lora_params *p, double *scaling);
+
+/*! qembed_lora_forward() :
+ *  out (count x embedding_dim of out_dtype, out_len elements) = the base's
+ *  rows + the low-rank update, computed in float32: the base row as its
+ *  own lookup gives it in float32, plus (sum_j A^T[id, j] B^T[j, :]) *
+ *  scaling, then rounded to out_dtype. Indices as qembed_embedding_forward.
+ *  Since 0.2. */
+QEMBED_API qembed_status qembed_lora_forward(qembed_lora *l, const void *indices, int index_dtype, int64_t count,
+                                             void *out, int out_dtype, int64_t out_len);
+
+/*! qembed_lora_backward() :
+ *  Accumulates the gradients of A^T and B^T for grad_output (count x
+ *  embedding_dim of grad_dtype, grad_len elements): dA^T[id] += (g @ B) *
+ *  scaling (through A^T's lookup rules) and dB^T += A^T[ids]^T @ g *
+ *  scaling. Validated first (indices, sizes, finite); nothing changes on
+ *  failure. Since 0.2. */
+QEMBED_API qembed_status qembed_lora_backward(qembed_lora *l, const void *indices, int index_dtype, int64_t count,
+                                              const void *grad_output, int grad_dtype, int64_t grad_len);
+
+/*! qembed_lora_zero_grad() : zeroes both gradients (a sparse one is emptied). Since 0.2. */
+QEMBED_API qembed_status qembed_lora_zero_grad(qembed_lora *l);
+
+/*! qembed_lora_param() : parameter i (0: A^T, 1: B^T), borrowed from the layer. Since 0.2. */
+QEMBED_API qembed_status qembed_lora_param(qembed_lora *l, int64_t i, qembed_param **param);
+
+/*! qembed_lora_merge() :
+ *  The adapted table, every row (num_embeddings x embedding_dim of
+ *  out_dtype, out_len elements): what qembed_lora_forward gives for ids 0,
+ *  1, ..., num_embeddings - 1 (peft's merge, W + (B @ A)^T * scaling).
+ *  Quantize it again with qembed_qembedding_quantize for a merged quantized
+ *  table. Since 0.2. */
+QEMBED_API qembed_status qembed_lora_merge(qembed_lora *l, void *out, int out_dtype, int64_t out_len);
+
+/* ======================================================================== */
 /*  Bags: pooled lookups (torch.nn.EmbeddingBag)                            */
 /* ======================================================================== */
 /* torch.nn.functional.embedding_bag over a float layer (qembed_embedding,

@@ -12,6 +12,7 @@
 #include "qembed_vbmi.h"
 #ifndef QEMBED_VBMI_EXTERNAL
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,7 @@ struct qembed__vbmi_quant {
 
 struct qembed__vbmi_dequant {
     uint8_t plane[4][256];   /* byte k of bits(code[i]) */
+    uint8_t topack[64];      /* natural -> pack order of 64 codes */
 };
 
 static void *qe_alloc(size_t size) {
@@ -174,6 +176,7 @@ qembed__vbmi_dequant *qembed__vbmi_dequant_new(const float *code) {
         uint32_t v = qe_bits(code[i]);
         for (int k = 0; k < 4; k++) t->plane[k][i] = (uint8_t)(v >> (8 * k));
     }
+    for (int p = 0; p < 64; p++) t->topack[p] = qe_pack_index(p);
     return t;
 }
 
@@ -320,11 +323,9 @@ QE_INLINE void qe_dq64(const __m512i P[4][4], __m512i topack, __m512 a, const ui
 
 QE_TARGET void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint8_t *q, size_t n, float absmax, float *out) {
     __m512i P[4][4];
-    uint8_t topack[64];
-    for (int p = 0; p < 64; p++) topack[p] = qe_pack_index(p);
     for (int k = 0; k < 4; k++)
         for (int i = 0; i < 4; i++) P[k][i] = qe_load(t->plane[k] + 64 * i);
-    __m512i tp = qe_load(topack);
+    __m512i tp = qe_load(t->topack);
     __m512 a = _mm512_set1_ps(absmax);
     size_t i = 0;
     for (; i + 64 <= n; i += 64) qe_dq64((const __m512i (*)[4])P, tp, a, q + i, out + i);
@@ -337,6 +338,132 @@ QE_TARGET void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint
         memcpy(out + i, res, (n - i) * sizeof(float));
     }
 }
+/* ---- Fused Adam 8-bit block ---------------------------------------------- */
+
+/* 64 codes -> four 16-float vectors (code[q] * a), natural order. */
+QE_INLINE void qe_dq64_regs(const qembed__vbmi_dequant *t, __m512 a, const uint8_t *q, __m512 out[4]) {
+    __m512i c = _mm512_permutexvar_epi8(qe_load(t->topack), qe_load(q));
+    __m512i p[4];
+    for (int k = 0; k < 4; k++)
+        p[k] = QE_LOOKUP256(qe_load(t->plane[k]), qe_load(t->plane[k] + 64), qe_load(t->plane[k] + 128),
+                            qe_load(t->plane[k] + 192), c);
+    __m512i d0, d1, d2, d3;
+    QE_TRANSPOSE4(p[0], p[1], p[2], p[3], d0, d1, d2, d3);
+    out[0] = _mm512_mul_ps(_mm512_castsi512_ps(d0), a);
+    out[1] = _mm512_mul_ps(_mm512_castsi512_ps(d1), a);
+    out[2] = _mm512_mul_ps(_mm512_castsi512_ps(d2), a);
+    out[3] = _mm512_mul_ps(_mm512_castsi512_ps(d3), a);
+}
+
+typedef struct {
+    __m512 b1, b2, omb1, omb2, eps, decay, c2, ic2, nlr, am1, am2;
+    __m512i mag, sign;
+    int wd, skip;
+} qe_adam_regs;
+
+/* The update of 64 elements (every pointer valid for 64); the new states'
+ * magnitude bits are folded into max1/max2. */
+QE_INLINE void qe_adam64(const qembed__adam8 *k, const qe_adam_regs *A, float *p, const float *g, const uint8_t *c1,
+                         const uint8_t *c2, float *t1, float *t2, __m512i *max1, __m512i *max2) {
+    __m512 m[4], v[4];
+    qe_dq64_regs(k->dq1, A->am1, c1, m);
+    qe_dq64_regs(k->dq2, A->am2, c2, v);
+    for (int j = 0; j < 4; j++) {
+        __m512 gv = _mm512_loadu_ps(g + 16 * j), p0 = _mm512_loadu_ps(p + 16 * j);
+        __m512 s1 = _mm512_add_ps(_mm512_mul_ps(m[j], A->b1), _mm512_mul_ps(gv, A->omb1));
+        __m512 s2 = _mm512_add_ps(_mm512_mul_ps(v[j], A->b2), _mm512_mul_ps(_mm512_mul_ps(A->omb2, gv), gv));
+        __m512 r = _mm512_sqrt_ps(s2);
+        /* r / c2 correctly rounded (divideByC2): q = r * (1 / c2), then q + (r - q c2) / c2 */
+        __m512 q = _mm512_mul_ps(r, A->ic2);
+        __m512 nq = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(q), A->sign));
+        __m512 den = _mm512_add_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(nq, A->c2, r), A->ic2, q), A->eps);
+        __m512 pv = A->wd ? _mm512_mul_ps(p0, A->decay) : p0;
+        pv = _mm512_add_ps(pv, _mm512_mul_ps(A->nlr, _mm512_div_ps(s1, den)));
+        if (A->skip) {
+            uint16_t z = (uint16_t)_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_EQ_OQ);
+            pv = _mm512_mask_blend_ps(z, pv, p0);
+            s1 = _mm512_mask_blend_ps(z, s1, m[j]);
+            s2 = _mm512_mask_blend_ps(z, s2, v[j]);
+        }
+        _mm512_storeu_ps(p + 16 * j, pv);
+        _mm512_storeu_ps(t1 + 16 * j, s1);
+        _mm512_storeu_ps(t2 + 16 * j, s2);
+        *max1 = _mm512_max_epu32(*max1, _mm512_and_si512(_mm512_castps_si512(s1), A->mag));
+        *max2 = _mm512_max_epu32(*max2, _mm512_and_si512(_mm512_castps_si512(s2), A->mag));
+    }
+}
+
+/* q[i] += 1 where q[i] == 0 and t[i] > 0, for 64 elements. */
+QE_INLINE void qe_floor64(uint8_t *q, const float *t) {
+    __m512i c = qe_load(q);
+    uint64_t pos = 0;
+    for (int j = 0; j < 4; j++)
+        pos |= (uint64_t)(uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(t + 16 * j), _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * j);
+    uint64_t raise = pos & (uint64_t)_mm512_cmpeq_epi8_mask(c, _mm512_setzero_si512());
+    _mm512_storeu_si512(q, _mm512_mask_add_epi8(c, raise, c, _mm512_set1_epi8(1)));
+}
+
+QE_INLINE uint32_t qe_max_lane(__m512i v) {
+    uint32_t l[16], m = 0;
+    _mm512_storeu_si512(l, v);
+    for (int i = 0; i < 16; i++) m = l[i] > m ? l[i] : m;
+    return m;
+}
+
+QE_TARGET int qembed__vbmi_adam8_block(const qembed__adam8 *k, float *p, const float *g, uint8_t *q1, uint8_t *q2,
+                                       float *a1, float *a2, size_t n, float *t1, float *t2) {
+    qe_adam_regs A;
+    A.b1 = _mm512_set1_ps(k->b1); A.b2 = _mm512_set1_ps(k->b2);
+    A.omb1 = _mm512_set1_ps(k->one_minus_b1); A.omb2 = _mm512_set1_ps(k->one_minus_b2);
+    A.eps = _mm512_set1_ps(k->eps); A.decay = _mm512_set1_ps(k->decay);
+    A.c2 = _mm512_set1_ps(k->c2); A.ic2 = _mm512_set1_ps(k->inv_c2); A.nlr = _mm512_set1_ps(k->neg_lr_over_c1);
+    A.am1 = _mm512_set1_ps(*a1); A.am2 = _mm512_set1_ps(*a2);
+    A.mag = _mm512_set1_epi32(0x7FFFFFFF); A.sign = _mm512_set1_epi32((int)0x80000000);
+    A.wd = k->weight_decay; A.skip = k->skip_zeros;
+    __m512i max1 = _mm512_setzero_si512(), max2 = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) qe_adam64(k, &A, p + i, g + i, q1 + i, q2 + i, t1 + i, t2 + i, &max1, &max2);
+    size_t left = n - i;
+    if (left) {
+        /* The tail through padded copies (unmasked vectors: masked stores are
+         * slow on Zen 4). Padding: gradient 0, parameter 0, both states at
+         * their zero codes, so the padded lanes' states are 0 and do not
+         * move the block's absmax. */
+        float pb[64], gb[64], s1b[64], s2b[64];
+        uint8_t c1b[64], c2b[64];
+        memset(pb, 0, sizeof pb); memset(gb, 0, sizeof gb);
+        memset(c1b, k->zero1, sizeof c1b); memset(c2b, k->zero2, sizeof c2b);
+        memcpy(pb, p + i, left * 4); memcpy(gb, g + i, left * 4);
+        memcpy(c1b, q1 + i, left); memcpy(c2b, q2 + i, left);
+        qe_adam64(k, &A, pb, gb, c1b, c2b, s1b, s2b, &max1, &max2);
+        memcpy(p + i, pb, left * 4); memcpy(t1 + i, s1b, left * 4); memcpy(t2 + i, s2b, left * 4);
+    }
+    uint32_t top1 = qe_max_lane(max1), top2 = qe_max_lane(max2);
+    float m1, m2;
+    memcpy(&m1, &top1, 4);
+    memcpy(&m2, &top2, 4);
+    *a1 = m1;
+    *a2 = m2;
+    int fallback = 0;
+    float r1 = m1 == 0 ? 0.0f : 1.0f / m1, r2 = m2 == 0 ? 0.0f : 1.0f / m2;
+    if (isfinite(r1)) qembed__vbmi_quantize(k->q1, t1, n, r1, q1); else fallback |= 1;
+    if (!isfinite(r2)) return fallback | 2;
+    qembed__vbmi_quantize(k->q2, t2, n, r2, q2);
+    /* a positive v never rests at the zero code (StateRounding.floorPositive) */
+    for (i = 0; i + 64 <= n; i += 64) qe_floor64(q2 + i, t2 + i);
+    if ((left = n - i)) {
+        float tb[64];
+        uint8_t cb[64];
+        memset(tb, 0, sizeof tb);
+        memset(cb, 0, sizeof cb);
+        memcpy(tb, t2 + i, left * 4);
+        memcpy(cb, q2 + i, left);
+        qe_floor64(cb, tb);
+        memcpy(q2 + i, cb, left);
+    }
+    return fallback;
+}
+
 /* ---- 4-bit code search -------------------------------------------------- */
 
 /* 16 nibbles of 16 floats: a 4-step binary search over the 16 midpoints

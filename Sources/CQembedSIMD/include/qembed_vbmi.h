@@ -67,6 +67,28 @@ void qembed__vbmi_dequantize(const qembed__vbmi_dequant *t, const uint8_t *q, si
 void qembed__vbmi_quantize_4bit(const float *mids, const uint8_t *order, const float *x, size_t n, float recip,
                                 uint8_t *out);
 
+/* The fused Adam/AdamW 8-bit step of one block of a float32 parameter, with
+ * every table in registers: dequantize m (signed dynamic map, absmax *a1)
+ * and v (unsigned map, *a2), update (the exact operation order of
+ * AdamRule.update8 in Sources/QembedCore/Optim/UpdateRules.swift, lane for
+ * lane), write p, requantize m and v with the exact nearest rule, and raise
+ * a positive v at the zero code to the smallest positive one (StateRounding).
+ * t1, t2: scratch of n floats, left holding the new float states. n <= 256.
+ * Returns 0, or a bit mask of the states (1: m, 2: v) whose new absmax has a
+ * reciprocal that overflows (a subnormal absmax): for those the caller
+ * requantizes t1/t2 by dividing (the portable rule); *a1 and *a2 are set. */
+typedef struct qembed__adam8 {
+    const qembed__vbmi_dequant *dq1, *dq2;  /* signed / unsigned dynamic maps */
+    const qembed__vbmi_quant *q1, *q2;
+    float b1, b2, one_minus_b1, one_minus_b2, eps, decay, c2, inv_c2, neg_lr_over_c1;
+    int weight_decay;  /* apply p *= decay */
+    int skip_zeros;    /* lanes with g == 0 keep p, m and v */
+    uint8_t zero1, zero2;  /* the index of 0 in each map (127 and 0 for the dynamic maps) */
+} qembed__adam8;
+
+int qembed__vbmi_adam8_block(const qembed__adam8 *k, float *p, const float *g, uint8_t *q1, uint8_t *q2, float *a1,
+                             float *a2, size_t n, float *t1, float *t2);
+
 #ifdef __cplusplus
 }
 #endif

@@ -105,7 +105,7 @@ public func qembed_embedding_get_params(_ e: OpaquePointer!, _ p: UnsafeMutableP
     }
 }
 
-private func indexArg(_ indices: UnsafeRawPointer?, _ dtype: CInt, _ n: Int64) throws(QembedError) -> Indices {
+func indexArg(_ indices: UnsafeRawPointer?, _ dtype: CInt, _ n: Int64) throws(QembedError) -> Indices {
     let c = try count(n, "count", minimum: 0)
     let d = try DType.from(dtype, argument: "index_dtype")
     let base = c == 0 ? (indices ?? UnsafeRawPointer(bitPattern: 8)!) : try need(indices, "indices")

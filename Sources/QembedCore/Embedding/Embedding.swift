@@ -71,9 +71,10 @@ public final class Embedding: @unchecked Sendable {
     /// A new layer; `pretrained` (rows x dim of `pretrainedDtype`) is copied,
     /// otherwise the table is Xavier-uniform from `seed`.
     public init(_ config: EmbeddingConfig, stable: Bool = false, seed: UInt64 = 0,
-                pretrained: UnsafeRawPointer? = nil, pretrainedDtype: DType = .f32, freeze: Bool = false) throws(QembedError) {
+                pretrained: UnsafeRawPointer? = nil, pretrainedDtype: DType = .f32, freeze: Bool = false,
+                weightName: String = "weight") throws(QembedError) {
         self.config = config
-        weight = try Parameter(name: "weight", dtype: config.dtype, shape: [config.numEmbeddings, config.embeddingDim],
+        weight = try Parameter(name: weightName, dtype: config.dtype, shape: [config.numEmbeddings, config.embeddingDim],
                                requiresGrad: !(pretrained != nil && freeze), sparse: config.sparse, lock: lock)
         norm = stable ? try LayerNorm(dim: config.embeddingDim, lock: lock) : nil
         // Both upstream layers register their weight for 32-bit optimizer state.

@@ -196,9 +196,20 @@ enum EightBitStep {
         let q1 = s.state1.raw.assumingMemoryBound(to: UInt8.self)
         let q2 = s.state2.map { $0.raw.assumingMemoryBound(to: UInt8.self) }
         let a1 = s.absmax1!.floats(), a2 = s.absmax2?.floats()
+        let fused = R.self == AdamRule.self && E.self == F32.self ? FusedAdam8.kernel(k, skipZeros: c.skipZeros) : nil
         Parallel.forEachChunk(blocks, grain: 64) { rg in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * OptimizerState.blocksize)
             defer { scratch.deallocate() }
+            if var fk = fused, let q2, let a2 {
+                let pf = UnsafeMutableRawPointer(data).assumingMemoryBound(to: Float.self)
+                for w in rg {
+                    let (b, g) = item(w)
+                    let range = s.range(ofBlock: b)
+                    FusedAdam8.block(&fk, p: pf + range.lowerBound, g: g, q1: q1 + range.lowerBound, a1: a1 + b,
+                                     q2: q2 + range.lowerBound, a2: a2 + b, count: range.count, scratch: scratch)
+                }
+                return
+            }
             for w in rg {
                 let (b, g) = item(w)
                 let range = s.range(ofBlock: b)
@@ -214,6 +225,38 @@ enum EightBitStep {
                                        t1: scratch, t2: scratch + OptimizerState.blocksize, count: range.count)
                 }
             }
+        }
+    }
+}
+
+/// The fused AVX-512 Adam/AdamW block of float32 parameters
+/// (qembed__vbmi_adam8_block): dequantize, update, requantize and floor in
+/// one call with the tables in registers, equal to StepKernels.block8 bit for
+/// bit (OptimizerTests and the parity suite compare them).
+enum FusedAdam8 {
+    /// The kernel's constants, or nil where it does not run (no VBMI).
+    static func kernel(_ k: UpdateScalars, skipZeros: Bool) -> qembed__adam8? {
+        guard VBMI.enabled, let dq1 = VBMI.signedDequant.pointer, let dq2 = VBMI.unsignedDequant.pointer,
+              let t1 = CodeSearch.signedDynamic.vbmi, let t2 = CodeSearch.unsignedDynamic.vbmi else { return nil }
+        return qembed__adam8(dq1: dq1, dq2: dq2, q1: t1, q2: t2, b1: k.b1, b2: k.b2, one_minus_b1: k.oneMinusB1,
+                             one_minus_b2: k.oneMinusB2, eps: k.eps, decay: k.decay, c2: k.c2, inv_c2: k.invC2,
+                             neg_lr_over_c1: k.negLrOverC1, weight_decay: k.wd > 0 ? 1 : 0, skip_zeros: skipZeros ? 1 : 0,
+                             zero1: StateRounding.zeroSigned, zero2: StateRounding.zeroUnsigned)
+    }
+
+    @inline(__always)
+    static func block(_ k: inout qembed__adam8, p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>,
+                      q1: UnsafeMutablePointer<UInt8>, a1: UnsafeMutablePointer<Float>,
+                      q2: UnsafeMutablePointer<UInt8>, a2: UnsafeMutablePointer<Float>, count: Int,
+                      scratch: UnsafeMutablePointer<Float>) {
+        let t2 = scratch + OptimizerState.blocksize
+        let fallback = qembed__vbmi_adam8_block(&k, p, g, q1, q2, a1, a2, count, scratch, t2)
+        // A subnormal absmax (1 / absmax overflows): the dividing rule of requantize.
+        if fallback & 1 != 0 {
+            StepKernels.requantize(scratch, count, a1.pointee, CodeSearch.signedDynamic, q1, a1, floorAbove: nil)
+        }
+        if fallback & 2 != 0 {
+            StepKernels.requantize(t2, count, a2.pointee, CodeSearch.unsignedDynamic, q2, a2, floorAbove: StateRounding.zeroUnsigned)
         }
     }
 }

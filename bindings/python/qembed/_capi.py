@@ -209,9 +209,19 @@ class qembed_bags(Structure):
     ]
 
 
+class qembed_lora_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("r", c_int64),
+        ("lora_alpha", c_double),
+        ("use_rslora", c_bool),
+        ("seed", c_uint64),
+    ]
+
+
 STRUCTS = (qembed_param_info, qembed_embedding_params, qembed_optimizer_params,
            qembed_optimizer_state_info, qembed_tensor_info, qembed_tensor_desc, qembed_qembedding_info,
-           qembed_bags)
+           qembed_bags, qembed_lora_params)
 
 # --------------------------------------------------------------------------
 # Functions
@@ -573,3 +583,23 @@ def _check(code):
 
 def version():
     return qembed_version().decode("ascii")
+
+# qembed_lora: LoRA over a frozen table
+# void qembed_lora_params_init(qembed_lora_params *p);
+qembed_lora_params_init = _fn("qembed_lora_params_init", None, POINTER(qembed_lora_params))
+# qembed_status qembed_lora_create(const qembed_lora_params *p, qembed_embedding *float_base, qembed_qembedding *quantized_base, qembed_lora **out);
+qembed_lora_create = _fn("qembed_lora_create", status, POINTER(qembed_lora_params), handle, handle, POINTER(handle))
+# void qembed_lora_free(qembed_lora *l);
+qembed_lora_free = _fn("qembed_lora_free", None, handle)
+# qembed_status qembed_lora_get_params(const qembed_lora *l, qembed_lora_params *p, double *scaling);
+qembed_lora_get_params = _fn("qembed_lora_get_params", status, handle, POINTER(qembed_lora_params), POINTER(c_double))
+# qembed_status qembed_lora_forward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, void *out, int out_dtype, int64_t out_len);
+qembed_lora_forward = _fn("qembed_lora_forward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
+# qembed_status qembed_lora_backward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, const void *grad_output, int grad_dtype, int64_t grad_len);
+qembed_lora_backward = _fn("qembed_lora_backward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
+# qembed_status qembed_lora_zero_grad(qembed_lora *l);
+qembed_lora_zero_grad = _fn("qembed_lora_zero_grad", status, handle)
+# qembed_status qembed_lora_param(qembed_lora *l, int64_t i, qembed_param **param);
+qembed_lora_param = _fn("qembed_lora_param", status, handle, c_int64, POINTER(handle))
+# qembed_status qembed_lora_merge(qembed_lora *l, void *out, int out_dtype, int64_t out_len);
+qembed_lora_merge = _fn("qembed_lora_merge", status, handle, c_void_p, c_int, c_int64)

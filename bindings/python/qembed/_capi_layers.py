@@ -56,6 +56,8 @@ from ._capi import (  # noqa: E402,F401
     qembed_bags, qembed_bags_init, qembed_bags_num_bags, qembed_embedding_bag_forward, qembed_embedding_bag_backward,
     qembed_qembedding_bag_forward, qembed_embedding_score, qembed_qembedding_score, qembed_embedding_topk,
     qembed_qembedding_topk,
+    qembed_lora_params, qembed_lora_params_init, qembed_lora_create, qembed_lora_free, qembed_lora_get_params,
+    qembed_lora_forward, qembed_lora_backward, qembed_lora_zero_grad, qembed_lora_param, qembed_lora_merge,
 )
 
 handle = c_void_p  # opaque pointers

@@ -1,0 +1,224 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A frozen table LoRA can adapt: a float Embedding or a quantized one.
+public enum LoraBase: @unchecked Sendable {
+    case float(Embedding)
+    case quantized(QuantizedEmbedding)
+
+    public var numEmbeddings: Int {
+        switch self { case .float(let e): e.config.numEmbeddings; case .quantized(let q): q.numEmbeddings }
+    }
+    public var embeddingDim: Int {
+        switch self { case .float(let e): e.config.embeddingDim; case .quantized(let q): q.embeddingDim }
+    }
+    /// Rows of the base as float32 (the frozen table's own lookup).
+    func forward(_ indices: Indices, out: UnsafeMutablePointer<Float>) throws(QembedError) {
+        switch self {
+        case .float(let e): try e.forward(indices, out: UnsafeMutableRawPointer(out), outDtype: .f32)
+        case .quantized(let q): try q.forward(indices, out: UnsafeMutableRawPointer(out), outDtype: .f32)
+        }
+    }
+}
+
+/// peft's LoRA over an embedding table (peft.tuners.lora.layer.Embedding):
+///
+///     out = base(ids) + (A^T[ids] @ B^T) * scaling,  scaling = alpha / r (alpha / sqrt(r) with rslora)
+///
+/// with peft's lora_embedding_A (r x num_embeddings, zeros at init) and
+/// lora_embedding_B (embedding_dim x r, standard normal at init). The base is
+/// frozen. The two parameters are held in the layout peft's forward itself
+/// uses, A^T (num_embeddings x r: one row per id, so a lookup reads r
+/// contiguous floats and a sparse gradient is a set of rows) and B^T
+/// (r x embedding_dim); saving transposes them to peft's tensors.
+///
+/// A^T is looked up as peft does, through F.embedding with the base's
+/// padding_idx (no gradient into that row), scale_grad_by_freq and sparse
+/// (a sparse base gives A^T a sparse gradient); max_norm is refused (peft
+/// would renormalize A^T's rows in place).
+///
+/// Thread safety: forwards share a lock and run in parallel; backward,
+/// zero_grad and loads of the parameters are serialized with them.
+public final class LoraEmbedding: @unchecked Sendable {
+    public let base: LoraBase
+    public let r: Int
+    public let alpha: Double
+    public let useRslora: Bool
+    public let seed: UInt64
+    public let scaling: Float
+    /// A^T as an embedding table of width r (padding, frequency scaling and
+    /// sparse gradients exactly as the base's lookup).
+    let a: Embedding
+    public var aT: Parameter { a.weight }
+    /// B^T: r x embedding_dim, dense gradient; shares A^T's lock.
+    public let bT: Parameter
+    public var parameters: [Parameter] { [aT, bT] }
+    public var numEmbeddings: Int { base.numEmbeddings }
+    public var embeddingDim: Int { base.embeddingDim }
+
+    public init(base: LoraBase, r: Int, alpha: Double, useRslora: Bool, seed: UInt64) throws(QembedError) {
+        guard r >= 1 else { throw .invalid("r must be >= 1, got \(r)") }
+        guard alpha.isFinite else { throw QembedError(.nonFinite, "lora_alpha is \(alpha) (must be finite)") }
+        var pad: Int? = nil, freq = false, sparse = false
+        if case .float(let e) = base {
+            guard e.config.maxNorm == nil else {
+                throw .unsupported("the base table has max_norm: LoRA over it would renormalize lora_embedding_A in place (peft's behaviour); not supported")
+            }
+            pad = e.config.paddingIdx; freq = e.config.scaleGradByFreq; sparse = e.config.sparse
+        }
+        self.base = base
+        self.r = r
+        self.alpha = alpha
+        self.useRslora = useRslora
+        self.seed = seed
+        scaling = Float(useRslora ? alpha / Double(r).squareRoot() : alpha / Double(r))
+        let rows = base.numEmbeddings, dim = base.embeddingDim
+        _ = try checkedMul(try checkedMul(rows, r, "num_embeddings x r"), 4, "lora_embedding_A bytes")
+        let zeros = try AlignedBuffer(byteCount: try checkedMul(rows, r * 4, "lora_embedding_A bytes"))
+        a = try Embedding(EmbeddingConfig(numEmbeddings: rows, embeddingDim: r, paddingIdx: pad, scaleGradByFreq: freq, sparse: sparse),
+                          pretrained: zeros.raw, pretrainedDtype: .f32, weightName: "lora_embedding_A")
+        a.weight.clearOverride(.optimBits)  // optimizers choose (8-bit when large enough)
+        bT = try Parameter(name: "lora_embedding_B", dtype: .f32, shape: [r, dim], lock: a.lock)
+        LoraEmbedding.fillNormal(bT.data.floats(), bT.numel, seed: seed)
+    }
+
+    /// Standard normal draws (Box-Muller over SplitMix64): peft's
+    /// nn.init.normal_ for lora_embedding_B, from qembed's own generator.
+    static func fillNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, seed: UInt64) {
+        var s = seed &+ 0x9E37_79B9_7F4A_7C15
+        func next() -> Double {
+            s = s &+ 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            return (Double(z >> 11) + 0.5) / Double(1 << 53)  // (0, 1)
+        }
+        var i = 0
+        while i < n {
+            let u = next(), v = next()
+            let rad = (-2 * log(u)).squareRoot(), t = 2 * Double.pi * v
+            p[i] = Float(rad * cos(t))
+            if i + 1 < n { p[i + 1] = Float(rad * sin(t)) }
+            i += 2
+        }
+    }
+
+    // MARK: Forward
+
+    /// out[k] = base row + (A^T[ids[k]] @ B^T) * scaling, as outDtype.
+    public func forward(_ indices: Indices, out: UnsafeMutableRawPointer, outDtype: DType) throws(QembedError) {
+        guard outDtype.isFloat else { throw .unsupported("out_dtype: \(outDtype.name) is not a float type (use f32, f16 or bf16)") }
+        try indices.validate(rows: numEmbeddings)
+        let n = indices.count, dim = embeddingDim
+        if n == 0 { return }
+        let total = try checkedMul(n, dim, "count x embedding_dim")
+        let scratch = outDtype == .f32 ? nil : try AlignedBuffer(byteCount: try checkedMul(total, 4, "out bytes"), zeroed: false)
+        let rows = scratch?.floats() ?? out.assumingMemoryBound(to: Float.self)
+        try base.forward(indices, out: rows)
+        a.lock.withShared { addDelta(indices, rows) }
+        if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
+    }
+
+    /// rows[k] += (A^T[ids[k]] @ B^T) * scaling. Call under the lock.
+    private func addDelta(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) {
+        let dim = embeddingDim, r = self.r, s = scaling
+        let at = aT.data.floats(), bt = bT.data.floats()
+        Parallel.forEachChunk(indices.count, grain: max(1, 16384 / dim)) { range in
+            let av = UnsafeMutablePointer<Float>.allocate(capacity: r)
+            defer { av.deallocate() }
+            for k in range {
+                let src = at + indices[k] * r
+                for j in 0..<r { av[j] = src[j] }
+                let dst = rows + k * dim
+                var d = 0
+                while d + 8 <= dim {
+                    var acc = SIMD8<Float>(repeating: 0)
+                    for j in 0..<r { acc += av[j] * load8(bt + j * dim + d) }
+                    store8(load8(dst + d) + acc * s, dst + d)
+                    d += 8
+                }
+                while d < dim {
+                    var acc: Float = 0
+                    for j in 0..<r { acc += av[j] * bt[j * dim + d] }
+                    dst[d] += acc * s
+                    d += 1
+                }
+            }
+        }
+    }
+
+    // MARK: Backward
+
+    /// Accumulates the gradients of A^T and B^T for grad_output (count x dim).
+    public func backward(_ indices: Indices, gradOutput: UnsafeRawPointer, gradDtype: DType) throws(QembedError) {
+        guard gradDtype.isFloat else { throw .unsupported("grad_dtype: \(gradDtype.name) is not a float type (use f32, f16 or bf16)") }
+        try indices.validate(rows: numEmbeddings)
+        let n = indices.count, dim = embeddingDim, r = self.r
+        let total = try checkedMul(n, dim, "count x embedding_dim")
+        _ = try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
+        if n == 0 { return }
+        let gbuf = gradDtype == .f32 ? nil : try AlignedBuffer(byteCount: total * 4, zeroed: false)
+        if let gbuf { loadFloats(gradOutput, gradDtype, total, gbuf.floats()) }
+        let g = UnsafePointer(gbuf?.floats() ?? UnsafeMutablePointer(mutating: gradOutput.assumingMemoryBound(to: Float.self)))
+        let gA = try AlignedBuffer(byteCount: try checkedMul(n, r * 4, "count x r bytes"), zeroed: false)
+        let s = scaling
+        try a.lock.withExclusive { () throws(QembedError) in
+            let at = aT.data.floats(), bt = bT.data.floats()
+            // d after_A = (G * scaling) @ B: one dot product per (row, j).
+            let ga = gA.floats()
+            Parallel.forEachChunk(n, grain: max(1, 8192 / dim)) { range in
+                for k in range {
+                    let gk = g + k * dim
+                    for j in 0..<r { ga[k * r + j] = LoraEmbedding.dot(gk, bt + j * dim, dim) * s }
+                }
+            }
+            // d B^T += after_A^T @ (G * scaling), split over column ranges.
+            let gb = try bT.denseGrad()
+            let chunks = max(1, min(Parallel.threadCount * 4, dim / 64))
+            Parallel.forEachChunk(chunks, grain: 1) { cr in
+                for c in cr {
+                    let lo = dim * c / chunks, hi = dim * (c + 1) / chunks
+                    for k in 0..<n {
+                        let src = at + indices[k] * r, gk = g + k * dim
+                        for j in 0..<r {
+                            let w = src[j] * s
+                            if w == 0 { continue }
+                            let dst = gb + j * dim
+                            for d in lo..<hi { dst[d] += w * gk[d] }
+                        }
+                    }
+                }
+            }
+        }
+        // A^T's gradient through its own lookup rules (padding, frequency, sparse).
+        try a.backward(indices, gradOutput: UnsafeRawPointer(gA.raw), gradDtype: .f32)
+    }
+
+    @inline(__always)
+    static func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0), d = 0
+        while d + 8 <= n { acc += load8(x + d) * load8(y + d); d += 8 }
+        var t = acc.sum()
+        while d < n { t += x[d] * y[d]; d += 1 }
+        return t
+    }
+
+    public func zeroGrad() {
+        a.zeroGrad()
+        a.lock.withExclusive { bT.zeroGrad() }
+    }
+
+    // MARK: Merge
+
+    /// The adapted table, every row: base + (A^T @ B^T) * scaling (peft's
+    /// merge: W + delta), as outDtype.
+    public func merged(out: UnsafeMutableRawPointer, outDtype: DType) throws(QembedError) {
+        let rows = numEmbeddings
+        let ids = try AlignedBuffer(byteCount: try checkedMul(rows, 8, "num_embeddings ids"), zeroed: false)
+        let p = ids.raw.assumingMemoryBound(to: Int64.self)
+        for i in 0..<rows { p[i] = Int64(i) }
+        try forward(Indices(unchecked: ids.raw, is64: true, count: rows), out: out, outDtype: outDtype)
+    }
+}
