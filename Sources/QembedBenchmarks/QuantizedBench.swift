@@ -26,6 +26,14 @@ enum QuantizedBench {
                 let bpp = Bench.fmt(Double(q.tableBytes) / Double(rows * dim), 3)
                 Bench.report("\(kind.name)\(compress ? "+nested" : "") (\(q.tableBytes >> 20) MiB, \(bpp) B/param) \(Bench.fmt(tf / t, 2))x f32 speed", seconds: t,
                              elements: count, bytes: count * dim * 4, unit: "M rows/s")
+                if kind == .nf4 && !compress {
+                    // LoRA (r = 8) over the same table and rows, A trained (nonzero).
+                    let lora = try LoraEmbedding(base: .quantized(q), r: 8, alpha: 16, useRslora: false, seed: 1)
+                    LoraEmbedding.fillNormal(lora.aT.data.floats(), lora.aT.numel, seed: 2)
+                    let tl = try Bench.time { try lora.forward(ind, out: UnsafeMutableRawPointer(out), outDtype: .f32) }
+                    Bench.report("nf4 + LoRA r=8: \(Bench.fmt(tl / t, 2))x the nf4 lookup's time", seconds: tl,
+                                 elements: count, bytes: count * dim * 4, unit: "M rows/s")
+                }
             }
         }
         // A 1 GB float file: write, then time mmap+validate and quantize from the mapping.

@@ -8,7 +8,8 @@ import Glibc
 /// The main job: skip-gram word2vec with negative sampling on a generated
 /// corpus, a StableEmbedding input table (32-bit Adam state) and a sparse
 /// Embedding output table (8-bit Adam state by override), then quantization
-/// of the trained table to NF4 and int8: bytes, error, neighbour accuracy, speed.
+/// of the trained table to NF4 and int8: bytes, error, neighbour accuracy,
+/// speed; then LoRA over the saved NF4 table, fine-tuned on a relabelled corpus.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Train embeddings on a generated corpus, then quantize, save, reload and compare.")
 
@@ -34,44 +35,20 @@ struct Demo: ParsableCommand {
         let opt = try Optimizer(config, params: input.parameters + [output.weight])
 
         var rng = DemoCorpus.Rng(s: seed &* 31)
-        let pairs = 1 + negatives
-        var centers = [Int64](repeating: 0, count: batch), targets = [Int64](repeating: 0, count: batch * pairs)
-        var u = [Float](repeating: 0, count: batch * dim), v = [Float](repeating: 0, count: batch * pairs * dim)
-        var gu = [Float](repeating: 0, count: batch * dim), gv = [Float](repeating: 0, count: batch * pairs * dim)
+        var sg = SkipGramBatch(batch: batch, dim: dim, window: window, negatives: negatives)
         var progress = Progress("training", total: steps)
         var firstLoss = 0.0, lastLoss = 0.0, avg = 0.0
         let tTrain = now()
         for step in 1...steps {
-            for b in 0..<batch {
-                let pos = window + rng.below(corpus.tokens.count - 2 * window)
-                var off = 1 + rng.below(window)
-                if rng.next() & 1 == 0 { off = -off }
-                centers[b] = Int64(corpus.tokens[pos])
-                targets[b * pairs] = Int64(corpus.tokens[pos + off])
-                for k in 1...negatives { targets[b * pairs + k] = Int64(corpus.negTable[rng.below(corpus.negTable.count)]) }
-            }
-            try centers.withUnsafeBytes { try input.forward(Indices($0.baseAddress!, dtype: .i64, count: batch), out: &u, outDtype: .f32) }
-            try targets.withUnsafeBytes { try output.forward(Indices($0.baseAddress!, dtype: .i64, count: batch * pairs), out: &v, outDtype: .f32) }
-            var loss = 0.0
-            for b in 0..<batch {
-                for k in 0..<dim { gu[b * dim + k] = 0 }
-                for p in 0..<pairs {
-                    var s: Float = 0
-                    let vo = (b * pairs + p) * dim, uo = b * dim
-                    for k in 0..<dim { s += u[uo + k] * v[vo + k] }
-                    let label: Float = p == 0 ? 1 : 0
-                    let sig = 1 / (1 + expf(-s))
-                    loss -= Double(p == 0 ? logf(max(sig, 1e-7)) : logf(max(1 - sig, 1e-7)))
-                    let g = (sig - label) / Float(batch)
-                    for k in 0..<dim { gu[uo + k] += g * v[vo + k]; gv[vo + k] = g * u[uo + k] }
-                }
-            }
-            loss /= Double(batch)
+            sg.draw(corpus, &rng)
+            try sg.centers.withUnsafeBytes { try input.forward(Indices($0.baseAddress!, dtype: .i64, count: batch), out: &sg.u, outDtype: .f32) }
+            try sg.targets.withUnsafeBytes { try output.forward(Indices($0.baseAddress!, dtype: .i64, count: sg.targets.count), out: &sg.v, outDtype: .f32) }
+            let loss = sg.lossAndGradients()
             avg = step == 1 ? loss : 0.98 * avg + 0.02 * loss
             if step == 1 { firstLoss = loss }
             lastLoss = avg
-            try centers.withUnsafeBytes { try input.backward(Indices($0.baseAddress!, dtype: .i64, count: batch), gradOutput: gu, gradDtype: .f32) }
-            try targets.withUnsafeBytes { try output.backward(Indices($0.baseAddress!, dtype: .i64, count: batch * pairs), gradOutput: gv, gradDtype: .f32) }
+            try sg.centers.withUnsafeBytes { try input.backward(Indices($0.baseAddress!, dtype: .i64, count: batch), gradOutput: sg.gu, gradDtype: .f32) }
+            try sg.targets.withUnsafeBytes { try output.backward(Indices($0.baseAddress!, dtype: .i64, count: sg.targets.count), gradOutput: sg.gv, gradDtype: .f32) }
             try opt.step()
             opt.zeroGrad()
             if step % 10 == 0 || step == steps { progress.update(step, "loss \(fmt(avg, 4))") }
@@ -113,6 +90,8 @@ struct Demo: ParsableCommand {
             print("  " + pad(kind.name + (nested ? "+nest" : ""), 10) + pad(humanBytes(fileSize(path)), 13) + pad(fmt(Double(r.tableBytes) / Double(vocab * dim), 3), 15)
                   + pad(fmt(Double(maxErr), 3), 14) + pad(fmt((sq / Double(vocab * dim)).squareRoot(), 3), 12) + pad(fmt(qacc * 100, 3) + "%", 13) + fmt(rate, 3))
         }
+        try loraStage(nf4Path: outDir + "/qembed-demo-nf4.safetensors", output: output, corpusSize: corpus.tokens.count,
+                      vocab: vocab, clusters: clusters, dim: dim, normW: normW, normB: normB)
         print("files in \(outDir) (qembed-demo-*.safetensors); total \(fmt(now() - t0, 3)) s")
     }
 
@@ -137,7 +116,9 @@ struct Demo: ParsableCommand {
 
     /// Fraction of queries whose nearest other candidate (cosine of the
     /// LayerNorm-ed rows) is in the same hidden cluster.
-    func neighbourAccuracy(_ w: [Float], dim: Int, clusters: Int, queries: [Int], candidates: [Int], normW: [Float], normB: [Float]) -> Double {
+    func neighbourAccuracy(_ w: [Float], dim: Int, clusters: Int, queries: [Int], candidates: [Int], normW: [Float], normB: [Float],
+                           clusterOf: [Int]? = nil) -> Double {
+        let cluster = { (t: Int) -> Int in clusterOf?[t] ?? t % clusters }
         func normed(_ r: Int) -> [Float] {
             let x = Array(w[(r * dim)..<((r + 1) * dim)])
             let mean = x.reduce(0, +) / Float(dim)
@@ -156,7 +137,7 @@ struct Demo: ParsableCommand {
                 for k in 0..<dim { s += a[k] * cand[ci][k] }
                 if s > best { best = s; bestId = c }
             }
-            if bestId >= 0 && bestId % clusters == q % clusters { hits += 1 }
+            if bestId >= 0 && cluster(bestId) == cluster(q) { hits += 1 }
         }
         return Double(hits) / Double(max(queries.count, 1))
     }

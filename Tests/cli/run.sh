@@ -336,6 +336,14 @@ if expect 0 "demo --quick" demo --quick --out-dir "$work/demo"; then
         fail "demo --quick neighbour accuracy '$acc' (want >= 50%)"
     fi
     if ls "$work/demo"/qembed-demo-*.safetensors > /dev/null 2>&1; then ok "demo --quick saved its files"; else fail "demo --quick saved no files"; fi
+    # the LoRA stage: the moved tokens' accuracy must rise well above where it started
+    moved=$(sed -n 's/.*moved tokens \([0-9.]*\)% -> \([0-9.]*\)%.*/\1 \2/p' "$work/out")
+    if [ -n "$moved" ] && "$PYTHON" -c "import sys; b, a = map(float, '$moved'.split()); sys.exit(0 if a >= 80 and a >= b + 30 else 1)"; then
+        ok "demo --quick LoRA stage: moved tokens' accuracy $moved (before, after)"
+    else
+        fail "demo --quick LoRA stage: moved tokens' accuracy '$moved' (want after >= 80% and >= before + 30)"
+    fi
+    if [ -s "$work/demo/qembed-demo-lora.safetensors" ]; then ok "demo --quick saved the adapter"; else fail "demo --quick saved no adapter"; fi
 fi
 expect 1 "demo --out-dir a missing directory" demo --quick --out-dir "$work/no/such/dir"
 

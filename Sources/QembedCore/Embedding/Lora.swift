@@ -85,7 +85,7 @@ public final class LoraEmbedding: @unchecked Sendable {
 
     /// Standard normal draws (Box-Muller over SplitMix64): peft's
     /// nn.init.normal_ for lora_embedding_B, from qembed's own generator.
-    static func fillNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, seed: UInt64) {
+    public static func fillNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, seed: UInt64) {
         var s = seed &+ 0x9E37_79B9_7F4A_7C15
         func next() -> Double {
             s = s &+ 0x9E37_79B9_7F4A_7C15
