@@ -507,6 +507,26 @@ qembed_qembedding_topk = _fn("qembed_qembedding_topk", status, handle, c_void_p,
                              P_i64, P_f32, c_int64)
 
 
+# LoRA over a frozen table
+# void qembed_lora_params_init(qembed_lora_params *p);
+qembed_lora_params_init = _fn("qembed_lora_params_init", None, POINTER(qembed_lora_params))
+# qembed_status qembed_lora_create(const qembed_lora_params *p, qembed_embedding *float_base, qembed_qembedding *quantized_base, qembed_lora **out);
+qembed_lora_create = _fn("qembed_lora_create", status, POINTER(qembed_lora_params), handle, handle, POINTER(handle))
+# void qembed_lora_free(qembed_lora *l);
+qembed_lora_free = _fn("qembed_lora_free", None, handle)
+# qembed_status qembed_lora_get_params(const qembed_lora *l, qembed_lora_params *p, double *scaling);
+qembed_lora_get_params = _fn("qembed_lora_get_params", status, handle, POINTER(qembed_lora_params), POINTER(c_double))
+# qembed_status qembed_lora_forward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, void *out, int out_dtype, int64_t out_len);
+qembed_lora_forward = _fn("qembed_lora_forward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
+# qembed_status qembed_lora_backward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, const void *grad_output, int grad_dtype, int64_t grad_len);
+qembed_lora_backward = _fn("qembed_lora_backward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
+# qembed_status qembed_lora_zero_grad(qembed_lora *l);
+qembed_lora_zero_grad = _fn("qembed_lora_zero_grad", status, handle)
+# qembed_status qembed_lora_param(qembed_lora *l, int64_t i, qembed_param **param);
+qembed_lora_param = _fn("qembed_lora_param", status, handle, c_int64, POINTER(handle))
+# qembed_status qembed_lora_merge(qembed_lora *l, void *out, int out_dtype, int64_t out_len);
+qembed_lora_merge = _fn("qembed_lora_merge", status, handle, c_void_p, c_int, c_int64)
+
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
@@ -528,8 +548,9 @@ class QembedValueError(QembedError, ValueError):
 
 
 class QembedTypeError(QembedError, TypeError, ValueError):
-    """An unsupported dtype. Also a ValueError, as bitsandbytes raises
-    ValueError for unsupported dtypes."""
+    """A request this build does not support (QEMBED_ERR_UNSUPPORTED: a
+    dtype, a blocksize, an enum value). Also a ValueError, as bitsandbytes
+    raises ValueError for unsupported dtypes."""
 
 
 class QembedMemoryError(QembedError, MemoryError):
@@ -558,21 +579,15 @@ def last_error():
     return msg.decode("utf-8", "replace") if msg else ""
 
 
+_EXCEPTION_OF_STATUS = dict.fromkeys(_VALUE_STATUSES, QembedValueError)
+_EXCEPTION_OF_STATUS.update({QEMBED_ERR_UNSUPPORTED: QembedTypeError, QEMBED_ERR_OUT_OF_MEMORY: QembedMemoryError,
+                             QEMBED_ERR_IO: QembedOSError, QEMBED_ERR_INTERNAL: QembedInternalError})
+
+
 def error_for(code, message):
-    """The exception instance for a non-OK status and its message."""
-    if code in _VALUE_STATUSES:
-        return QembedValueError(code, message)
-    if code == QEMBED_ERR_UNSUPPORTED:
-        if "dtype" in message:
-            return QembedTypeError(code, message)
-        return QembedValueError(code, message)
-    if code == QEMBED_ERR_OUT_OF_MEMORY:
-        return QembedMemoryError(code, message)
-    if code == QEMBED_ERR_IO:
-        return QembedOSError(code, message)
-    if code == QEMBED_ERR_INTERNAL:
-        return QembedInternalError(code, message)
-    return QembedError(code, message)
+    """The exception instance for a non-OK status and its message: the type
+    follows the status code alone (_EXCEPTION_OF_STATUS)."""
+    return _EXCEPTION_OF_STATUS.get(code, QembedError)(code, message)
 
 
 def _check(code):
@@ -583,23 +598,3 @@ def _check(code):
 
 def version():
     return qembed_version().decode("ascii")
-
-# qembed_lora: LoRA over a frozen table
-# void qembed_lora_params_init(qembed_lora_params *p);
-qembed_lora_params_init = _fn("qembed_lora_params_init", None, POINTER(qembed_lora_params))
-# qembed_status qembed_lora_create(const qembed_lora_params *p, qembed_embedding *float_base, qembed_qembedding *quantized_base, qembed_lora **out);
-qembed_lora_create = _fn("qembed_lora_create", status, POINTER(qembed_lora_params), handle, handle, POINTER(handle))
-# void qembed_lora_free(qembed_lora *l);
-qembed_lora_free = _fn("qembed_lora_free", None, handle)
-# qembed_status qembed_lora_get_params(const qembed_lora *l, qembed_lora_params *p, double *scaling);
-qembed_lora_get_params = _fn("qembed_lora_get_params", status, handle, POINTER(qembed_lora_params), POINTER(c_double))
-# qembed_status qembed_lora_forward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, void *out, int out_dtype, int64_t out_len);
-qembed_lora_forward = _fn("qembed_lora_forward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
-# qembed_status qembed_lora_backward(qembed_lora *l, const void *indices, int index_dtype, int64_t count, const void *grad_output, int grad_dtype, int64_t grad_len);
-qembed_lora_backward = _fn("qembed_lora_backward", status, handle, c_void_p, c_int, c_int64, c_void_p, c_int, c_int64)
-# qembed_status qembed_lora_zero_grad(qembed_lora *l);
-qembed_lora_zero_grad = _fn("qembed_lora_zero_grad", status, handle)
-# qembed_status qembed_lora_param(qembed_lora *l, int64_t i, qembed_param **param);
-qembed_lora_param = _fn("qembed_lora_param", status, handle, c_int64, POINTER(handle))
-# qembed_status qembed_lora_merge(qembed_lora *l, void *out, int out_dtype, int64_t out_len);
-qembed_lora_merge = _fn("qembed_lora_merge", status, handle, c_void_p, c_int, c_int64)
