@@ -355,6 +355,19 @@ QE_INLINE void qe_dq64_regs(const qembed__vbmi_dequant *t, __m512 a, const uint8
     out[3] = _mm512_mul_ps(_mm512_castsi512_ps(d3), a);
 }
 
+/* a * b + c with one rounding. (SIMDe's portable _mm512_fmadd_ps rounds
+ * twice where the build has no FMA: the emulated build uses fmaf.) */
+QE_INLINE __m512 qe_fmadd(__m512 a, __m512 b, __m512 c) {
+#ifdef QEMBED_VBMI_EMULATE
+    float x[16], y[16], z[16];
+    _mm512_storeu_ps(x, a); _mm512_storeu_ps(y, b); _mm512_storeu_ps(z, c);
+    for (int i = 0; i < 16; i++) z[i] = fmaf(x[i], y[i], z[i]);
+    return _mm512_loadu_ps(z);
+#else
+    return _mm512_fmadd_ps(a, b, c);
+#endif
+}
+
 typedef struct {
     __m512 b1, b2, omb1, omb2, eps, decay, c2, ic2, nlr, am1, am2;
     __m512i mag, sign;
@@ -376,7 +389,7 @@ QE_INLINE void qe_adam64(const qembed__adam8 *k, const qe_adam_regs *A, float *p
         /* r / c2 correctly rounded (divideByC2): q = r * (1 / c2), then q + (r - q c2) / c2 */
         __m512 q = _mm512_mul_ps(r, A->ic2);
         __m512 nq = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(q), A->sign));
-        __m512 den = _mm512_add_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(nq, A->c2, r), A->ic2, q), A->eps);
+        __m512 den = _mm512_add_ps(qe_fmadd(qe_fmadd(nq, A->c2, r), A->ic2, q), A->eps);
         __m512 pv = A->wd ? _mm512_mul_ps(p0, A->decay) : p0;
         pv = _mm512_add_ps(pv, _mm512_mul_ps(A->nlr, _mm512_div_ps(s1, den)));
         if (A->skip) {
