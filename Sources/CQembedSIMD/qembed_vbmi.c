@@ -477,6 +477,116 @@ QE_TARGET int qembed__vbmi_adam8_block(const qembed__adam8 *k, float *p, const f
     return fallback;
 }
 
+/* ---- Fused one-state 8-bit blocks (Momentum, Lion, RMSprop, Adagrad) ---- */
+
+typedef struct {
+    __m512 b1, b2, omb1, omb2, eps, wd, decay, nlr, am;
+    __m512i mag;
+    int rule, wdon, skip, first;
+} qe_step1_regs;
+
+QE_INLINE void qe_step1_64(const qembed__step1 *k, const qe_step1_regs *S, float *p, const float *g, const uint8_t *c,
+                           float *t, __m512i *mx) {
+    __m512 m[4];
+    qe_dq64_regs(k->dq, S->am, c, m);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int j = 0; j < 4; j++) {
+        __m512 gv = _mm512_loadu_ps(g + 16 * j), p0 = _mm512_loadu_ps(p + 16 * j);
+        __m512 pv = p0, s1 = m[j];
+        switch (S->rule) {
+        case QEMBED__RULE_MOMENTUM: {
+            __m512 gw = S->wdon ? _mm512_add_ps(gv, _mm512_mul_ps(S->wd, p0)) : gv;
+            s1 = S->first ? gw : _mm512_add_ps(_mm512_mul_ps(s1, S->b1), gw);
+            pv = _mm512_add_ps(pv, _mm512_mul_ps(S->nlr, s1));
+            break;
+        }
+        case QEMBED__RULE_LION: {
+            if (S->wdon) pv = _mm512_mul_ps(pv, S->decay);
+            __m512 x = _mm512_add_ps(_mm512_mul_ps(s1, S->b1), _mm512_mul_ps(gv, S->omb1));
+            __m512 u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), zero, _mm512_set1_ps(1.0f));
+            u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), u, _mm512_set1_ps(-1.0f));
+            pv = _mm512_add_ps(pv, _mm512_mul_ps(S->nlr, u));
+            s1 = _mm512_add_ps(_mm512_mul_ps(s1, S->b2), _mm512_mul_ps(gv, S->omb2));
+            break;
+        }
+        case QEMBED__RULE_RMSPROP: {
+            __m512 gw = S->wdon ? _mm512_add_ps(gv, _mm512_mul_ps(S->wd, p0)) : gv;
+            s1 = _mm512_add_ps(_mm512_mul_ps(s1, S->b1), _mm512_mul_ps(_mm512_mul_ps(S->omb1, gw), gw));
+            pv = _mm512_add_ps(pv, _mm512_mul_ps(S->nlr, _mm512_div_ps(gw, _mm512_add_ps(_mm512_sqrt_ps(s1), S->eps))));
+            break;
+        }
+        default: { /* adagrad */
+            __m512 gw = S->wdon ? _mm512_add_ps(gv, _mm512_mul_ps(S->wd, p0)) : gv;
+            s1 = _mm512_add_ps(s1, _mm512_mul_ps(gw, gw));
+            pv = _mm512_add_ps(pv, _mm512_mul_ps(S->nlr, _mm512_div_ps(gw, _mm512_add_ps(_mm512_sqrt_ps(s1), S->eps))));
+            break;
+        }
+        }
+        if (S->skip) {
+            uint16_t z = (uint16_t)_mm512_cmp_ps_mask(gv, zero, _CMP_EQ_OQ);
+            pv = _mm512_mask_blend_ps(z, pv, p0);
+            s1 = _mm512_mask_blend_ps(z, s1, m[j]);
+        }
+        _mm512_storeu_ps(p + 16 * j, pv);
+        _mm512_storeu_ps(t + 16 * j, s1);
+        *mx = _mm512_max_epu32(*mx, _mm512_and_si512(_mm512_castps_si512(s1), S->mag));
+    }
+}
+
+/* q[i] += 1 where q[i] == zero and t[i] > 0, for 64 elements. */
+QE_INLINE void qe_floor64_at(uint8_t *q, const float *t, uint8_t zero) {
+    __m512i c = qe_load(q);
+    uint64_t pos = 0;
+    for (int j = 0; j < 4; j++)
+        pos |= (uint64_t)(uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(t + 16 * j), _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * j);
+    uint64_t raise = pos & (uint64_t)_mm512_cmpeq_epi8_mask(c, _mm512_set1_epi8((char)zero));
+    _mm512_storeu_si512(q, _mm512_mask_add_epi8(c, raise, c, _mm512_set1_epi8(1)));
+}
+
+QE_TARGET int qembed__vbmi_step1_block(const qembed__step1 *k, float *p, const float *g, uint8_t *q1, float *a1, size_t n,
+                                       float *t1) {
+    qe_step1_regs S;
+    S.b1 = _mm512_set1_ps(k->b1); S.b2 = _mm512_set1_ps(k->b2);
+    S.omb1 = _mm512_set1_ps(k->one_minus_b1); S.omb2 = _mm512_set1_ps(k->one_minus_b2);
+    S.eps = _mm512_set1_ps(k->eps); S.wd = _mm512_set1_ps(k->wd); S.decay = _mm512_set1_ps(k->decay);
+    S.nlr = _mm512_set1_ps(k->neg_lr); S.am = _mm512_set1_ps(*a1);
+    S.mag = _mm512_set1_epi32(0x7FFFFFFF);
+    S.rule = k->rule; S.wdon = k->weight_decay; S.skip = k->skip_zeros; S.first = k->first_step;
+    __m512i mx = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) qe_step1_64(k, &S, p + i, g + i, q1 + i, t1 + i, &mx);
+    size_t left = n - i;
+    if (left) {  /* padded copies, as in the Adam block: padded lanes end at state 0 */
+        float pb[64], gb[64], tb[64];
+        uint8_t cb[64];
+        memset(pb, 0, sizeof pb); memset(gb, 0, sizeof gb); memset(cb, k->zero, sizeof cb);
+        memcpy(pb, p + i, left * 4); memcpy(gb, g + i, left * 4); memcpy(cb, q1 + i, left);
+        qe_step1_64(k, &S, pb, gb, cb, tb, &mx);
+        memcpy(p + i, pb, left * 4); memcpy(t1 + i, tb, left * 4);
+    }
+    uint32_t top = qe_max_lane(mx);
+    float m;
+    memcpy(&m, &top, 4);
+    *a1 = m;
+    float r = m == 0 ? 0.0f : 1.0f / m;
+    if (!isfinite(r)) return 1;
+    qembed__vbmi_quantize(k->q, t1, n, r, q1);
+    if (k->floor_state) {
+        for (i = 0; i + 64 <= n; i += 64) qe_floor64_at(q1 + i, t1 + i, k->zero);
+        if ((left = n - i)) {
+            float tb[64];
+            uint8_t cb[64];
+            memset(tb, 0, sizeof tb);
+            memset(cb, 0, sizeof cb);
+            memcpy(tb, t1 + i, left * 4);
+            memcpy(cb, q1 + i, left);
+            qe_floor64_at(cb, tb, k->zero);
+            memcpy(q1 + i, cb, left);
+        }
+    }
+    return 0;
+}
+
 /* ---- 4-bit code search -------------------------------------------------- */
 
 /* 16 nibbles of 16 floats: a 4-step binary search over the 16 midpoints

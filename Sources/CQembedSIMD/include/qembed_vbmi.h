@@ -89,6 +89,29 @@ typedef struct qembed__adam8 {
 int qembed__vbmi_adam8_block(const qembed__adam8 *k, float *p, const float *g, uint8_t *q1, uint8_t *q2, float *a1,
                              float *a2, size_t n, float *t1, float *t2);
 
+/* The fused 8-bit step of one block for the one-state rules, float32
+ * parameter, the same way: dequantize the state (signed dynamic map),
+ * update with the exact operation order of the rule's update8 in
+ * UpdateRules.swift, requantize, and for the square states (RMSprop,
+ * Adagrad) raise a positive value at the zero code to the smallest positive
+ * one. n <= 256; t1 scratch of n floats. Returns 1 when the new absmax's
+ * reciprocal overflows (the caller requantizes t1 by dividing), else 0. */
+enum { QEMBED__RULE_MOMENTUM = 0, QEMBED__RULE_LION = 1, QEMBED__RULE_RMSPROP = 2, QEMBED__RULE_ADAGRAD = 3 };
+typedef struct qembed__step1 {
+    const qembed__vbmi_dequant *dq;
+    const qembed__vbmi_quant *q;
+    int rule;             /* QEMBED__RULE_* */
+    float b1, b2, one_minus_b1, one_minus_b2, eps, wd, decay, neg_lr;
+    int weight_decay;     /* wd > 0 */
+    int skip_zeros;
+    int first_step;       /* momentum: the state starts as the gradient */
+    int floor_state;      /* square states: no positive value at the zero code */
+    uint8_t zero;         /* the index of 0 in the map */
+} qembed__step1;
+
+int qembed__vbmi_step1_block(const qembed__step1 *k, float *p, const float *g, uint8_t *q1, float *a1, size_t n,
+                             float *t1);
+
 #ifdef __cplusplus
 }
 #endif

@@ -197,9 +197,20 @@ enum EightBitStep {
         let q2 = s.state2.map { $0.raw.assumingMemoryBound(to: UInt8.self) }
         let a1 = s.absmax1!.floats(), a2 = s.absmax2?.floats()
         let fused = R.self == AdamRule.self && E.self == F32.self ? FusedAdam8.kernel(k, skipZeros: c.skipZeros) : nil
+        let fused1 = E.self == F32.self ? FusedStep1.kernel(r, k, skipZeros: c.skipZeros) : nil
         Parallel.forEachChunk(blocks, grain: 64) { rg in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * OptimizerState.blocksize)
             defer { scratch.deallocate() }
+            if var fk = fused1 {
+                let pf = UnsafeMutableRawPointer(data).assumingMemoryBound(to: Float.self)
+                for w in rg {
+                    let (b, g) = item(w)
+                    let range = s.range(ofBlock: b)
+                    FusedStep1.block(&fk, p: pf + range.lowerBound, g: g, q1: q1 + range.lowerBound, a1: a1 + b,
+                                     count: range.count, scratch: scratch)
+                }
+                return
+            }
             if var fk = fused, let q2, let a2 {
                 let pf = UnsafeMutableRawPointer(data).assumingMemoryBound(to: Float.self)
                 for w in rg {
@@ -257,6 +268,35 @@ enum FusedAdam8 {
         }
         if fallback & 2 != 0 {
             StepKernels.requantize(t2, count, a2.pointee, CodeSearch.unsignedDynamic, q2, a2, floorAbove: StateRounding.zeroUnsigned)
+        }
+    }
+}
+
+/// The fused AVX-512 block of the one-state rules (Momentum, Lion, RMSprop,
+/// Adagrad) for float32 parameters (qembed__vbmi_step1_block), equal to
+/// StepKernels.block8 bit for bit (VBMITests compare them).
+enum FusedStep1 {
+    static func kernel<R: UpdateRule>(_ r: R.Type, _ k: UpdateScalars, skipZeros: Bool) -> qembed__step1? {
+        let rule: Int32, square: Bool
+        if R.self == MomentumRule.self { rule = Int32(QEMBED__RULE_MOMENTUM); square = false }
+        else if R.self == LionRule.self { rule = Int32(QEMBED__RULE_LION); square = false }
+        else if R.self == RMSpropRule.self { rule = Int32(QEMBED__RULE_RMSPROP); square = true }
+        else if R.self == AdagradRule.self { rule = Int32(QEMBED__RULE_ADAGRAD); square = true }
+        else { return nil }
+        guard VBMI.enabled, let dq = VBMI.signedDequant.pointer, let t = CodeSearch.signedDynamic.vbmi else { return nil }
+        return qembed__step1(dq: dq, q: t, rule: rule, b1: k.b1, b2: k.b2, one_minus_b1: k.oneMinusB1, one_minus_b2: k.oneMinusB2,
+                             eps: k.eps, wd: k.wd, decay: k.decay, neg_lr: k.negLr, weight_decay: k.wd > 0 ? 1 : 0,
+                             skip_zeros: skipZeros ? 1 : 0, first_step: k.firstStep ? 1 : 0, floor_state: square ? 1 : 0,
+                             zero: StateRounding.zeroSigned)
+    }
+
+    @inline(__always)
+    static func block(_ k: inout qembed__step1, p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>,
+                      q1: UnsafeMutablePointer<UInt8>, a1: UnsafeMutablePointer<Float>, count: Int,
+                      scratch: UnsafeMutablePointer<Float>) {
+        if qembed__vbmi_step1_block(&k, p, g, q1, a1, count, scratch) != 0 {
+            StepKernels.requantize(scratch, count, a1.pointee, CodeSearch.signedDynamic, q1, a1,
+                                   floorAbove: k.floor_state != 0 ? StateRounding.zeroSigned : nil)
         }
     }
 }
