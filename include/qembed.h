@@ -554,6 +554,29 @@ QEMBED_API qembed_status qembed_embedding_create(const qembed_embedding_params *
 QEMBED_API qembed_status qembed_stable_embedding_create(const qembed_embedding_params *p,
                                                         qembed_embedding **out);
 
+/*! qembed_embedding_create_shard() :
+ *  One row shard of a larger table: the layer holds rows [row_offset,
+ *  row_offset + p->num_embeddings) of a table of total_rows rows (a
+ *  StableEmbedding with `stable`), and is used with local ids 0 ..
+ *  num_embeddings - 1 like any layer. Two things differ from
+ *  qembed_embedding_create: p->padding_idx names a row of the whole table
+ *  (the shard zeroes and skips it only when it holds it), and the Xavier
+ *  draw is the shard's rows of the whole table's draw for p->seed (fan_in =
+ *  total_rows), so the shards of a seed tile the unsharded table bit for
+ *  bit. p->weight, when set, holds the shard's rows. Errors as for
+ *  qembed_embedding_create, and QEMBED_ERR_OUT_OF_RANGE when the rows do not
+ *  fit in total_rows. Optimizers choose the shard's state width by the whole
+ *  table's size (total_rows x embedding_dim against min_8bit_size), so every
+ *  shard gets the state the unsharded table would; for 8-bit state
+ *  identical to the unsharded table's, start shards at a row_offset with
+ *  row_offset x embedding_dim a multiple of 256 (the state's block). Since 0.2. */
+QEMBED_API qembed_status qembed_embedding_create_shard(const qembed_embedding_params *p, bool stable, int64_t row_offset,
+                                                       int64_t total_rows, qembed_embedding **out);
+
+/*! qembed_embedding_get_shard() : the rows this layer holds: *row_offset and
+ *  *total_rows (0 and num_embeddings for a layer that is a whole table). Since 0.2. */
+QEMBED_API qembed_status qembed_embedding_get_shard(const qembed_embedding *e, int64_t *row_offset, int64_t *total_rows);
+
 /*! qembed_embedding_free() : frees the layer and its parameters; NULL is a no-op.
  *  No other call on the layer may be running. Since 0.1. */
 QEMBED_API void qembed_embedding_free(qembed_embedding *e);
@@ -585,7 +608,10 @@ QEMBED_API qembed_status qembed_embedding_forward(qembed_embedding *e, const voi
  *  StableEmbedding: the gradient flows through the LayerNorm (recomputed from
  *  the current weight) into the rows, "norm.weight" and "norm.bias".
  *  A frozen weight receives nothing. Validates all inputs (indices in range,
- *  grad_output finite) before any write. Since 0.1. */
+ *  grad_output finite) before any write. A backward that touches no row
+ *  (count 0, or padding only) still counts, as torch's zero / empty sparse
+ *  gradient does: the next optimizer step advances the parameters' step
+ *  counts (Since 0.2; 0.1 skipped them). Since 0.1. */
 QEMBED_API qembed_status qembed_embedding_backward(qembed_embedding *e, const void *indices, int index_dtype,
                                                    int64_t count, const void *grad_output, int grad_dtype,
                                                    int64_t grad_len);

@@ -39,7 +39,7 @@ public func qembed_embedding_params_init(_ p: UnsafeMutablePointer<qembed_embedd
 }
 
 private func create(_ p: UnsafePointer<qembed_embedding_params>?, stable: Bool,
-                    _ out: UnsafeMutablePointer<OpaquePointer?>?) -> qembed_status {
+                    _ out: UnsafeMutablePointer<OpaquePointer?>?, shard: (offset: Int64, total: Int64)? = nil) -> qembed_status {
     out?.pointee = nil
     return capi { () throws(QembedError) in
         let o = try need(out, "out")
@@ -50,16 +50,49 @@ private func create(_ p: UnsafePointer<qembed_embedding_params>?, stable: Bool,
         guard !params.max_norm.isNaN && params.max_norm >= 0 else {
             throw .invalid("max_norm must be >= 0 (0 = none), got \(params.max_norm)")
         }
+        var rowShard: RowShard? = nil
+        var padding: Int? = params.padding_idx == Int64.min ? nil : Int(params.padding_idx)
+        if let shard {
+            guard shard.total >= 1 && shard.total <= Int64(Int.max) else { throw .invalid("total_rows must be >= 1, got \(shard.total)") }
+            rowShard = try RowShard(rowOffset: Int(clamping: shard.offset), totalRows: Int(shard.total), rows: rows)
+            _ = try checkedMul(Int(shard.total), dim, "total_rows x embedding_dim")
+            // padding_idx names a row of the whole table: this shard's local row, if it holds it.
+            if let g = padding {
+                let total = Int(shard.total)
+                guard g >= -total && g < total else {
+                    throw QembedError(.outOfRange, "padding_idx \(g) must be within [-\(total), \(total)) (total_rows)")
+                }
+                let row = g < 0 ? g + total : g
+                padding = row >= rowShard!.rowOffset && row < rowShard!.rowOffset + rows ? row - rowShard!.rowOffset : nil
+            }
+        }
         let config = try EmbeddingConfig(
             numEmbeddings: rows, embeddingDim: dim,
-            paddingIdx: params.padding_idx == Int64.min ? nil : Int(params.padding_idx),
+            paddingIdx: padding,
             maxNorm: params.max_norm > 0 ? params.max_norm : nil, normType: params.norm_type,
             scaleGradByFreq: params.scale_grad_by_freq, sparse: params.sparse,
             dtype: try DType.float(params.dtype, argument: "dtype"))
         let wd = params.weight != nil ? try DType.float(params.weight_dtype, argument: "weight_dtype") : .f32
         let e = try Embedding(config, stable: stable, seed: params.seed, pretrained: params.weight,
-                              pretrainedDtype: wd, freeze: params.freeze)
+                              pretrainedDtype: wd, freeze: params.freeze, shard: rowShard)
         o.pointee = handle(e)
+    }
+}
+
+@c @implementation
+public func qembed_embedding_create_shard(_ p: UnsafePointer<qembed_embedding_params>!, _ stable: Bool, _ row_offset: Int64,
+                                          _ total_rows: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    create(p, stable: stable, out, shard: (row_offset, total_rows))
+}
+
+@c @implementation
+public func qembed_embedding_get_shard(_ e: OpaquePointer!, _ row_offset: UnsafeMutablePointer<Int64>!,
+                                       _ total_rows: UnsafeMutablePointer<Int64>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let layer = try embedding(e)
+        let o = try need(row_offset, "row_offset"), t = try need(total_rows, "total_rows")
+        o.pointee = Int64(layer.shard?.rowOffset ?? 0)
+        t.pointee = Int64(layer.shard?.totalRows ?? layer.config.numEmbeddings)
     }
 }
 
@@ -140,8 +173,9 @@ public func qembed_embedding_backward(_ e: OpaquePointer!, _ indices: UnsafeRawP
         guard grad_len == Int64(needed) else {
             throw .shape("grad_output holds \(grad_len) elements but count x embedding_dim = \(needed)")
         }
-        if idx.count == 0 { return }
-        try layer.backward(idx, gradOutput: try need(grad_output, "grad_output"), gradDtype: gd)
+        // An empty batch still counts (torch: a zero / empty sparse gradient), so it reaches the layer.
+        let g = idx.count == 0 ? (grad_output ?? UnsafeRawPointer(bitPattern: 8)!) : try need(grad_output, "grad_output")
+        try layer.backward(idx, gradOutput: g, gradDtype: gd)
     }
 }
 

@@ -49,6 +49,21 @@ public struct EmbeddingConfig: Sendable {
     }
 }
 
+/// Rows [rowOffset, rowOffset + rows) of a table of totalRows rows: a layer
+/// that holds one row shard of a larger table.
+public struct RowShard: Sendable, Equatable {
+    public let rowOffset: Int
+    public let totalRows: Int
+    public init(rowOffset: Int, totalRows: Int, rows: Int) throws(QembedError) {
+        guard rowOffset >= 0 else { throw QembedError(.outOfRange, "row_offset must be >= 0, got \(rowOffset)") }
+        guard totalRows >= rows && rowOffset <= totalRows - rows else {
+            throw QembedError(.outOfRange, "rows [\(rowOffset), \(rowOffset) + \(rows)) do not fit a table of total_rows = \(totalRows)")
+        }
+        self.rowOffset = rowOffset
+        self.totalRows = totalRows
+    }
+}
+
 /// bitsandbytes.nn.Embedding (torch.nn.Embedding with Xavier-uniform init)
 /// and, with `stable`, StableEmbedding (+ LayerNorm in float32).
 ///
@@ -59,6 +74,10 @@ public final class Embedding: @unchecked Sendable {
     public let config: EmbeddingConfig
     public let weight: Parameter
     public let norm: LayerNorm?
+    /// The rows of a larger table this layer holds (nil: the whole table).
+    /// Its Xavier draw is those rows of the larger table's (fan_in =
+    /// totalRows), so the shards of one seed tile the unsharded table.
+    public let shard: RowShard?
     public let lock = RWLock()
     /// Gradient scratch kept between backward calls (guarded by the exclusive
     /// lock): a fresh 100 MB buffer per call costs more in page faults than the
@@ -72,11 +91,16 @@ public final class Embedding: @unchecked Sendable {
     /// otherwise the table is Xavier-uniform from `seed`.
     public init(_ config: EmbeddingConfig, stable: Bool = false, seed: UInt64 = 0,
                 pretrained: UnsafeRawPointer? = nil, pretrainedDtype: DType = .f32, freeze: Bool = false,
-                weightName: String = "weight") throws(QembedError) {
+                weightName: String = "weight", shard: RowShard? = nil) throws(QembedError) {
         self.config = config
+        self.shard = shard
         weight = try Parameter(name: weightName, dtype: config.dtype, shape: [config.numEmbeddings, config.embeddingDim],
                                requiresGrad: !(pretrained != nil && freeze), sparse: config.sparse, lock: lock)
         norm = stable ? try LayerNorm(dim: config.embeddingDim, lock: lock) : nil
+        if let shard {
+            let (whole, overflow) = shard.totalRows.multipliedReportingOverflow(by: config.embeddingDim)
+            weight.stateSelectionNumel = overflow ? Int.max : whole
+        }
         // Both upstream layers register their weight for 32-bit optimizer state.
         try weight.setOverride(.optimBits, 32)
         if let pretrained {
@@ -87,7 +111,8 @@ public final class Embedding: @unchecked Sendable {
     }
 
     private func resetTable(seed: UInt64) {
-        Xavier.fill(weight, fanIn: config.numEmbeddings, fanOut: config.embeddingDim, seed: seed)
+        Xavier.fill(weight, fanIn: shard?.totalRows ?? config.numEmbeddings, fanOut: config.embeddingDim, seed: seed,
+                    offset: (shard?.rowOffset ?? 0) * config.embeddingDim)
         if let p = config.paddingIdx {
             memsetZero(weight.data.raw + p * config.embeddingDim * weight.dtype.size, config.embeddingDim * weight.dtype.size)
         }
@@ -209,7 +234,16 @@ public final class Embedding: @unchecked Sendable {
         let dim = config.embeddingDim
         let total = try checkedMul(indices.count, dim, "count x embedding_dim")
         _ = try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
-        if indices.count == 0 { return }
+        if indices.count == 0 {
+            // torch's gradient of an empty lookup: zeros (dense), an empty
+            // sparse gradient; either way the next step counts.
+            try lock.withExclusive { () throws(QembedError) in
+                guard weight.requiresGrad else { return }
+                if config.sparse { weight.sparseGradPresent = true } else { _ = try weight.denseGrad() }
+                if let norm { _ = try norm.weight.denseGrad(); _ = try norm.bias.denseGrad() }
+            }
+            return
+        }
         try lock.withExclusive { () throws(QembedError) in
             // Gradient rows as float32: the caller's buffer when it already is
             // f32 and nothing transforms it, else a scratch copy.
@@ -317,6 +351,7 @@ public final class Embedding: @unchecked Sendable {
         // Merge with the existing coalesced gradient: rows first, then one
         // exactly sized value buffer filled with row copies or sums.
         let oldRows = weight.sparseRows
+        weight.sparseGradPresent = true
         if oldRows.isEmpty { weight.sparseRows = rows; weight.sparseValues = values; return }
         let oldValues = weight.sparseValues
         var mRows: [Int] = []

@@ -49,6 +49,15 @@ public final class Parameter: @unchecked Sendable {
     /// Sparse gradient: sorted distinct rows and their summed values (rows x shape[1]).
     public internal(set) var sparseRows: [Int] = []
     public internal(set) var sparseValues: [Float] = []
+    /// A backward has run since the last zero_grad, even one that touched no
+    /// row (an empty batch, all padding, or a row shard no id reached): the
+    /// next step counts for this parameter (its step count advances), as
+    /// torch's sparse optimizers count an empty sparse gradient.
+    public internal(set) var sparseGradPresent = false
+    /// The element count optimizers compare with min_8bit_size: numel, or
+    /// for a row shard the whole table's (every shard then picks the state
+    /// width the unsharded table would get).
+    public internal(set) lazy var stateSelectionNumel: Int = numel
     public private(set) var overrides: [OverrideKey: Double] = [:]
     /// The owning layer's lock (a standalone parameter has its own):
     /// mutations of data and grad take it exclusively.
@@ -155,6 +164,7 @@ public final class Parameter: @unchecked Sendable {
     public func clearGrad() {
         lock.withExclusive {
             grad = nil
+            sparseGradPresent = false
             sparseRows = []
             sparseValues = []
         }
@@ -167,6 +177,7 @@ public final class Parameter: @unchecked Sendable {
 
     public func zeroGrad() {
         if let g = grad { memsetZero(g.raw, numel * 4) }
+        sparseGradPresent = false
         sparseRows = []
         sparseValues = []
     }

@@ -10,14 +10,15 @@ enum Xavier {
         return z ^ (z >> 31)
     }
 
-    /// Fills `param` (rows x cols) with U(-a, a).
-    static func fill(_ param: Parameter, fanIn: Int, fanOut: Int, seed: UInt64) {
+    /// Fills `param` (rows x cols) with U(-a, a): elements offset ..< offset
+    /// + numel of the draw (a row shard of a larger table takes its rows').
+    static func fill(_ param: Parameter, fanIn: Int, fanOut: Int, seed: UInt64, offset: Int = 0) {
         let a = (6.0 / Double(fanIn + fanOut)).squareRoot()
         let n = param.numel
         let key = mix(seed)
         Parallel.forEachChunk(n, grain: 1 << 15) { range in
             for i in range {
-                let u = Double(mix(key ^ UInt64(i) &* 0xD1B5_4A32_D192_ED03) >> 11) * 0x1p-53  // [0, 1)
+                let u = Double(mix(key ^ UInt64(i + offset) &* 0xD1B5_4A32_D192_ED03) >> 11) * 0x1p-53  // [0, 1)
                 storeFloat(Float((2 * u - 1) * a), param.data.raw, param.dtype, i)
             }
         }

@@ -51,7 +51,7 @@ public final class Optimizer: @unchecked Sendable {
     public func bits(for i: Int) -> Int {
         if let s = states[i] { return s.bits }
         let c = config(for: i)
-        return c.optimBits == 8 && params[i].numel >= c.min8bitSize ? 8 : 32
+        return c.optimBits == 8 && params[i].stateSelectionNumel >= c.min8bitSize ? 8 : 32
     }
 
     private func makeState(_ i: Int) throws(QembedError) -> OptimizerState {
@@ -93,7 +93,11 @@ public final class Optimizer: @unchecked Sendable {
             try c.validate()
             let gmax: Double
             if p.sparse {
-                if p.sparseRows.isEmpty { continue }
+                if p.sparseRows.isEmpty {
+                    // An empty sparse gradient: the step counts (no row changes).
+                    if p.sparseGradPresent { work.append((i, 0)) }
+                    continue
+                }
                 if c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad && bits(for: i) == 32 {
                     throw .unsupported("max_unorm is not supported with sparse gradients (\(p.name))")
                 }

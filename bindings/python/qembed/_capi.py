@@ -381,6 +381,11 @@ qembed_embedding_create = _fn("qembed_embedding_create", status, POINTER(qembed_
 # qembed_status qembed_stable_embedding_create(const qembed_embedding_params *p, qembed_embedding **out);
 qembed_stable_embedding_create = _fn("qembed_stable_embedding_create", status, POINTER(qembed_embedding_params),
                                      POINTER(handle))
+# qembed_status qembed_embedding_create_shard(const qembed_embedding_params *p, bool stable, int64_t row_offset, int64_t total_rows, qembed_embedding **out);
+qembed_embedding_create_shard = _fn("qembed_embedding_create_shard", status, POINTER(qembed_embedding_params), c_bool,
+                                    c_int64, c_int64, POINTER(handle))
+# qembed_status qembed_embedding_get_shard(const qembed_embedding *e, int64_t *row_offset, int64_t *total_rows);
+qembed_embedding_get_shard = _fn("qembed_embedding_get_shard", status, handle, P_i64, P_i64)
 # void qembed_embedding_free(qembed_embedding *e);
 qembed_embedding_free = _fn("qembed_embedding_free", None, handle)
 # qembed_status qembed_embedding_get_params(const qembed_embedding *e, qembed_embedding_params *p, bool *is_stable);

@@ -45,6 +45,7 @@ from ._capi import (  # noqa: E402,F401
     qembed_embedding_params_init, qembed_embedding_create, qembed_stable_embedding_create, qembed_embedding_free,
     qembed_embedding_get_params, qembed_embedding_forward, qembed_embedding_backward, qembed_embedding_zero_grad,
     qembed_embedding_reset_parameters, qembed_embedding_num_params, qembed_embedding_param,
+    qembed_embedding_create_shard, qembed_embedding_get_shard,
     qembed_optimizer_params_init, qembed_optimizer_create, qembed_optimizer_set_params, qembed_optimizer_free, qembed_optimizer_step, qembed_optimizer_step_all,
     qembed_optimizer_zero_grad, qembed_optimizer_state_info_get, qembed_optimizer_state_export,
     qembed_optimizer_state_import,

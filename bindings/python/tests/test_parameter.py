@@ -346,3 +346,25 @@ def test_torch_bf16_and_frozen_parameters():
     assert not torch.equal(before, lin.weight) and lin.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="contiguous"):
         qembed.interop.torch_parameters([torch.zeros(8, 8, requires_grad=True).t()])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_an_empty_backward_still_counts_as_a_step(sparse):
+    """torch: the gradient of an empty lookup is zeros (dense) or an empty
+    sparse tensor, and the optimizer's step count advances; so here (a row
+    shard that no id reached must keep the whole table's step count)."""
+    emb = qembed.nn.Embedding(40, 8, sparse=sparse, padding_idx=3)
+    opt = qembed.optim.Adam(emb.parameters(), lr=0.1)
+    emb.backward(np.array([1, 2]), np.ones((2, 8), np.float32))
+    opt.step(); opt.zero_grad()
+    before = emb.weight.data.copy()
+    emb.backward(np.array([], np.int64), np.zeros((0, 8), np.float32))
+    opt.step(); opt.zero_grad()
+    assert opt.state[emb.weight]["step"] == 2
+    if sparse:
+        np.testing.assert_array_equal(emb.weight.data, before)   # no row touched: nothing moves
+    emb.backward(np.array([3, 3]), np.ones((2, 8), np.float32))   # padding only
+    opt.step(); opt.zero_grad()
+    assert opt.state[emb.weight]["step"] == 3
+    opt.step()                                                     # no backward since zero_grad: skipped
+    assert opt.state[emb.weight]["step"] == 3 or not sparse

@@ -112,7 +112,9 @@ class Embedding(FloatTableOps):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, device=None, dtype=None, seed=0,
-                 _freeze=False):
+                 _freeze=False, _shard=None):
+        # _shard = (row_offset, total_rows): this layer holds those rows of a
+        # larger table (qembed.distributed); padding_idx is then a global row.
         self._handle = None
         _check_device(device)
         p = L.new_struct(L.qembed_embedding_params)
@@ -146,8 +148,13 @@ class Embedding(FloatTableOps):
             p.freeze = bool(_freeze)
         p.dtype = _io.float_dtype_code(_io.float_dtype_name(dtype))
         out = L.out_handle()
-        create = L.qembed_stable_embedding_create if self._stable else L.qembed_embedding_create
-        L._check(create(ctypes.byref(p), ctypes.byref(out)))
+        if _shard is not None:
+            row_offset, total_rows = (_int(v, "_shard") for v in _shard)
+            L._check(L.qembed_embedding_create_shard(ctypes.byref(p), self._stable, row_offset, total_rows,
+                                                     ctypes.byref(out)))
+        else:
+            create = L.qembed_stable_embedding_create if self._stable else L.qembed_embedding_create
+            L._check(create(ctypes.byref(p), ctypes.byref(out)))
         del keep
         self._handle = L.Handle(out.value, L.qembed_embedding_free, "embedding")
         self.seed = seed
@@ -165,6 +172,9 @@ class Embedding(FloatTableOps):
         self.num_embeddings = p.num_embeddings
         self.embedding_dim = p.embedding_dim
         self.padding_idx = None if p.padding_idx == L.QEMBED_NO_PADDING else p.padding_idx
+        off, total = ctypes.c_int64(), ctypes.c_int64()
+        L._check(L.qembed_embedding_get_shard(self._h(), ctypes.byref(off), ctypes.byref(total)))
+        self.row_offset, self.total_rows = off.value, total.value
         self.max_norm = p.max_norm if p.max_norm > 0 else None
         self.norm_type = p.norm_type
         self.scale_grad_by_freq = bool(p.scale_grad_by_freq)
