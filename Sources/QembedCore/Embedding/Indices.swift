@@ -23,6 +23,11 @@ public struct Indices {
     /// The first `n` values.
     public func prefix(_ n: Int) -> Indices { Indices(unchecked: base, is64: is64, count: n) }
 
+    /// Values start ..< start + n.
+    public func slice(_ start: Int, _ n: Int) -> Indices {
+        Indices(unchecked: base + start * (is64 ? 8 : 4), is64: is64, count: n)
+    }
+
     @inline(__always)
     public subscript(_ k: Int) -> Int {
         is64 ? Int(base.load(fromByteOffset: k * 8, as: Int64.self)) : Int(base.load(fromByteOffset: k * 4, as: Int32.self))

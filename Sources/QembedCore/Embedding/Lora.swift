@@ -116,37 +116,76 @@ public final class LoraEmbedding: @unchecked Sendable {
         let total = try checkedMul(n, dim, "count x embedding_dim")
         let scratch = outDtype == .f32 ? nil : try AlignedBuffer(byteCount: try checkedMul(total, 4, "out bytes"), zeroed: false)
         let rows = scratch?.floats() ?? out.assumingMemoryBound(to: Float.self)
-        try base.forward(indices, out: rows)
-        a.lock.withShared { addDelta(indices, rows) }
+        // Tiles of rows, so the update adds to rows still in cache: the base's
+        // lookup writes a tile, the update reads and rewrites it from L2/L3
+        // instead of a second pass over the whole output in memory.
+        let tile = max(64, (2 << 20) / (dim * 4))
+        try a.lock.withShared { () throws(QembedError) in
+            var t = 0
+            while t < n {
+                let m = min(tile, n - t)
+                let sub = indices.slice(t, m)
+                try base.forward(sub, out: rows + t * dim)
+                addDelta(sub, rows + t * dim)
+                t += m
+            }
+        }
         if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
     }
 
     /// rows[k] += (A^T[ids[k]] @ B^T) * scaling. Call under the lock.
+    /// Four rows at a time share every load of B^T (16 lanes, fused
+    /// multiply-adds); B^T (r x dim floats) stays in L1/L2.
     private func addDelta(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) {
         let dim = embeddingDim, r = self.r, s = scaling
         let at = aT.data.floats(), bt = bT.data.floats()
-        Parallel.forEachChunk(indices.count, grain: max(1, 16384 / dim)) { range in
-            let av = UnsafeMutablePointer<Float>.allocate(capacity: r)
+        Parallel.forEachChunk(indices.count, grain: max(4, 16384 / dim)) { range in
+            let av = UnsafeMutablePointer<Float>.allocate(capacity: 4 * r)
             defer { av.deallocate() }
-            for k in range {
-                let src = at + indices[k] * r
-                for j in 0..<r { av[j] = src[j] }
-                let dst = rows + k * dim
+            var k = range.lowerBound
+            while k < range.upperBound {
+                let q = min(4, range.upperBound - k)
+                for u in 0..<4 {
+                    let src = at + indices[k + min(u, q - 1)] * r
+                    for j in 0..<r { av[u * r + j] = u < q ? src[j] : 0 }
+                }
+                let d0 = rows + k * dim, d1 = rows + (k + min(1, q - 1)) * dim
+                let d2 = rows + (k + min(2, q - 1)) * dim, d3 = rows + (k + min(3, q - 1)) * dim
                 var d = 0
-                while d + 8 <= dim {
-                    var acc = SIMD8<Float>(repeating: 0)
-                    for j in 0..<r { acc += av[j] * load8(bt + j * dim + d) }
-                    store8(load8(dst + d) + acc * s, dst + d)
-                    d += 8
+                while d + 16 <= dim {
+                    var a0 = SIMD16<Float>(repeating: 0), a1 = a0, a2 = a0, a3 = a0
+                    for j in 0..<r {
+                        let b = load16(bt + j * dim + d)
+                        a0 = a0.addingProduct(av[j], b)
+                        a1 = a1.addingProduct(av[r + j], b)
+                        a2 = a2.addingProduct(av[2 * r + j], b)
+                        a3 = a3.addingProduct(av[3 * r + j], b)
+                    }
+                    // (rows beyond q alias the last real row and are not stored)
+                    if q == 4 { store16(load16(d3 + d).addingProduct(a3, s), d3 + d) }
+                    if q >= 3 { store16(load16(d2 + d).addingProduct(a2, s), d2 + d) }
+                    if q >= 2 { store16(load16(d1 + d).addingProduct(a1, s), d1 + d) }
+                    store16(load16(d0 + d).addingProduct(a0, s), d0 + d)
+                    d += 16
                 }
                 while d < dim {
-                    var acc: Float = 0
-                    for j in 0..<r { acc += av[j] * bt[j * dim + d] }
-                    dst[d] += acc * s
+                    for u in 0..<q {
+                        var acc: Float = 0
+                        for j in 0..<r { acc = acc.addingProduct(av[u * r + j], bt[j * dim + d]) }
+                        rows[(k + u) * dim + d] = rows[(k + u) * dim + d].addingProduct(acc, s)
+                    }
                     d += 1
                 }
+                k += q
             }
         }
+    }
+
+    @inline(__always) private func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+    }
+    @inline(__always) private func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
     }
 
     // MARK: Backward
