@@ -406,14 +406,31 @@ QE_INLINE void qe_adam64(const qembed__adam8 *k, const qe_adam_regs *A, float *p
     }
 }
 
-/* q[i] += 1 where q[i] == 0 and t[i] > 0, for 64 elements. */
-QE_INLINE void qe_floor64(uint8_t *q, const float *t) {
+/* q[i] += 1 where q[i] == zero and t[i] > 0, for 64 elements. */
+QE_INLINE void qe_floor64_at(uint8_t *q, const float *t, uint8_t zero) {
     __m512i c = qe_load(q);
     uint64_t pos = 0;
     for (int j = 0; j < 4; j++)
         pos |= (uint64_t)(uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(t + 16 * j), _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * j);
-    uint64_t raise = pos & (uint64_t)_mm512_cmpeq_epi8_mask(c, _mm512_setzero_si512());
+    uint64_t raise = pos & (uint64_t)_mm512_cmpeq_epi8_mask(c, _mm512_set1_epi8((char)zero));
     _mm512_storeu_si512(q, _mm512_mask_add_epi8(c, raise, c, _mm512_set1_epi8(1)));
+}
+
+/* The same over n elements (a padded copy for the tail). */
+QE_INLINE void qe_floor_at(uint8_t *q, const float *t, size_t n, uint8_t zero) {
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) qe_floor64_at(q + i, t + i, zero);
+    size_t left = n - i;
+    if (left) {
+        float tb[64];
+        uint8_t cb[64];
+        memset(tb, 0, sizeof tb);
+        memset(cb, 0, sizeof cb);
+        memcpy(tb, t + i, left * 4);
+        memcpy(cb, q + i, left);
+        qe_floor64_at(cb, tb, zero);
+        memcpy(q + i, cb, left);
+    }
 }
 
 QE_INLINE uint32_t qe_max_lane(__m512i v) {
@@ -463,17 +480,7 @@ QE_TARGET int qembed__vbmi_adam8_block(const qembed__adam8 *k, float *p, const f
     if (!isfinite(r2)) return fallback | 2;
     qembed__vbmi_quantize(k->q2, t2, n, r2, q2);
     /* a positive v never rests at the zero code (StateRounding.floorPositive) */
-    for (i = 0; i + 64 <= n; i += 64) qe_floor64(q2 + i, t2 + i);
-    if ((left = n - i)) {
-        float tb[64];
-        uint8_t cb[64];
-        memset(tb, 0, sizeof tb);
-        memset(cb, 0, sizeof cb);
-        memcpy(tb, t2 + i, left * 4);
-        memcpy(cb, q2 + i, left);
-        qe_floor64(cb, tb);
-        memcpy(q2 + i, cb, left);
-    }
+    qe_floor_at(q2, t2, n, k->zero2);
     return fallback;
 }
 
@@ -533,16 +540,6 @@ QE_INLINE void qe_step1_64(const qembed__step1 *k, const qe_step1_regs *S, float
     }
 }
 
-/* q[i] += 1 where q[i] == zero and t[i] > 0, for 64 elements. */
-QE_INLINE void qe_floor64_at(uint8_t *q, const float *t, uint8_t zero) {
-    __m512i c = qe_load(q);
-    uint64_t pos = 0;
-    for (int j = 0; j < 4; j++)
-        pos |= (uint64_t)(uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(t + 16 * j), _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * j);
-    uint64_t raise = pos & (uint64_t)_mm512_cmpeq_epi8_mask(c, _mm512_set1_epi8((char)zero));
-    _mm512_storeu_si512(q, _mm512_mask_add_epi8(c, raise, c, _mm512_set1_epi8(1)));
-}
-
 QE_TARGET int qembed__vbmi_step1_block(const qembed__step1 *k, float *p, const float *g, uint8_t *q1, float *a1, size_t n,
                                        float *t1) {
     qe_step1_regs S;
@@ -571,19 +568,7 @@ QE_TARGET int qembed__vbmi_step1_block(const qembed__step1 *k, float *p, const f
     float r = m == 0 ? 0.0f : 1.0f / m;
     if (!isfinite(r)) return 1;
     qembed__vbmi_quantize(k->q, t1, n, r, q1);
-    if (k->floor_state) {
-        for (i = 0; i + 64 <= n; i += 64) qe_floor64_at(q1 + i, t1 + i, k->zero);
-        if ((left = n - i)) {
-            float tb[64];
-            uint8_t cb[64];
-            memset(tb, 0, sizeof tb);
-            memset(cb, 0, sizeof cb);
-            memcpy(tb, t1 + i, left * 4);
-            memcpy(cb, q1 + i, left);
-            qe_floor64_at(cb, tb, k->zero);
-            memcpy(q1 + i, cb, left);
-        }
-    }
+    if (k->floor_state) qe_floor_at(q1, t1, n, k->zero);
     return 0;
 }
 

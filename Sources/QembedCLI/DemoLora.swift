@@ -93,14 +93,18 @@ extension Demo {
 /// LayerNorm over rows with fixed weight and bias (eps 1e-5), and its
 /// backward into the input, for the LoRA stage's frozen StableEmbedding norm.
 enum FrozenLayerNorm {
+    /// Mean and 1 / sqrt(variance + 1e-5) of row `o ..< o + dim`.
+    static func stats(_ x: [Float], _ o: Int, _ dim: Int) -> (mean: Float, inv: Float) {
+        var mean: Float = 0, v: Float = 0
+        for k in 0..<dim { mean += x[o + k] }
+        mean /= Float(dim)
+        for k in 0..<dim { v += (x[o + k] - mean) * (x[o + k] - mean) }
+        return (mean, 1 / (v / Float(dim) + 1e-5).squareRoot())
+    }
+
     static func forward(_ x: [Float], _ y: inout [Float], rows: Int, dim: Int, w: [Float], b: [Float]) {
         for r in 0..<rows {
-            let o = r * dim
-            var mean: Float = 0, v: Float = 0
-            for k in 0..<dim { mean += x[o + k] }
-            mean /= Float(dim)
-            for k in 0..<dim { v += (x[o + k] - mean) * (x[o + k] - mean) }
-            let inv = 1 / (v / Float(dim) + 1e-5).squareRoot()
+            let o = r * dim, (mean, inv) = stats(x, o, dim)
             for k in 0..<dim { y[o + k] = (x[o + k] - mean) * inv * w[k] + b[k] }
         }
     }
@@ -108,12 +112,7 @@ enum FrozenLayerNorm {
     /// dx = inv * (wg - mean(wg) - xhat * mean(wg * xhat)), wg = w * dy.
     static func backward(_ x: [Float], _ dy: [Float], _ dx: inout [Float], rows: Int, dim: Int, w: [Float]) {
         for r in 0..<rows {
-            let o = r * dim
-            var mean: Float = 0, v: Float = 0
-            for k in 0..<dim { mean += x[o + k] }
-            mean /= Float(dim)
-            for k in 0..<dim { v += (x[o + k] - mean) * (x[o + k] - mean) }
-            let inv = 1 / (v / Float(dim) + 1e-5).squareRoot()
+            let o = r * dim, (mean, inv) = stats(x, o, dim)
             var m1: Float = 0, m2: Float = 0
             for k in 0..<dim {
                 let wg = w[k] * dy[o + k], xh = (x[o + k] - mean) * inv

@@ -146,18 +146,43 @@ func indexArg(_ indices: UnsafeRawPointer?, _ dtype: CInt, _ n: Int64) throws(Qe
     return try Indices(base, dtype: d, count: c)
 }
 
+/// The checked arguments of a lookup into `dim`-wide rows: indices, the
+/// output's dtype, and the output (nil for count 0), sized count x dim.
+func lookupArgs(_ indices: UnsafeRawPointer?, _ index_dtype: CInt, _ count_: Int64, dim: Int,
+                _ out: UnsafeMutableRawPointer?, _ out_dtype: CInt, _ out_len: Int64) throws(QembedError)
+    -> (Indices, DType, UnsafeMutableRawPointer?) {
+    let idx = try indexArg(indices, index_dtype, count_)
+    let od = try DType.float(out_dtype, argument: "out_dtype")
+    let needed = try checkedMul(idx.count, dim, "count x embedding_dim")
+    _ = try bytes(needed, od.size, "out")
+    try capacity(out_len, needed, "out")
+    return (idx, od, idx.count == 0 ? nil : try need(out, "out"))
+}
+
+/// The checked arguments of a backward over `dim`-wide rows: indices, the
+/// gradient's dtype, and the gradient (a dummy pointer for count 0: an empty
+/// batch still reaches the layer, as torch's zero / empty sparse gradient).
+func gradientArgs(_ indices: UnsafeRawPointer?, _ index_dtype: CInt, _ count_: Int64, dim: Int,
+                  _ grad_output: UnsafeRawPointer?, _ grad_dtype: CInt, _ grad_len: Int64) throws(QembedError)
+    -> (Indices, DType, UnsafeRawPointer) {
+    let idx = try indexArg(indices, index_dtype, count_)
+    let gd = try DType.float(grad_dtype, argument: "grad_dtype")
+    let needed = try checkedMul(idx.count, dim, "count x embedding_dim")
+    _ = try bytes(needed, gd.size, "grad_output")
+    guard grad_len == Int64(needed) else {
+        throw .shape("grad_output holds \(grad_len) elements but count x embedding_dim = \(needed)")
+    }
+    let g = idx.count == 0 ? (grad_output ?? UnsafeRawPointer(bitPattern: 8)!) : try need(grad_output, "grad_output")
+    return (idx, gd, g)
+}
+
 @c @implementation
 public func qembed_embedding_forward(_ e: OpaquePointer!, _ indices: UnsafeRawPointer!, _ index_dtype: CInt, _ count_: Int64,
                                      _ out: UnsafeMutableRawPointer!, _ out_dtype: CInt, _ out_len: Int64) -> qembed_status {
     capi { () throws(QembedError) in
         let layer = try embedding(e)
-        let idx = try indexArg(indices, index_dtype, count_)
-        let od = try DType.float(out_dtype, argument: "out_dtype")
-        let needed = try checkedMul(idx.count, layer.config.embeddingDim, "count x embedding_dim")
-        _ = try bytes(needed, od.size, "out")
-        try capacity(out_len, needed, "out")
-        if idx.count == 0 { return }
-        try layer.forward(idx, out: try need(out, "out"), outDtype: od)
+        let (idx, od, o) = try lookupArgs(indices, index_dtype, count_, dim: layer.config.embeddingDim, out, out_dtype, out_len)
+        if let o { try layer.forward(idx, out: o, outDtype: od) }
     }
 }
 
@@ -166,15 +191,8 @@ public func qembed_embedding_backward(_ e: OpaquePointer!, _ indices: UnsafeRawP
                                       _ grad_output: UnsafeRawPointer!, _ grad_dtype: CInt, _ grad_len: Int64) -> qembed_status {
     capi { () throws(QembedError) in
         let layer = try embedding(e)
-        let idx = try indexArg(indices, index_dtype, count_)
-        let gd = try DType.float(grad_dtype, argument: "grad_dtype")
-        let needed = try checkedMul(idx.count, layer.config.embeddingDim, "count x embedding_dim")
-        _ = try bytes(needed, gd.size, "grad_output")
-        guard grad_len == Int64(needed) else {
-            throw .shape("grad_output holds \(grad_len) elements but count x embedding_dim = \(needed)")
-        }
-        // An empty batch still counts (torch: a zero / empty sparse gradient), so it reaches the layer.
-        let g = idx.count == 0 ? (grad_output ?? UnsafeRawPointer(bitPattern: 8)!) : try need(grad_output, "grad_output")
+        let (idx, gd, g) = try gradientArgs(indices, index_dtype, count_, dim: layer.config.embeddingDim,
+                                            grad_output, grad_dtype, grad_len)
         try layer.backward(idx, gradOutput: g, gradDtype: gd)
     }
 }

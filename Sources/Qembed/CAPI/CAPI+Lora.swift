@@ -70,13 +70,8 @@ public func qembed_lora_forward(_ l: OpaquePointer!, _ indices: UnsafeRawPointer
                                 _ out: UnsafeMutableRawPointer!, _ out_dtype: CInt, _ out_len: Int64) -> qembed_status {
     capi { () throws(QembedError) in
         let layer = try lora(l)
-        let idx = try indexArg(indices, index_dtype, count_)
-        let od = try DType.float(out_dtype, argument: "out_dtype")
-        let needed = try checkedMul(idx.count, layer.embeddingDim, "count x embedding_dim")
-        _ = try bytes(needed, od.size, "out")
-        try capacity(out_len, needed, "out")
-        if idx.count == 0 { return }
-        try layer.forward(idx, out: try need(out, "out"), outDtype: od)
+        let (idx, od, o) = try lookupArgs(indices, index_dtype, count_, dim: layer.embeddingDim, out, out_dtype, out_len)
+        if let o { try layer.forward(idx, out: o, outDtype: od) }
     }
 }
 
@@ -85,15 +80,8 @@ public func qembed_lora_backward(_ l: OpaquePointer!, _ indices: UnsafeRawPointe
                                  _ grad_output: UnsafeRawPointer!, _ grad_dtype: CInt, _ grad_len: Int64) -> qembed_status {
     capi { () throws(QembedError) in
         let layer = try lora(l)
-        let idx = try indexArg(indices, index_dtype, count_)
-        let gd = try DType.float(grad_dtype, argument: "grad_dtype")
-        let needed = try checkedMul(idx.count, layer.embeddingDim, "count x embedding_dim")
-        _ = try bytes(needed, gd.size, "grad_output")
-        guard grad_len == Int64(needed) else {
-            throw .shape("grad_len: expected count x embedding_dim = \(needed) elements, got \(grad_len)")
-        }
-        if idx.count == 0 { return }
-        try layer.backward(idx, gradOutput: try need(grad_output, "grad_output"), gradDtype: gd)
+        let (idx, gd, g) = try gradientArgs(indices, index_dtype, count_, dim: layer.embeddingDim, grad_output, grad_dtype, grad_len)
+        try layer.backward(idx, gradOutput: g, gradDtype: gd)
     }
 }
 

@@ -197,7 +197,11 @@ public final class LoraEmbedding: @unchecked Sendable {
         let n = indices.count, dim = embeddingDim, r = self.r
         let total = try checkedMul(n, dim, "count x embedding_dim")
         _ = try withFloatElement(gradDtype) { (e) throws(QembedError) in try checkFinite(e, gradOutput, total, argument: "grad_output") }
-        if n == 0 { return }
+        if n == 0 {  // an empty batch still counts: zero / empty gradients, as for the layers
+            try a.lock.withExclusive { () throws(QembedError) in _ = try bT.denseGrad() }
+            try a.backward(indices, gradOutput: gradOutput, gradDtype: .f32)
+            return
+        }
         let gbuf = gradDtype == .f32 ? nil : try AlignedBuffer(byteCount: total * 4, zeroed: false)
         if let gbuf { loadFloats(gradOutput, gradDtype, total, gbuf.floats()) }
         let g = UnsafePointer(gbuf?.floats() ?? UnsafeMutablePointer(mutating: gradOutput.assumingMemoryBound(to: Float.self)))

@@ -247,12 +247,7 @@ class ShardedEmbedding:
                      "shards": {"weight": pieces}}
             if self.stable:
                 index["weight_map"].update({"norm.weight": files[0], "norm.bias": files[0]})
-            tmp = os.path.join(path, INDEX_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(index, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(path, INDEX_FILE))
+            _io.write_json(os.path.join(path, INDEX_FILE), index)
         if self.world_size > 1:
             dist.barrier(group=self.group)
         return path

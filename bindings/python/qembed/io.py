@@ -367,6 +367,17 @@ def _desc(name, arr, keep):
     return d
 
 
+def write_json(path, obj):
+    """Write `obj` as JSON atomically (a temporary file, fsync, rename): a
+    crash leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_file(tensors, filename, metadata=None):
     """Write a dict of numpy arrays as a safetensors file, atomically.
 

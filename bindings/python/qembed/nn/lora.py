@@ -27,7 +27,7 @@ import numpy as np
 from .. import _capi_layers as L
 from .. import io as _io
 from .modules import Embedding, _int, _out_array, _QuantizedEmbedding, _type_error, _value_error
-from .parameter import Parameter, SparseGrad, _view
+from .parameter import Parameter, _sparse_grad, _view
 
 __all__ = ["LoraEmbedding"]
 
@@ -68,15 +68,7 @@ class _TransposedParameter(Parameter):
     def grad(self):
         info = self._info()
         if info.sparse:
-            nnz = ctypes.c_int64()
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz), None, 0, None, 0))
-            if nnz.value == 0:
-                return None
-            rows = np.empty(nnz.value, dtype=np.int64)
-            values = np.empty((nnz.value, self._held_shape[1]), dtype=np.float32)
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz), rows.ctypes.data_as(L.P_i64), rows.size,
-                                                values.ctypes.data_as(L.P_f32), values.size))
-            return SparseGrad(rows, values, self._held_shape)
+            return _sparse_grad(self._ptr, self._held_shape)
         if not info.grad:
             return None
         return _view(ctypes.cast(info.grad, ctypes.c_void_p).value, self._held_shape, np.float32, self._owner).T
@@ -239,12 +231,7 @@ class LoraEmbedding:
                   "r": self.r, "lora_alpha": self.lora_alpha, "use_rslora": self.use_rslora, "lora_dropout": 0.0,
                   "target_modules": [module.split(".")[-1]] if module else None, "bias": "none",
                   "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None}
-        tmp = os.path.join(path, _CONFIG_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(path, _CONFIG_FILE))
+        _io.write_json(os.path.join(path, _CONFIG_FILE), config)
         return path
 
     @classmethod

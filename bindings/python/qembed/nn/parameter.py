@@ -82,6 +82,21 @@ def _wrappable(x, what):
     return arr, code
 
 
+def _sparse_grad(ptr, shape):
+    """The SparseGrad (a copy) of a sparse parameter of `shape` (as the
+    library holds it: rows x cols), or None while it has no rows."""
+    nnz = ctypes.c_int64()
+    L._check(L.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), None, 0, None, 0))
+    if nnz.value == 0:
+        return None
+    cols = shape[1] if len(shape) == 2 else 1
+    rows = np.empty(nnz.value, dtype=np.int64)
+    values = np.empty((nnz.value, cols), dtype=np.float32)
+    L._check(L.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), rows.ctypes.data_as(L.P_i64), rows.size,
+                                        values.ctypes.data_as(L.P_f32), values.size))
+    return SparseGrad(rows[:nnz.value], values[:nnz.value], shape)
+
+
 def _first_non_finite(arr):
     bad = np.flatnonzero(~np.isfinite(arr.reshape(-1).astype(np.float32, copy=False)))
     return int(bad[0]) if bad.size else None
@@ -264,17 +279,7 @@ class Parameter:
     def grad(self):
         info = self._info()
         if info.sparse:
-            nnz = ctypes.c_int64()
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz), None, 0, None, 0))
-            if nnz.value == 0:
-                return None
-            cols = self.shape[1] if len(self.shape) == 2 else 1
-            rows = np.empty(nnz.value, dtype=np.int64)
-            values = np.empty((nnz.value, cols), dtype=np.float32)
-            L._check(L.qembed_param_sparse_grad(self._ptr, ctypes.byref(nnz),
-                                                rows.ctypes.data_as(L.P_i64), rows.size,
-                                                values.ctypes.data_as(L.P_f32), values.size))
-            return SparseGrad(rows[:nnz.value], values[:nnz.value], self.shape)
+            return _sparse_grad(self._ptr, self.shape)
         if not info.grad:
             return None
         address = ctypes.cast(info.grad, ctypes.c_void_p).value
