@@ -34,16 +34,30 @@ public enum Parallel {
 
     /// Runs `body(range)` over `0..<count` split into contiguous chunks of at
     /// least `grain` items, on up to `threadCount` threads. Chunks are disjoint.
+    /// Called from inside another forEachChunk's body, it runs inline: the
+    /// outer loop already uses the threads (no nested dispatch, no wake-ups).
     public static func forEachChunk(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
         if count <= 0 { return }
         let threads = min(threadCount, max(1, count / max(grain, 1)))
-        if threads <= 1 { body(0..<count); return }
+        if threads <= 1 || pthread_getspecific(insideKey) != nil { body(0..<count); return }
         let chunks = threads
         let per = ceilDiv(count, chunks)
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = c * per
             let hi = min(count, lo + per)
-            if lo < hi { body(lo..<hi) }
+            if lo < hi {
+                let outer = pthread_getspecific(insideKey)
+                pthread_setspecific(insideKey, UnsafeRawPointer(bitPattern: 1))
+                body(lo..<hi)
+                pthread_setspecific(insideKey, outer)
+            }
         }
     }
+
+    /// Thread-specific marker: set while a thread runs a forEachChunk body.
+    private static let insideKey: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
 }

@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -119,17 +120,26 @@ public final class LoraEmbedding: @unchecked Sendable {
         // Tiles of rows, so the update adds to rows still in cache: the base's
         // lookup writes a tile, the update reads and rewrites it from L2/L3
         // instead of a second pass over the whole output in memory.
-        let tile = max(64, (2 << 20) / (dim * 4))
-        try a.lock.withShared { () throws(QembedError) in
-            var t = 0
-            while t < n {
-                let m = min(tile, n - t)
-                let sub = indices.slice(t, m)
-                try base.forward(sub, out: rows + t * dim)
-                addDelta(sub, rows + t * dim)
-                t += m
+        // One parallel loop over the rows; each thread runs the base's lookup
+        // and the update on its own tiles (nested loops run inline).
+        let tile = max(16, (256 << 10) / (dim * 4))
+        let failure = Mutex<QembedError?>(nil)
+        a.lock.withShared {
+            Parallel.forEachChunk(n, grain: tile) { range in
+                var t = range.lowerBound
+                while t < range.upperBound {
+                    let m = min(tile, range.upperBound - t)
+                    let sub = indices.slice(t, m)
+                    do throws(QembedError) { try base.forward(sub, out: rows + t * dim) } catch {
+                        failure.withLock { $0 = error }
+                        return
+                    }
+                    addDelta(sub, rows + t * dim)
+                    t += m
+                }
             }
         }
+        if let e = failure.withLock({ $0 }) { throw e }
         if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
     }
 
@@ -139,6 +149,7 @@ public final class LoraEmbedding: @unchecked Sendable {
     private func addDelta(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) {
         let dim = embeddingDim, r = self.r, s = scaling
         let at = aT.data.floats(), bt = bT.data.floats()
+        if r <= 8 && dim % 16 == 0 { return addDeltaSmallRank(indices, rows) }
         Parallel.forEachChunk(indices.count, grain: max(4, 16384 / dim)) { range in
             let av = UnsafeMutablePointer<Float>.allocate(capacity: 4 * r)
             defer { av.deallocate() }
@@ -177,6 +188,46 @@ public final class LoraEmbedding: @unchecked Sendable {
                     d += 1
                 }
                 k += q
+            }
+        }
+    }
+
+    /// addDelta for r <= 8 and dim a multiple of 16: two rows at a time,
+    /// their (zero-padded) A^T entries held as 16 broadcast registers for
+    /// the whole row, so the inner loop is 8 loads of B^T and 16 register
+    /// FMAs per 32 outputs.
+    private func addDeltaSmallRank(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) {
+        let dim = embeddingDim, r = self.r, s = scaling
+        let at = aT.data.floats(), bt = bT.data.floats()
+        let zero = SIMD16<Float>(repeating: 0)
+        @inline(__always) func b(_ j: Int, _ d: Int) -> SIMD16<Float> { j < r ? load16(bt + j * dim + d) : zero }
+        @inline(__always) func a(_ src: UnsafePointer<Float>, _ j: Int) -> SIMD16<Float> {
+            j < r ? SIMD16(repeating: src[j] * s) : zero
+        }
+        Parallel.forEachChunk(indices.count, grain: max(2, 16384 / dim)) { range in
+            var k = range.lowerBound
+            while k < range.upperBound {
+                let two = k + 1 < range.upperBound
+                let p = UnsafePointer(at + indices[k] * r), q = UnsafePointer(at + indices[two ? k + 1 : k] * r)
+                let p0 = a(p, 0), p1 = a(p, 1), p2 = a(p, 2), p3 = a(p, 3), p4 = a(p, 4), p5 = a(p, 5), p6 = a(p, 6), p7 = a(p, 7)
+                let q0 = a(q, 0), q1 = a(q, 1), q2 = a(q, 2), q3 = a(q, 3), q4 = a(q, 4), q5 = a(q, 5), q6 = a(q, 6), q7 = a(q, 7)
+                let d0 = rows + k * dim, d1 = rows + (two ? k + 1 : k) * dim
+                var d = 0
+                while d < dim {
+                    let b0 = b(0, d), b1 = b(1, d), b2 = b(2, d), b3 = b(3, d), b4 = b(4, d), b5 = b(5, d), b6 = b(6, d), b7 = b(7, d)
+                    var x = p0 * b0
+                    x = x.addingProduct(p1, b1); x = x.addingProduct(p2, b2); x = x.addingProduct(p3, b3)
+                    x = x.addingProduct(p4, b4); x = x.addingProduct(p5, b5); x = x.addingProduct(p6, b6); x = x.addingProduct(p7, b7)
+                    store16(load16(d0 + d) + x, d0 + d)
+                    if two {
+                        var y = q0 * b0
+                        y = y.addingProduct(q1, b1); y = y.addingProduct(q2, b2); y = y.addingProduct(q3, b3)
+                        y = y.addingProduct(q4, b4); y = y.addingProduct(q5, b5); y = y.addingProduct(q6, b6); y = y.addingProduct(q7, b7)
+                        store16(load16(d1 + d) + y, d1 + d)
+                    }
+                    d += 16
+                }
+                k += two ? 2 : 1
             }
         }
     }
