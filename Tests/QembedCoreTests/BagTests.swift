@@ -60,7 +60,60 @@ final class BagTests: XCTestCase {
     }
 
     func testBagsEqualTheReferenceOnEveryTable() throws {
-        let rows = 300, dim = 70
+        // 70: partial vectors (float/int8 kernel masks, 4-bit portable path);
+        // 144: two kernel tiles; 48: one short tile.
+        for dim in [70, 144, 48] { try checkBagsAgainstReference(dim: dim) }
+    }
+
+    /// The AVX-512 bag kernel (qembed_bag.h) against the portable path, bit
+    /// for bit, on int32 and int64 indices.
+    func testAVX512BagKernelEqualsPortablePath() throws {
+        for dim in [16, 64, 128, 144, 384, 70] {
+            let rows = 211
+            let (e, qs) = try tables(rows: rows, dim: dim, seed: UInt64(dim) + 40)
+            var probe = qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: dim, data: UnsafeRawPointer(bitPattern: 64)!, scales: nil)
+            guard qembed__bag512_supported(&probe) != 0 else { throw XCTSkip("no AVX-512 here (or QEMBED_CPU forces a lower tier)") }
+            defer { qembed__avx512_set_enabled(1) }
+            var rng = Rng(UInt64(dim))
+            let idx64 = (0..<900).map { _ in Int64(rng.next() % UInt64(rows)) }
+            let idx32 = idx64.map { Int32($0) }
+            let weights = (0..<900).map { _ in rng.normal() }
+            for mode in Bags.Mode.allCases {
+                for (pad, useWeights, is64) in [(nil, false, true), (Int(idx64[5]), false, false), (nil, true, false), (Int(idx64[9]), true, true)] {
+                    if useWeights && mode != .sum { continue }
+                    func run(_ t: (Bags, UnsafeMutableRawPointer) throws -> Void) throws -> [Float] {
+                        var got = [Float](repeating: .nan, count: 30 * dim)
+                        try idx64.withUnsafeBytes { i64 in
+                            try idx32.withUnsafeBytes { i32 in
+                                try weights.withUnsafeBytes { wb in
+                                    let ind = is64 ? try Indices(i64.baseAddress!, dtype: .i64, count: 900) : try Indices(i32.baseAddress!, dtype: .i32, count: 900)
+                                    let b = try Bags(indices: ind, offsets: nil, numOffsets: 0, includeLastOffset: false, numBags: 30,
+                                                     weights: useWeights ? wb.baseAddress! : nil, weightsDtype: .f32, mode: mode,
+                                                     paddingIdx: pad, rows: rows)
+                                    try got.withUnsafeMutableBytes { try t(b, $0.baseAddress!) }
+                                }
+                            }
+                        }
+                        return got
+                    }
+                    let runs: [(String, (Bags, UnsafeMutableRawPointer) throws -> Void)] =
+                        [("f32", { b, o in try e.bagForward(b, out: o, outDtype: .f32) })] +
+                        qs.map { q in (q.kind.name, { b, o in try q.bagForward(b, out: o, outDtype: .f32) }) }
+                    for (name, t) in runs {
+                        let fast = try run(t)
+                        qembed__avx512_set_enabled(0)
+                        let slow = try run(t)
+                        qembed__avx512_set_enabled(1)
+                        XCTAssertEqual(fast.map(\.bitPattern), slow.map(\.bitPattern),
+                                       "\(name) dim \(dim) \(mode.name) pad \(String(describing: pad)) weights \(useWeights) i64 \(is64)")
+                    }
+                }
+            }
+        }
+    }
+
+    func checkBagsAgainstReference(dim: Int) throws {
+        let rows = 300
         let (e, qs) = try tables(rows: rows, dim: dim, seed: 3)
         var rng = Rng(9)
         let idx = (0..<500).map { _ in Int64(rng.next() % UInt64(rows)) }
@@ -91,7 +144,7 @@ final class BagTests: XCTestCase {
                                     }
                                 }
                             }
-                            XCTAssertEqual(got, want, "\(name) \(mode.name) pad \(String(describing: pad)) weights \(useWeights) last \(includeLast)")
+                            XCTAssertEqual(got, want, "dim \(dim) \(name) \(mode.name) pad \(String(describing: pad)) weights \(useWeights) last \(includeLast)")
                         }
                     }
                 }
@@ -132,10 +185,19 @@ final class BagTests: XCTestCase {
     }
 
     func testScoresFollowTheDocumentedOrderAndTopkRanksThem() throws {
-        for (rows, dim) in [(203, 70), (64, 8), (31, 3)] {
+        // Both forms of the kernel where the CPU has AVX-512 (paired rows), the portable one otherwise.
+        defer { qembed__avx512_set_enabled(1) }
+        for wide: Int32 in [1, 0] {
+            qembed__avx512_set_enabled(wide)
+            try checkScores()
+        }
+    }
+
+    func checkScores() throws {
+        for (rows, dim) in [(203, 70), (64, 8), (31, 3), (45, 384)] {
             let (e, qs) = try tables(rows: rows, dim: dim, seed: UInt64(rows))
             var rng = Rng(11)
-            for nq in [1, 5] {
+            for nq in [1, 5, 9] {
                 let queries = rng.floats(nq * dim, scale: 2)
                 let sources: [(String, [Float], (UnsafeRawPointer, ScoreMetric, UnsafeMutablePointer<Float>) throws -> Void,
                                (UnsafeRawPointer, Int, UnsafeMutablePointer<Int64>, UnsafeMutablePointer<Float>) throws -> Void)] =

@@ -50,5 +50,7 @@ static inline __attribute__((always_inline)) void qembed__prefetch(const void *p
 /* The AVX-512 VBMI register-table kernels (run-time dispatched). */
 #include "qembed_vbmi.h"
 #include "qembed_4bit.h"
+#include "qembed_bag.h"
+#include "qembed_score.h"
 
 #endif

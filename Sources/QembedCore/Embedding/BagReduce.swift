@@ -18,10 +18,25 @@ protocol BagRowSource {
     /// <q, row(i)> in the scoring order (Scoring.swift) straight from the
     /// table, when this source has a fused kernel for it here; else nil.
     func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float?
+    /// The rows as the AVX-512 bag kernel reads them (qembed_bag.h), when it
+    /// has a form for them; else nil.
+    var bagKernelRows: qembed__bag_rows? { get }
+    /// The table itself when its rows are float32 values of a multiple of 8
+    /// (scoring reads them in place); else nil.
+    var floatRows: UnsafePointer<Float>? { get }
 }
 
 extension BagRowSource {
     @inline(__always) func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float? { nil }
+    var bagKernelRows: qembed__bag_rows? { nil }
+    var floatRows: UnsafePointer<Float>? { nil }
+}
+
+extension qembed__bag_rows {
+    init(kind: Int32, dim: Int, data: UnsafeRawPointer, scales: UnsafePointer<Float>?) {
+        self.init(kind: kind, dim: dim, data: data, scales: scales, blocksize: 0, code: nil, qabsmax: nil,
+                  nested_code: nil, nested_absmax: nil, nested_blocksize: 0, offset: 0)
+    }
 }
 
 struct FloatRows<E: FloatElement>: BagRowSource {
@@ -68,6 +83,14 @@ struct FloatRows<E: FloatElement>: BagRowSource {
         let bytes = dim * MemoryLayout<E.Storage>.stride
         if bytes <= prefetchMaxRowBytes { qembed__prefetch(base + i * dim, bytes) }
     }
+
+    var bagKernelRows: qembed__bag_rows? {
+        E.self == F32.self ? qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: dim, data: base, scales: nil) : nil
+    }
+
+    var floatRows: UnsafePointer<Float>? {
+        E.self == F32.self && dim % 8 == 0 ? UnsafeRawPointer(base).assumingMemoryBound(to: Float.self) : nil
+    }
 }
 
 /// Embedding8bit rows: v = q * (SCB / 127).
@@ -113,6 +136,8 @@ struct Int8Rows: BagRowSource {
         if dim <= prefetchMaxRowBytes { qembed__prefetch(q + i * dim, dim) }
         qembed__prefetch(scb + i, 4)
     }
+
+    var bagKernelRows: qembed__bag_rows? { qembed__bag_rows(kind: Int32(QEMBED__BAG_I8), dim: dim, data: q, scales: scb) }
 }
 
 /// Embedding4bit rows: element e of the flat table is code[nibble e] x
@@ -207,6 +232,12 @@ struct FourBitRows: BagRowSource {
         let b = i * dim / table.blocksize
         if let qa = table.qabsmax { qembed__prefetch(qa + b, 1) } else { qembed__prefetch(table.scales! + b, 4) }
     }
+
+    var bagKernelRows: qembed__bag_rows? {
+        qembed__bag_rows(kind: Int32(QEMBED__BAG_4BIT), dim: dim, data: packed, scales: table.scales, blocksize: table.blocksize,
+                         code: code, qabsmax: table.qabsmax, nested_code: table.nestedCode, nested_absmax: table.nestedAbsmax,
+                         nested_blocksize: table.nestedBlocksize, offset: table.offset)
+    }
 }
 
 /// A quantized table made from f16/bf16 weights: its rows as its lookups
@@ -250,16 +281,27 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
     let dim = rows.dim
     let pad = bags.paddingIdx ?? -1
     let direct = outDtype == .f32
+    // The AVX-512 kernel reduces a whole bag per call (float32 weights only).
+    var kernel = rows.bagKernelRows
+    if kernel != nil && (qembed__bag512_supported(&kernel!) == 0 || (bags.weights != nil && bags.weightsDtype != .f32)) {
+        kernel = nil
+    }
+    let kernelWeights = bags.weights?.assumingMemoryBound(to: Float.self)
     Parallel.forEachChunk(bags.numBags, grain: max(1, bags.numBags * 16384 / max(1, bags.bagged * dim))) { range in
         let scratch = direct ? nil : UnsafeMutablePointer<Float>.allocate(capacity: dim)
         let last = bags.end(range.upperBound - 1)  // rows are fetched ahead across bags of the chunk
         let bagPrefetch = max(2, min(16, bagPrefetchBytes / max(1, rows.rowBytes)))
         defer { scratch?.deallocate() }
+        var k = kernel
         for b in range {
             let acc = scratch ?? out.assumingMemoryBound(to: Float.self) + b * dim
             let lo = bags.start(b), hi = bags.end(b)
             var n = 0
-            if bags.mode == .max {
+            if k != nil {
+                n = qembed__bag512_reduce(&k!, bags.indices.base, bags.indices.is64 ? 1 : 0, lo, hi, bagPrefetch, last, pad,
+                                          kernelWeights, bags.mode == .max ? 1 : 0, acc)
+                if n == 0 && bags.mode == .max { acc.update(repeating: 0, count: dim) }
+            } else if bags.mode == .max {
                 for k in lo..<hi {
                     if k + bagPrefetch < last { rows.prefetch(bags.indices[k + bagPrefetch]) }
                     let i = bags.indices[k]
@@ -277,10 +319,10 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
                     rows.add(i, bags.weight(k), acc)
                     n += 1
                 }
-                if bags.mode == .mean && n > 1 {
-                    let c = Float(n)
-                    for j in 0..<dim { acc[j] /= c }
-                }
+            }
+            if bags.mode == .mean && n > 1 {
+                let c = Float(n)
+                for j in 0..<dim { acc[j] /= c }
             }
             if !direct { storeFloats(acc, dim, out + b * dim * outDtype.size, outDtype) }
         }

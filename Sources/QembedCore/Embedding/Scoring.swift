@@ -1,3 +1,4 @@
+import CQembedSIMD
 /// Scoring queries against every row of a table: the score matrix, or the
 /// top k rows per query without it.
 ///
@@ -127,18 +128,32 @@ extension Scoring {
     static func forEachTile<R: BagRowSource>(_ rows: R, count: Int, _ q: ScoreQueries, metric: ScoreMetric, threads: Int,
                                              _ body: (_ part: Int, _ r0: Int, _ n: Int, _ ns: Int, _ scores: UnsafeMutablePointer<Float>) -> Void) {
         let stride = q.stride
-        let t = tileRows(stride)
+        // AVX-512: rows are paired in one tile (qembed_score.h), two per
+        // register, in tiles of a multiple of 8 rows (4 pairs per block).
+        let wide = qembed__avx512_enabled() != 0
+        let t = wide ? max(8, (6144 / stride) & ~7) : tileRows(stride)
         let tiles = ceilDiv(count, t)
         let parts = min(threads, max(1, tiles * t * stride * max(1, q.nq) / 65536), tiles)
         Parallel.forEachChunk(parts, grain: 1) { pr in
-            let tile = UnsafeMutablePointer<Float>.allocate(capacity: t * stride)
+            // wide: tile holds the two rows being paired, rowNorms the tile's norms
+            let tileCount = wide ? 2 * stride : t * stride
+            let tile = UnsafeMutablePointer<Float>.allocate(capacity: tileCount)
+            let paired = wide ? UnsafeMutablePointer<Float>.allocate(capacity: t * stride) : nil
+            let rowNorms = UnsafeMutablePointer<Float>.allocate(capacity: t)
             let s = UnsafeMutablePointer<Float>.allocate(capacity: q.nq4 * t)
-            defer { tile.deallocate(); s.deallocate() }
-            tile.initialize(repeating: 0, count: t * stride)
+            defer { tile.deallocate(); paired?.deallocate(); rowNorms.deallocate(); s.deallocate() }
+            tile.initialize(repeating: 0, count: tileCount)
             for part in pr {
                 let lo = tiles * part / parts, hi = tiles * (part + 1) / parts
                 for ti in lo..<hi {
                     let r0 = ti * t, n = min(t, count - r0)
+                    // One query over int8 / 4-bit rows: the AVX-512 kernel
+                    // decodes and multiplies in registers, no tile.
+                    if wide && q.nq4 == 1 && metric == .dot, var k = rows.bagKernelRows,
+                       qembed__score512_rows(&k, r0, n, q.ptr, s) != 0 {
+                        body(part, r0, n, n, s)
+                        continue
+                    }
                     // One query over a source with a fused kernel: the same
                     // sums straight from the table, no tile.
                     if q.nq4 == 1 && metric == .dot, let first = rows.dot(r0, q.ptr) {
@@ -147,14 +162,49 @@ extension Scoring {
                         body(part, r0, n, n, s)
                         continue
                     }
-                    for r in 0..<n { rows.load(r0 + r, tile + r * stride) }
-                    if n % 2 == 1 && q.nq4 > 1 { (tile + n * stride).update(repeating: 0, count: stride) }
-                    let nr = q.nq4 > 1 ? (n + 1) & ~1 : n
-                    dotTile(q.ptr, nq: q.nq4, UnsafePointer(tile), nr: nr, stride: stride, s, ns: nr)
+                    // One query over float32 rows of a multiple of 8: the
+                    // table itself is the tile (memory-bound: no copy).
+                    if q.nq4 == 1, let base = rows.floatRows {
+                        let t0 = base + r0 * stride
+                        dotTile(q.ptr, nq: 1, t0, nr: n, stride: stride, s, ns: n)
+                        if metric == .cosine {
+                            for r in 0..<n { s[r] /= q.norms[0] * clampedNorm(t0 + r * stride, stride) }
+                        }
+                        body(part, r0, n, n, s)
+                        continue
+                    }
+                    let nr: Int
+                    if let paired {
+                        nr = (n + 1) & ~1
+                        let direct = rows.floatRows.map { UnsafeMutablePointer(mutating: $0) }
+                        for p in 0..<nr / 2 {
+                            let full = 2 * p + 1 < n
+                            // float32 rows pair straight from the table
+                            let a = direct.map { $0 + (r0 + 2 * p) * stride } ?? tile
+                            let b = direct.map { $0 + (r0 + 2 * p + 1) * stride } ?? tile + stride
+                            if direct == nil {
+                                rows.load(r0 + 2 * p, a)
+                                if full { rows.load(r0 + 2 * p + 1, b) }
+                            }
+                            if metric == .cosine {
+                                rowNorms[2 * p] = clampedNorm(UnsafePointer(a), stride)
+                                if full { rowNorms[2 * p + 1] = clampedNorm(UnsafePointer(b), stride) }
+                            }
+                            qembed__score_pair_rows(a, full ? b : nil, stride, paired + 2 * p * stride)
+                        }
+                        qembed__score512_tile(q.ptr, q.nq4, paired, nr, stride, s, nr)
+                    } else {
+                        for r in 0..<n { rows.load(r0 + r, tile + r * stride) }
+                        if n % 2 == 1 && q.nq4 > 1 { (tile + n * stride).update(repeating: 0, count: stride) }
+                        nr = q.nq4 > 1 ? (n + 1) & ~1 : n
+                        dotTile(q.ptr, nq: q.nq4, UnsafePointer(tile), nr: nr, stride: stride, s, ns: nr)
+                        if metric == .cosine {
+                            for r in 0..<n { rowNorms[r] = clampedNorm(UnsafePointer(tile + r * stride), stride) }
+                        }
+                    }
                     if metric == .cosine {
                         for r in 0..<n {
-                            let rn = clampedNorm(UnsafePointer(tile + r * stride), stride)
-                            for qi in 0..<q.nq { s[qi * nr + r] /= q.norms[qi] * rn }
+                            for qi in 0..<q.nq { s[qi * nr + r] /= q.norms[qi] * rowNorms[r] }
                         }
                     }
                     body(part, r0, n, nr, s)
