@@ -126,6 +126,7 @@ extension Scoring {
     /// threads (part < threads, one thread each): rows
     /// r0..<r0+n, decoded into a zero-padded tile, scores[qi * ns + r].
     static func forEachTile<R: BagRowSource>(_ rows: R, count: Int, _ q: ScoreQueries, metric: ScoreMetric, threads: Int,
+                                             direct out: UnsafeMutablePointer<Float>? = nil,
                                              _ body: (_ part: Int, _ r0: Int, _ n: Int, _ ns: Int, _ scores: UnsafeMutablePointer<Float>) -> Void) {
         let stride = q.stride
         // AVX-512: rows are paired in one tile (qembed_score.h), two per
@@ -147,11 +148,15 @@ extension Scoring {
                 let lo = tiles * part / parts, hi = tiles * (part + 1) / parts
                 for ti in lo..<hi {
                     let r0 = ti * t, n = min(t, count - r0)
+                    // With `out`, whole tiles (an even number of rows, every
+                    // query a real one) are scored in place: out[qi * count + r].
+                    let inPlace = out != nil && q.nq4 == q.nq && (q.nq == 1 || n % 2 == 0)
+                    let dst = inPlace ? out! + r0 : s
                     // One query over int8 / 4-bit rows: the AVX-512 kernel
                     // decodes and multiplies in registers, no tile.
                     if wide && q.nq4 == 1 && metric == .dot, var k = rows.bagKernelRows,
-                       qembed__score512_rows(&k, r0, n, q.ptr, s) != 0 {
-                        body(part, r0, n, n, s)
+                       qembed__score512_rows(&k, r0, n, q.ptr, dst) != 0 {
+                        if !inPlace { body(part, r0, n, n, s) }
                         continue
                     }
                     // One query over a source with a fused kernel: the same
@@ -166,11 +171,11 @@ extension Scoring {
                     // table itself is the tile (memory-bound: no copy).
                     if q.nq4 == 1, let base = rows.floatRows {
                         let t0 = base + r0 * stride
-                        dotTile(q.ptr, nq: 1, t0, nr: n, stride: stride, s, ns: n)
+                        dotTile(q.ptr, nq: 1, t0, nr: n, stride: stride, dst, ns: n)
                         if metric == .cosine {
-                            for r in 0..<n { s[r] /= q.norms[0] * clampedNorm(t0 + r * stride, stride) }
+                            for r in 0..<n { dst[r] /= q.norms[0] * clampedNorm(t0 + r * stride, stride) }
                         }
-                        body(part, r0, n, n, s)
+                        if !inPlace { body(part, r0, n, n, s) }
                         continue
                     }
                     let nr: Int
@@ -191,6 +196,13 @@ extension Scoring {
                                 if full { rowNorms[2 * p + 1] = clampedNorm(UnsafePointer(b), stride) }
                             }
                             qembed__score_pair_rows(a, full ? b : nil, stride, paired + 2 * p * stride)
+                        }
+                        if inPlace {
+                            qembed__score512_tile(q.ptr, q.nq4, paired, nr, stride, dst, count)
+                            if metric == .cosine {
+                                for qi in 0..<q.nq { for r in 0..<n { dst[qi * count + r] /= q.norms[qi] * rowNorms[r] } }
+                            }
+                            continue
                         }
                         qembed__score512_tile(q.ptr, q.nq4, paired, nr, stride, s, nr)
                     } else {
@@ -215,7 +227,7 @@ extension Scoring {
 
     /// scores (nq x count) of every query against every row.
     static func scores<R: BagRowSource>(_ rows: R, count: Int, _ q: ScoreQueries, metric: ScoreMetric, out: UnsafeMutablePointer<Float>) {
-        forEachTile(rows, count: count, q, metric: metric, threads: Parallel.threadCount) { _, r0, n, ns, s in
+        forEachTile(rows, count: count, q, metric: metric, threads: Parallel.threadCount, direct: out) { _, r0, n, ns, s in
             for qi in 0..<q.nq { (out + qi * count + r0).update(from: s + qi * ns, count: n) }
         }
     }
