@@ -52,5 +52,6 @@ static inline __attribute__((always_inline)) void qembed__prefetch(const void *p
 #include "qembed_4bit.h"
 #include "qembed_bag.h"
 #include "qembed_score.h"
+#include "qembed_lora.h"
 
 #endif

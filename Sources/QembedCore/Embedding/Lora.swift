@@ -1,3 +1,4 @@
+import CQembedSIMD
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -124,6 +125,10 @@ public final class LoraEmbedding: @unchecked Sendable {
         // and the update on its own tiles (nested loops run inline).
         let tile = max(16, (256 << 10) / (dim * 4))
         let failure = Mutex<QembedError?>(nil)
+        if a.lock.withShared({ fusedForward(indices, rows) }) {
+            if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
+            return
+        }
         a.lock.withShared {
             Parallel.forEachChunk(n, grain: tile) { range in
                 var t = range.lowerBound
@@ -141,6 +146,33 @@ public final class LoraEmbedding: @unchecked Sendable {
         }
         if let e = failure.withLock({ $0 }) { throw e }
         if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
+    }
+
+    /// The AVX-512 kernel (qembed_lora.h): rows[k] = base row + update with
+    /// both in registers, each row stored once; false (nothing written) when
+    /// it has no form for this base, rank or CPU. Call under the lock.
+    private func fusedForward(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) -> Bool {
+        let dim = embeddingDim
+        guard r <= 8, dim % 16 == 0, qembed__avx512_enabled() != 0 else { return false }
+        let at = UnsafePointer(aT.data.floats()), bt = UnsafePointer(bT.data.floats())
+        let rank = r, s = scaling
+        func run(_ src: any BagRowSource) -> Bool {
+            guard var k = src.bagKernelRows, qembed__bag512_supported(&k) != 0 else { return false }
+            let width = indices.is64 ? 8 : 4
+            Parallel.forEachChunk(indices.count, grain: max(2, 16384 / dim)) { range in
+                var kk = k
+                _ = qembed__lora512_forward(&kk, indices.base + range.lowerBound * width, indices.is64 ? 1 : 0, range.count,
+                                            at, rank, bt, s, rows + range.lowerBound * dim)
+            }
+            return true
+        }
+        switch base {
+        case .quantized(let q):
+            return q.withRows { run($0) }
+        case .float(let e):
+            guard !e.isStable, e.weight.dtype == .f32 else { return false }
+            return e.lock.withShared { run(FloatRows<F32>(base: UnsafePointer(e.weight.data.floats()), dim: dim)) }
+        }
     }
 
     /// rows[k] += (A^T[ids[k]] @ B^T) * scaling. Call under the lock.
