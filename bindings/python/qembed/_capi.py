@@ -10,6 +10,12 @@ Pointers to numeric buffers are declared with their exact C pointee type
 (``POINTER(c_float)`` for ``float *``); ``const void *`` and ``void *`` are
 ``c_void_p`` and accept an integer address or None. Opaque handles
 (``qembed_embedding *``, ...) are ``c_void_p``.
+
+This is the one home of the C API in Python: every constant of the header
+is defined here once (tests/test_capi.py checks each against
+include/qembed.h), and so are the error classes and the helpers that build
+them. Handles, structs and strings around the calls are in qembed._handle,
+array conversions in qembed._arrays.
 """
 
 import ctypes
@@ -599,6 +605,18 @@ def _check(code):
     """Raise the QembedError subclass for a failing status; return None on OK."""
     if code != QEMBED_OK:
         raise error_for(code, last_error())
+
+
+def value_error(message, status=QEMBED_ERR_INVALID_ARGUMENT):
+    """The QembedValueError of a check made in Python, with the status the
+    library gives the same fault (QEMBED_ERR_SHAPE for sizes, ...)."""
+    return QembedValueError(status, message)
+
+
+def type_error(message):
+    """The QembedTypeError (QEMBED_ERR_UNSUPPORTED) of a check made in
+    Python: a dtype or a kind of object the binding does not take."""
+    return QembedTypeError(QEMBED_ERR_UNSUPPORTED, message)
 
 
 def version():

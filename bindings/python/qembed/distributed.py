@@ -42,6 +42,7 @@ except ImportError as e:  # pragma: no cover - exercised without torch
     raise ImportError("qembed.distributed needs torch (torch.distributed provides the collectives): "
                       "pip install torch") from e
 
+from . import _arrays
 from . import io as _io
 from .nn.modules import Embedding, StableEmbedding, _int, _value_error
 
@@ -90,7 +91,7 @@ class ShardedEmbedding:
         self.row_offset, self.rows = lo, hi - lo
         rows_weight = None
         if _weight is not None:
-            full = _io.to_numpy(_weight)
+            full = _arrays.to_numpy(_weight)
             if full.shape != (self.num_embeddings, self.embedding_dim):
                 raise _value_error(f"_weight: expected the full table ({self.num_embeddings}, {self.embedding_dim}), "
                                    f"got {full.shape}")
@@ -155,7 +156,7 @@ class ShardedEmbedding:
         """Rows of `input` (global ids, any shape): input.shape + (embedding_dim,).
         Collective: every rank of the group calls it (with its own ids, any
         number, none included)."""
-        ids, _ = _io.index_array(input)
+        ids, _ = _arrays.index_array(input)
         order, local_ids, send, recv = self._route(ids)
         got = self._exchange(local_ids, send, recv)
         if self.local is not None and got.size:
@@ -172,8 +173,8 @@ class ShardedEmbedding:
     def backward(self, input, grad_output):
         """Send d(loss)/d(forward(input)) to the rows' owners, which
         accumulate it into their gradients. Collective, as forward."""
-        ids, _ = _io.index_array(input)
-        g, _ = _io.float_array(grad_output, "grad_output")
+        ids, _ = _arrays.index_array(input)
+        g, _ = _arrays.float_array(grad_output, "grad_output")
         if g.shape != ids.shape + (self.embedding_dim,):
             raise _value_error(f"grad_output: expected shape {ids.shape + (self.embedding_dim,)}, got {g.shape}")
         g = g.reshape(-1, self.embedding_dim).astype(np.float32, copy=False)

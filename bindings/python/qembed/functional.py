@@ -18,21 +18,14 @@ CPU 8-bit kernel approximates it and differs on a small fraction of elements.
 import ctypes
 import json
 import math
-import sys
 
 import numpy as np
 
-from . import _arrays
 from . import _capi as C
-from ._capi import QembedError, QembedTypeError, QembedValueError
-
-try:  # bfloat16 support is optional.
-    import ml_dtypes as _ml_dtypes
-
-    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - depends on the environment
-    _ml_dtypes = None
-    BFLOAT16 = None
+from ._arrays import (BFLOAT16, FLOAT_CODES, code_array, dtype_name, exact_array, float_input, is_array,
+                      numpy_float_dtype, out_array, ptr, read, storage_dtype)
+from ._capi import QembedError, QembedTypeError, QembedValueError  # noqa: F401 (qembed.functional's error names)
+from ._capi import type_error as _type_error, value_error as _value_error
 
 __all__ = [
     "QuantState", "create_dynamic_map", "create_linear_map", "create_fp8_map", "create_normal_map",
@@ -43,160 +36,27 @@ __all__ = [
 
 _FOUR_BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 _QUANT_TYPES = {"fp4": C.QEMBED_QUANT_FP4, "nf4": C.QEMBED_QUANT_NF4}
-_DTYPE_CODES = {"float32": C.QEMBED_DTYPE_F32, "float16": C.QEMBED_DTYPE_F16, "bfloat16": C.QEMBED_DTYPE_BF16}
 
 # --------------------------------------------------------------------------
-# Array plumbing
+# Sizes of the statistics
 # --------------------------------------------------------------------------
-
-
-def _value_error(message, status=C.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
-
-
-def _type_error(message):
-    return QembedTypeError(C.QEMBED_ERR_UNSUPPORTED, message)
-
-
-def _ptr(arr, ctype):
-    """A typed ctypes pointer to a contiguous numpy array's data."""
-    return arr.ctypes.data_as(ctypes.POINTER(ctype))
-
-
-class _Bits:
-    """bfloat16 data as raw uint16 bits, used when ml_dtypes is missing."""
-
-    def __init__(self, bits):
-        self.bits = bits
-        self.shape = bits.shape
-        self.size = bits.size
-
-
-def _dtype_name(dtype):
-    """Canonical name ("float32", "float16", "bfloat16") of a numpy dtype,
-    torch dtype or string; other names are returned unchanged."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        name = dtype
-    else:
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-    if name.startswith("torch."):
-        name = name[len("torch."):]
-    return {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "half": "float16",
-            "float": "float32"}.get(name, name)
-
-
-def _numpy_dtype(name, what="dtype"):
-    """The numpy dtype of a float dtype name; bfloat16 needs ml_dtypes."""
-    if name == "float32":
-        return np.dtype(np.float32)
-    if name == "float16":
-        return np.dtype(np.float16)
-    if name == "bfloat16":
-        if BFLOAT16 is None:
-            raise _type_error(f"{what}: bfloat16 arrays need the ml_dtypes package (pip install ml_dtypes)")
-        return BFLOAT16
-    raise _type_error(f"{what}: dtype {name} is not supported (use float32, float16 or bfloat16)")
-
-
-def _from_dlpack(obj):
-    """A numpy view of an object exporting __dlpack__ (bfloat16 via its bits)."""
-    if hasattr(obj, "detach"):
-        obj = obj.detach()
-    _arrays.check_cpu(obj)
-    if str(getattr(obj, "dtype", "")) == "torch.bfloat16":
-        torch = sys.modules["torch"]
-        bits = np.from_dlpack(obj.contiguous().view(torch.int16)).view(np.uint16)
-        return bits.view(BFLOAT16) if BFLOAT16 is not None else _Bits(bits)
-    try:
-        return _arrays.from_dlpack(obj)
-    except (TypeError, BufferError, RuntimeError) as e:
-        if isinstance(e, QembedTypeError):
-            raise
-        raise _type_error(f"cannot read {type(obj).__name__} through DLPack: {e}") from e
-
-
-def _to_numpy(x):
-    """np.ndarray for ndarrays, DLPack objects, and anything np.asarray takes."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "__dlpack__"):
-        return _from_dlpack(x)
-    return np.asarray(x)
-
-
-def _float_input(A, name="A"):
-    """(contiguous array, qembed dtype code, dtype name) of a float input.
-
-    Python sequences and scalars become float32; arrays must already be
-    float32, float16 or bfloat16.
-    """
-    if isinstance(A, (list, tuple, float, int)):
-        A = np.asarray(A, dtype=np.float32)
-    arr = _to_numpy(A)
-    if isinstance(arr, _Bits):
-        return np.ascontiguousarray(arr.bits), C.QEMBED_DTYPE_BF16, "bfloat16"
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype == np.float32:
-        return arr, C.QEMBED_DTYPE_F32, "float32"
-    if arr.dtype == np.float16:
-        return arr, C.QEMBED_DTYPE_F16, "float16"
-    if BFLOAT16 is not None and arr.dtype == BFLOAT16:
-        return arr, C.QEMBED_DTYPE_BF16, "bfloat16"
-    raise _type_error(f"{name}: dtype {arr.dtype} is not supported (use float32, float16 or bfloat16)")
-
-
-def _array(x, dtype, name, size=None):
-    """x as a contiguous array of exactly `dtype` (no value conversion for
-    non-float dtypes); `size`, when given, is the required element count."""
-    arr = _to_numpy(x)
-    if isinstance(arr, _Bits):
-        raise _type_error(f"{name}: expected {np.dtype(dtype).name}, got bfloat16")
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype != dtype:
-        if np.dtype(dtype).kind == "f" and arr.dtype.kind == "f":
-            arr = arr.astype(dtype)
-        else:
-            raise _type_error(f"{name}: expected dtype {np.dtype(dtype).name}, got {arr.dtype}")
-    if size is not None and arr.size != size:
-        raise _value_error(f"{name}: expected {size} elements, got {arr.size}", C.QEMBED_ERR_SHAPE)
-    return arr
-
-
-def _code(code, name="code"):
-    """A 256-entry float32 code (the C functions read exactly 256 floats)."""
-    arr = _array(code, np.float32, name)
-    if arr.size != C.QEMBED_CODE_SIZE:
-        raise _value_error(f"{name}: a code has {C.QEMBED_CODE_SIZE} entries, got {arr.size}", C.QEMBED_ERR_SHAPE)
-    return arr.reshape(-1)
-
-
-def _out_array(out, shape, dtype, name="out"):
-    """Validate a caller-provided output array, or allocate a new one."""
-    shape = tuple(int(s) for s in shape)
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise _type_error(f"{name}: expected a numpy array, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise _type_error(f"{name}: dtype must be {np.dtype(dtype).name}, got {out.dtype}")
-    if tuple(out.shape) != shape:
-        raise _value_error(f"{name}: shape must be {shape}, got {tuple(out.shape)}", C.QEMBED_ERR_SHAPE)
-    if not out.flags.c_contiguous:
-        raise _value_error(f"{name}: must be C-contiguous")
-    if not out.flags.writeable:
-        raise _value_error(f"{name}: is read-only")
-    return out
 
 
 def _absmax_count(n, blocksize):
     count = ctypes.c_int64()
     C._check(C.qembed_blockwise_absmax_count(n, blocksize, ctypes.byref(count)))
     return count.value
+
+
+def _absmax_out(absmax, nblocks, nested_flag, nested):
+    """The float32 array of `nblocks` absmax values a quantizer writes: the
+    caller's `absmax` (checked), which `nested_flag`=True cannot take, or a
+    fresh one."""
+    if absmax is None:
+        return np.empty(nblocks, dtype=np.float32)
+    if nested:
+        raise _value_error(f"absmax= cannot be combined with {nested_flag}=True")
+    return out_array(absmax, (nblocks,), np.float32, "absmax")
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +66,7 @@ def _absmax_count(n, blocksize):
 
 def _map(fill):
     code = np.empty(C.QEMBED_CODE_SIZE, dtype=np.float32)
-    C._check(fill(_ptr(code, ctypes.c_float)))
+    C._check(fill(ptr(code, ctypes.c_float)))
     return code
 
 
@@ -240,7 +100,7 @@ def get_4bit_type(typename, device=None, blocksize=64):
     if typename not in _QUANT_TYPES:
         raise NotImplementedError(f"Typename {typename} not supported (qembed supports 'nf4' and 'fp4')")
     code = np.empty(16, dtype=np.float32)
-    C._check(C.qembed_get_4bit_code(_QUANT_TYPES[typename], _ptr(code, ctypes.c_float)))
+    C._check(C.qembed_get_4bit_code(_QUANT_TYPES[typename], ptr(code, ctypes.c_float)))
     return code
 
 
@@ -266,17 +126,13 @@ def _pack_dict_to_array(d):
 
 
 def _unpack_array_to_dict(arr):
-    raw = _to_numpy(arr)
-    if isinstance(raw, _Bits):
+    raw, bits = read(arr)
+    if bits:
         raise _value_error("the packed quant_state item must be uint8 bytes", C.QEMBED_ERR_FORMAT)
     try:
         return json.loads(np.ascontiguousarray(raw, dtype=np.uint8).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise _value_error(f"the packed quant_state item is not UTF-8 JSON: {e}", C.QEMBED_ERR_FORMAT) from e
-
-
-def _is_array(v):
-    return isinstance(v, np.ndarray) or hasattr(v, "__dlpack__")
 
 
 class QuantState:
@@ -300,7 +156,7 @@ class QuantState:
         self.absmax = absmax
         self.shape = tuple(int(s) for s in shape) if shape is not None else None
         self.code = code
-        self.dtype = _dtype_name(dtype)
+        self.dtype = dtype_name(dtype)
         self.blocksize = int(blocksize) if blocksize is not None else None
         self.quant_type = quant_type
         self.offset = np.float32(offset) if offset is not None else None
@@ -328,7 +184,7 @@ class QuantState:
         (prefixes such as "weight." are stripped). Arrays may be numpy arrays
         or torch tensors."""
         qs_dict = dict(qs_dict)
-        qs_keys = [k for k, v in qs_dict.items() if "quant_state" in k and _is_array(v)]
+        qs_keys = [k for k, v in qs_dict.items() if "quant_state" in k and is_array(v)]
         if "quant_type" not in qs_dict:
             if not qs_keys:
                 raise _value_error("Expected packed or unpacked quant_state items, found neither",
@@ -344,8 +200,8 @@ class QuantState:
             raise _value_error(f"unexpected quant_state keys: {sorted(unknown)}", C.QEMBED_ERR_FORMAT)
 
         def arr(key, dtype=None):
-            a = _to_numpy(qs_dict[key])
-            if isinstance(a, _Bits):
+            a, bits = read(qs_dict[key])
+            if bits:
                 raise _type_error(f"{key}: bfloat16 is not a valid dtype here")
             return np.ascontiguousarray(a if dtype is None else a.astype(dtype, copy=False))
 
@@ -382,8 +238,8 @@ class QuantState:
             })
         if not packed or self.quant_type is None:
             return qs
-        arrays = {k: v for k, v in qs.items() if _is_array(v)}
-        rest = {k: v for k, v in qs.items() if not _is_array(v)}
+        arrays = {k: v for k, v in qs.items() if is_array(v)}
+        rest = {k: v for k, v in qs.items() if not is_array(v)}
         arrays["quant_state.bitsandbytes__" + self.quant_type] = _pack_dict_to_array(rest)
         return arrays
 
@@ -399,8 +255,8 @@ class QuantState:
         def close(a, b):
             if a is None or b is None:
                 return a is b
-            a, b = _to_numpy(a), _to_numpy(b)
-            if isinstance(a, _Bits) or isinstance(b, _Bits):
+            (a, a_bits), (b, b_bits) = read(a), read(b)
+            if a_bits or b_bits:
                 return False
             a, b = np.asarray(a), np.asarray(b)
             return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), atol=1e-6))
@@ -436,8 +292,8 @@ def _quantize_statistics(absmax, nested_blocksize):
     qabsmax = np.empty(count, dtype=np.uint8)
     nested = np.empty(_absmax_count(count, nested_blocksize), dtype=np.float32)
     offset = ctypes.c_float()
-    C._check(C.qembed_quantize_statistics(_ptr(absmax, ctypes.c_float), count, nested_blocksize,
-                                          _ptr(qabsmax, ctypes.c_uint8), _ptr(nested, ctypes.c_float),
+    C._check(C.qembed_quantize_statistics(ptr(absmax, ctypes.c_float), count, nested_blocksize,
+                                          ptr(qabsmax, ctypes.c_uint8), ptr(nested, ctypes.c_float),
                                           nested.size, ctypes.byref(offset)))
     return qabsmax, nested, np.float32(offset.value)
 
@@ -447,15 +303,15 @@ def _dequantize_statistics(qs):
     if qs.offset is None:
         raise _value_error("a nested QuantState needs an offset")
     offset = float(qs.offset)
-    qabsmax = _array(qs.absmax, np.uint8, "quant_state.absmax").reshape(-1)
+    qabsmax = exact_array(qs.absmax, np.uint8, "quant_state.absmax").reshape(-1)
     s2 = qs.state2
-    nested = _array(s2.absmax, np.float32, "quant_state.state2.absmax").reshape(-1)
-    code = _code(s2.code if s2.code is not None else _dynamic_code(), "quant_state.state2.code")
+    nested = exact_array(s2.absmax, np.float32, "quant_state.state2.absmax").reshape(-1)
+    code = code_array(s2.code if s2.code is not None else _dynamic_code(), "quant_state.state2.code")
     out = np.empty(qabsmax.size, dtype=np.float32)
-    C._check(C.qembed_dequantize_statistics(_ptr(qabsmax, ctypes.c_uint8), qabsmax.size,
-                                            _ptr(nested, ctypes.c_float), nested.size,
-                                            _ptr(code, ctypes.c_float), int(s2.blocksize),
-                                            offset, _ptr(out, ctypes.c_float)))
+    C._check(C.qembed_dequantize_statistics(ptr(qabsmax, ctypes.c_uint8), qabsmax.size,
+                                            ptr(nested, ctypes.c_float), nested.size,
+                                            ptr(code, ctypes.c_float), int(s2.blocksize),
+                                            offset, ptr(out, ctypes.c_float)))
     return out
 
 
@@ -476,26 +332,21 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize=4096, nest
     blocksize = int(blocksize)
     if blocksize <= 0:
         raise _value_error(f"blocksize must be positive, got {blocksize}")
-    a, dcode, dname = _float_input(A)
+    a, dcode, dname = float_input(A)
     n = a.size
-    code_arr = _code(code) if code is not None else _dynamic_code()
+    code_arr = code_array(code) if code is not None else _dynamic_code()
     nblocks = _absmax_count(n, blocksize)
     # bitsandbytes also takes an int8 out= and writes the code bytes into it
     if isinstance(out, np.ndarray) and out.dtype == np.int8:
-        q_int8 = _out_array(out, a.shape, np.int8)
+        q_int8 = out_array(out, a.shape, np.int8)
         q = q_int8.view(np.uint8)
     else:
         q_int8 = None
-        q = _out_array(out, a.shape, np.uint8)
-    if absmax is not None:
-        if nested:
-            raise _value_error("absmax= cannot be combined with nested=True")
-        am = _out_array(absmax, (nblocks,), np.float32, "absmax")
-    else:
-        am = np.empty(nblocks, dtype=np.float32)
+        q = out_array(out, a.shape, np.uint8)
+    am = _absmax_out(absmax, nblocks, "nested", nested)
     C._check(C.qembed_quantize_blockwise(a.ctypes.data, dcode, n,
-                                         None if code is None else _ptr(code_arr, ctypes.c_float), blocksize,
-                                         _ptr(q, ctypes.c_uint8), _ptr(am, ctypes.c_float), am.size))
+                                         None if code is None else ptr(code_arr, ctypes.c_float), blocksize,
+                                         ptr(q, ctypes.c_uint8), ptr(am, ctypes.c_float), am.size))
     code_copy = np.array(code_arr, dtype=np.float32, copy=True)
     if nested:
         qabsmax, nested_absmax, offset = _quantize_statistics(am, blocksize)
@@ -518,10 +369,7 @@ def dequantize_blockwise(A, quant_state=None, absmax=None, code=None, out=None, 
     """
     if quant_state is None and absmax is None:
         raise _value_error("dequantize_blockwise requires either quant_state or absmax", C.QEMBED_ERR_NULL_POINTER)
-    a = _to_numpy(A)
-    if isinstance(a, _Bits) or a.dtype != np.uint8:
-        raise _type_error(f"A: dtype must be uint8, got {'bfloat16' if isinstance(a, _Bits) else a.dtype}")
-    a = np.ascontiguousarray(a)
+    a = exact_array(A, np.uint8, "A")
     if quant_state is None:
         quant_state = QuantState(absmax=absmax, code=code if code is not None else _dynamic_code(),
                                  blocksize=blocksize, dtype="float32")
@@ -531,13 +379,13 @@ def dequantize_blockwise(A, quant_state=None, absmax=None, code=None, out=None, 
     if quant_state.nested:
         am = _dequantize_statistics(quant_state)
     else:
-        am = _array(quant_state.absmax, np.float32, "absmax").reshape(-1)
-    code_arr = _code(quant_state.code if quant_state.code is not None else _dynamic_code())
-    dname = _dtype_name(quant_state.dtype) or "float32"
-    np_dtype = _numpy_dtype(dname, "quant_state.dtype")
-    res = _out_array(out, a.shape, np_dtype)
-    C._check(C.qembed_dequantize_blockwise(_ptr(a, ctypes.c_uint8), a.size, _ptr(am, ctypes.c_float), am.size,
-                                           _ptr(code_arr, ctypes.c_float), bs, _DTYPE_CODES[dname],
+        am = exact_array(quant_state.absmax, np.float32, "absmax").reshape(-1)
+    code_arr = code_array(quant_state.code if quant_state.code is not None else _dynamic_code())
+    dname = dtype_name(quant_state.dtype) or "float32"
+    np_dtype = numpy_float_dtype(dname, "quant_state.dtype", bits=False)
+    res = out_array(out, a.shape, np_dtype)
+    C._check(C.qembed_dequantize_blockwise(ptr(a, ctypes.c_uint8), a.size, ptr(am, ctypes.c_float), am.size,
+                                           ptr(code_arr, ctypes.c_float), bs, FLOAT_CODES[dname],
                                            res.ctypes.data))
     return res
 
@@ -571,29 +419,23 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics=
     values (offset = mean, blocks of 256, signed dynamic map)."""
     blocksize = _four_bit_blocksize(blocksize)
     qt = _quant_type(quant_type)
-    a, dcode, dname = _float_input(A)
+    a, dcode, dname = float_input(A)
     n = a.size
     nbytes = ctypes.c_int64()
     C._check(C.qembed_4bit_packed_bytes(n, ctypes.byref(nbytes)))
-    storage = _arrays.storage_dtype(quant_storage)
+    storage = storage_dtype(quant_storage)
     if nbytes.value % storage.itemsize:
         raise _value_error(f"quant_storage {storage}: {nbytes.value} packed bytes are not a whole number "
                            f"of {storage.itemsize}-byte elements", C.QEMBED_ERR_SHAPE)
     if out is not None:
-        res = _out_array(out, (nbytes.value // storage.itemsize, 1), storage)
+        res = out_array(out, (nbytes.value // storage.itemsize, 1), storage)
         packed = res.reshape(-1).view(np.uint8)
     else:
         packed = np.empty(nbytes.value, dtype=np.uint8)
         res = None
-    nblocks = _absmax_count(n, blocksize)
-    if absmax is not None:
-        if compress_statistics:
-            raise _value_error("absmax= cannot be combined with compress_statistics=True")
-        am = _out_array(absmax, (nblocks,), np.float32, "absmax")
-    else:
-        am = np.empty(nblocks, dtype=np.float32)
-    C._check(C.qembed_quantize_4bit(a.ctypes.data, dcode, n, blocksize, qt, _ptr(packed, ctypes.c_uint8),
-                                    packed.size, _ptr(am, ctypes.c_float), am.size))
+    am = _absmax_out(absmax, _absmax_count(n, blocksize), "compress_statistics", compress_statistics)
+    C._check(C.qembed_quantize_4bit(a.ctypes.data, dcode, n, blocksize, qt, ptr(packed, ctypes.c_uint8),
+                                    packed.size, ptr(am, ctypes.c_float), am.size))
     if res is None:
         res = packed.view(storage).reshape(-1, 1)
     code = get_4bit_type(quant_type)
@@ -630,26 +472,26 @@ def dequantize_4bit(A, quant_state=None, absmax=None, out=None, blocksize=None, 
             raise _value_error("dequantize_4bit requires both absmax and out when quant_state is not provided",
                                C.QEMBED_ERR_NULL_POINTER)
         if not isinstance(out, np.ndarray):
-            raise _type_error(f"out: expected a numpy array, got {type(out).__name__}")
-        quant_state = QuantState(absmax=absmax, shape=out.shape, dtype=_dtype_name(out.dtype),
+            raise _type_error(f"out must be a numpy array, got {type(out).__name__}")
+        quant_state = QuantState(absmax=absmax, shape=out.shape, dtype=dtype_name(out.dtype),
                                  blocksize=64 if blocksize is None else blocksize, quant_type=quant_type)
     bs = _four_bit_blocksize(quant_state.blocksize)
     qt = _quant_type(quant_state.quant_type)
-    dname = _dtype_name(quant_state.dtype)
-    np_dtype = _numpy_dtype(dname, "quant_state.dtype")
+    dname = dtype_name(quant_state.dtype)
+    np_dtype = numpy_float_dtype(dname, "quant_state.dtype", bits=False)
     if quant_state.shape is None:
         raise _value_error("quant_state.shape is required for 4-bit dequantization")
     shape = quant_state.shape
     n = int(math.prod(shape))
-    a = _to_numpy(A)
-    a_bytes = np.ascontiguousarray(a.bits if isinstance(a, _Bits) else a).reshape(-1).view(np.uint8)
+    a, _ = read(A)  # any element type: its bytes are the packed values (quant_storage)
+    a_bytes = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     if quant_state.nested:
         am = _dequantize_statistics(quant_state)
     else:
-        am = _array(quant_state.absmax, np.float32, "absmax").reshape(-1)
-    res = _out_array(out, shape, np_dtype)
-    C._check(C.qembed_dequantize_4bit(_ptr(a_bytes, ctypes.c_uint8), a_bytes.size, n, _ptr(am, ctypes.c_float),
-                                      am.size, bs, qt, _DTYPE_CODES[dname], res.ctypes.data))
+        am = exact_array(quant_state.absmax, np.float32, "absmax").reshape(-1)
+    res = out_array(out, shape, np_dtype)
+    C._check(C.qembed_dequantize_4bit(ptr(a_bytes, ctypes.c_uint8), a_bytes.size, n, ptr(am, ctypes.c_float),
+                                      am.size, bs, qt, FLOAT_CODES[dname], res.ctypes.data))
     a_shape = a.shape
     if len(a_shape) == 2 and a_shape[0] == 1 and res.ndim <= 2:
         return res.T
@@ -687,18 +529,18 @@ def int8_vectorwise_quant(A, threshold=0.0):
     is None. Returns (out int8 of A's shape, row_stats float32, outlier_cols).
     """
     threshold = float(threshold)
-    a, dcode, _ = _float_input(A)
+    a, dcode, _ = float_input(A)
     rows, cols = _rows_cols(a.shape, "A")
     out = np.empty(a.shape, dtype=np.int8)
     row_stats = np.empty(rows, dtype=np.float32)
     if threshold > 0:
         cols_buf = np.empty(max(cols, 1), dtype=np.int32)
         count = ctypes.c_int64()
-        cols_ptr, count_ptr = _ptr(cols_buf, ctypes.c_int32), ctypes.byref(count)
+        cols_ptr, count_ptr = ptr(cols_buf, ctypes.c_int32), ctypes.byref(count)
     else:
         cols_buf, count, cols_ptr, count_ptr = None, None, None, None
     C._check(C.qembed_int8_vectorwise_quant(a.ctypes.data, dcode, rows, cols, threshold,
-                                            _ptr(out, ctypes.c_int8), _ptr(row_stats, ctypes.c_float),
+                                            ptr(out, ctypes.c_int8), ptr(row_stats, ctypes.c_float),
                                             cols_ptr, count_ptr))
     outlier_cols = cols_buf[:count.value].astype(np.int64) if cols_buf is not None else None
     return out, row_stats, outlier_cols
@@ -706,13 +548,10 @@ def int8_vectorwise_quant(A, threshold=0.0):
 
 def int8_vectorwise_dequant(A, stats):
     """out = A * stats[row] * (1/127), float32, A's shape."""
-    a = _to_numpy(A)
-    if isinstance(a, _Bits) or a.dtype != np.int8:
-        raise _type_error(f"A: dtype must be int8, got {'bfloat16' if isinstance(a, _Bits) else a.dtype}")
-    a = np.ascontiguousarray(a)
+    a = exact_array(A, np.int8, "A")
     rows, cols = _rows_cols(a.shape, "A")
-    st = _array(stats, np.float32, "stats", size=rows).reshape(-1)
+    st = exact_array(stats, np.float32, "stats", size=rows).reshape(-1)
     out = np.empty(a.shape, dtype=np.float32)
-    C._check(C.qembed_int8_vectorwise_dequant(_ptr(a, ctypes.c_int8), rows, cols, _ptr(st, ctypes.c_float),
+    C._check(C.qembed_int8_vectorwise_dequant(ptr(a, ctypes.c_int8), rows, cols, ptr(st, ctypes.c_float),
                                               C.QEMBED_DTYPE_F32, out.ctypes.data))
     return out

@@ -23,6 +23,7 @@ in place; the optimizers do this by themselves when handed torch tensors.
 
 import json
 
+from . import _arrays
 from . import io as _io
 
 
@@ -92,16 +93,10 @@ def _tensor_view(t):
     """A writeable numpy view of a contiguous CPU tensor's memory (no copy);
     bfloat16 as ml_dtypes.bfloat16 (uint16 bits without ml_dtypes). The
     view's base holds the tensor."""
-    import numpy as np
-    from .nn.parameter import _View
-    names = {"torch.float32": np.float32, "torch.float16": np.float16, "torch.bfloat16": np.uint16}
-    kind = names.get(str(t.dtype))
-    if kind is None:
+    name = _arrays.dtype_name(t.dtype)
+    if name not in _arrays.FLOAT_CODES:
         raise TypeError(f"only float32, float16 and bfloat16 tensors can be wrapped, got {t.dtype}")
-    arr = np.asarray(_View(t.data_ptr(), tuple(t.shape), kind, t))
-    if str(t.dtype) == "torch.bfloat16" and _io.BFLOAT16 is not None:
-        arr = arr.view(_io.BFLOAT16)
-    return arr
+    return _arrays.view(t.data_ptr(), tuple(t.shape), _arrays.numpy_float_dtype(name), t)
 
 
 def _check_tensor(t, what):

@@ -25,38 +25,30 @@ import warnings
 
 import numpy as np
 
-from . import _arrays
-from . import _capi_layers as L
-from ._capi import QembedTypeError, QembedValueError
+from . import _capi as C
+from ._arrays import BFLOAT16, contiguous, ml_dtypes, to_numpy
+from ._capi import QembedTypeError, QembedValueError  # noqa: F401 (the error names qembed.io had)
+from ._capi import type_error as _type_error, value_error as _value_error
+from ._handle import Handle, encode_path, encode_text, new_struct, out_handle
 
-try:  # bfloat16 and float8 support is optional.
-    import ml_dtypes as _ml_dtypes
-
-    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - depends on the environment
-    _ml_dtypes = None
-    BFLOAT16 = None
+# The array helpers qembed.io used to hold, still importable from here; their
+# home is qembed._arrays.
+from ._arrays import (convert_float, float_array, float_dtype_code, float_dtype_name, index_array,  # noqa: E402,F401
+                      numpy_float_dtype, round_to_bf16_bits)
 
 __all__ = ["save_file", "load_file", "load_metadata", "save_npy", "BFLOAT16"]
 
-# --------------------------------------------------------------------------
-# dtype plumbing shared by qembed.nn and qembed.optim
-# --------------------------------------------------------------------------
-
-_FLOAT_CODES = {"float32": L.QEMBED_DTYPE_F32, "float16": L.QEMBED_DTYPE_F16, "bfloat16": L.QEMBED_DTYPE_BF16}
-_CODE_NAMES = {v: k for k, v in _FLOAT_CODES.items()}
-
 # numpy dtype -> qembed dtype code, for the types the C API writes.
 _WRITE_CODES = {
-    np.dtype("<f4"): L.QEMBED_DTYPE_F32,
-    np.dtype("<f2"): L.QEMBED_DTYPE_F16,
-    np.dtype("u1"): L.QEMBED_DTYPE_U8,
-    np.dtype("i1"): L.QEMBED_DTYPE_I8,
-    np.dtype("<i4"): L.QEMBED_DTYPE_I32,
-    np.dtype("<i8"): L.QEMBED_DTYPE_I64,
+    np.dtype("<f4"): C.QEMBED_DTYPE_F32,
+    np.dtype("<f2"): C.QEMBED_DTYPE_F16,
+    np.dtype("u1"): C.QEMBED_DTYPE_U8,
+    np.dtype("i1"): C.QEMBED_DTYPE_I8,
+    np.dtype("<i4"): C.QEMBED_DTYPE_I32,
+    np.dtype("<i8"): C.QEMBED_DTYPE_I64,
 }
 if BFLOAT16 is not None:
-    _WRITE_CODES[BFLOAT16] = L.QEMBED_DTYPE_BF16
+    _WRITE_CODES[BFLOAT16] = C.QEMBED_DTYPE_BF16
 
 # safetensors dtype name -> numpy dtype, for reading.
 _READ_DTYPES = {
@@ -67,139 +59,10 @@ _READ_DTYPES = {
 }
 _READ_FALLBACK = {"BF16": (np.dtype("<u2"), "uint16"), "F8_E4M3": (np.dtype("u1"), "uint8"),
                   "F8_E5M2": (np.dtype("u1"), "uint8")}
-if _ml_dtypes is not None:
+if ml_dtypes is not None:
     _READ_DTYPES["BF16"] = BFLOAT16
-    _READ_DTYPES["F8_E4M3"] = np.dtype(_ml_dtypes.float8_e4m3fn)
-    _READ_DTYPES["F8_E5M2"] = np.dtype(_ml_dtypes.float8_e5m2)
-
-
-def contiguous(arr, dtype=None):
-    """arr as a C-contiguous array of dtype (a copy only when needed). Unlike
-    np.ascontiguousarray, 0-d arrays stay 0-d."""
-    arr = np.asarray(arr, dtype=dtype)
-    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
-
-
-def _type_error(message):
-    return QembedTypeError(L.QEMBED_ERR_UNSUPPORTED, message)
-
-
-def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
-
-
-def float_dtype_name(dtype, what="dtype"):
-    """Canonical name ("float32", "float16", "bfloat16") of a float dtype given
-    as a numpy dtype, ml_dtypes.bfloat16, torch dtype or string; None means
-    float32. Anything else raises TypeError (also a ValueError)."""
-    if dtype is None:
-        return "float32"
-    if isinstance(dtype, str):
-        name = dtype
-    else:
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-    if name.startswith("torch."):
-        name = name[len("torch."):]
-    name = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}.get(
-        name, name)
-    if name not in _FLOAT_CODES:
-        raise _type_error(f"{what}: {dtype!r} is not supported (use float32, float16 or bfloat16)")
-    return name
-
-
-def float_dtype_code(name):
-    return _FLOAT_CODES[name]
-
-
-def numpy_float_dtype(name):
-    """The numpy dtype arrays of this float type are returned as: bfloat16 is
-    ml_dtypes.bfloat16 when installed, else uint16 (its bit patterns)."""
-    if name == "bfloat16":
-        return BFLOAT16 if BFLOAT16 is not None else np.dtype(np.uint16)
-    return np.dtype(name)
-
-
-def _torch_bf16_bits(x):
-    """uint16 bits of a torch bfloat16 tensor (through DLPack)."""
-    import sys
-    torch = sys.modules["torch"]
-    return np.from_dlpack(x.detach().contiguous().cpu().view(torch.int16)).view(np.uint16)
-
-
-def to_numpy(x):
-    """An ndarray for ndarrays, torch tensors (bf16 as ml_dtypes or uint16
-    bits) and anything np.asarray accepts."""
-    if isinstance(x, np.ndarray):
-        return x
-    _arrays.check_cpu(x)
-    if str(getattr(x, "dtype", "")) == "torch.bfloat16":
-        bits = _torch_bf16_bits(x)
-        return bits.view(BFLOAT16) if BFLOAT16 is not None else bits
-    if hasattr(x, "__dlpack__"):
-        return _arrays.from_dlpack(x)
-    return np.asarray(x)
-
-
-def float_array(x, name, allow_cast=True):
-    """(C-contiguous array, qembed dtype code) of a float input.
-
-    float32, float16 and bfloat16 (ml_dtypes) pass through; float64, integer
-    and bool inputs and Python sequences are converted to float32 when
-    allow_cast. Complex and non-numeric inputs raise TypeError."""
-    arr = to_numpy(x)
-    if BFLOAT16 is not None and arr.dtype == BFLOAT16:
-        return contiguous(arr), L.QEMBED_DTYPE_BF16
-    if arr.dtype == np.float32:
-        return contiguous(arr, "<f4"), L.QEMBED_DTYPE_F32
-    if arr.dtype == np.float16:
-        return contiguous(arr, "<f2"), L.QEMBED_DTYPE_F16
-    if allow_cast and arr.dtype.kind in "fiub":
-        return contiguous(arr, "<f4"), L.QEMBED_DTYPE_F32
-    raise _type_error(f"{name}: expected a float32, float16 or bfloat16 array, got dtype {arr.dtype}")
-
-
-def round_to_bf16_bits(a):
-    """uint16 bit patterns of float32 values rounded to bfloat16 (nearest
-    even), for when ml_dtypes is missing."""
-    bits = contiguous(a, "<f4").view(np.uint32)
-    nan = np.isnan(a)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-    out = rounded.astype(np.uint16)
-    out[nan] = np.uint16(0x7FC0)
-    return out
-
-
-def convert_float(arr, code, name):
-    """arr (of dtype code) converted to the float type `name`, as
-    (contiguous array, code)."""
-    target = _FLOAT_CODES[name]
-    if code == target:
-        return arr, code
-    if name == "bfloat16" and BFLOAT16 is None:
-        if code == L.QEMBED_DTYPE_F16:
-            arr = arr.astype(np.float32)
-        return round_to_bf16_bits(arr), target
-    if code == L.QEMBED_DTYPE_BF16 and BFLOAT16 is None:  # bits -> float32 first
-        arr = (arr.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return contiguous(arr.astype(numpy_float_dtype(name))), target
-
-
-def index_array(x, name="input"):
-    """(C-contiguous array, qembed dtype code) of an index input: int32 and
-    int64 pass through; other integer types are converted to int64."""
-    arr = to_numpy(x)
-    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-        raise _type_error(f"{name}: indices must be an integer array (int32 or int64), got dtype {arr.dtype}")
-    if arr.dtype == np.dtype("<i8"):
-        return contiguous(arr), L.QEMBED_DTYPE_I64
-    if arr.dtype == np.dtype("<i4"):
-        return contiguous(arr), L.QEMBED_DTYPE_I32
-    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.size and int(arr.max()) > 2 ** 63 - 1:
-        raise _value_error(f"{name}: index {int(arr.max())} is out of range", L.QEMBED_ERR_OUT_OF_RANGE)
-    return contiguous(arr, "<i8"), L.QEMBED_DTYPE_I64
+    _READ_DTYPES["F8_E4M3"] = np.dtype(ml_dtypes.float8_e4m3fn)
+    _READ_DTYPES["F8_E5M2"] = np.dtype(ml_dtypes.float8_e5m2)
 
 
 # --------------------------------------------------------------------------
@@ -216,10 +79,10 @@ class TensorFile:
 
     def __init__(self, path, mmap=False):
         self.path = os.fspath(path)
-        out = L.out_handle()
-        L._check(L.qembed_tensor_file_open_ex(L.encode_path(self.path), L.QEMBED_OPEN_MMAP if mmap else 0,
+        out = out_handle()
+        C._check(C.qembed_tensor_file_open_ex(encode_path(self.path), C.QEMBED_OPEN_MMAP if mmap else 0,
                                               ctypes.byref(out)))
-        self._handle = L.Handle(out.value, L.qembed_tensor_file_close, "tensor_file")
+        self._handle = Handle(out.value, C.qembed_tensor_file_close, "tensor_file")
 
     def close(self):
         h, self._handle = getattr(self, "_handle", None), None
@@ -242,12 +105,12 @@ class TensorFile:
 
     def __len__(self):
         n = ctypes.c_int64()
-        L._check(L.qembed_tensor_file_count(self._ptr(), ctypes.byref(n)))
+        C._check(C.qembed_tensor_file_count(self._ptr(), ctypes.byref(n)))
         return n.value
 
     def info(self, i):
-        info = L.new_struct(L.qembed_tensor_info)
-        L._check(L.qembed_tensor_file_info(self._ptr(), i, ctypes.byref(info)))
+        info = new_struct(C.qembed_tensor_info)
+        C._check(C.qembed_tensor_file_info(self._ptr(), i, ctypes.byref(info)))
         return info
 
     def keys(self):
@@ -270,7 +133,7 @@ class TensorFile:
 
     def get(self, name):
         index = ctypes.c_int64()
-        L._check(L.qembed_tensor_file_find(self._ptr(), L.encode_text(name, "tensor name"), ctypes.byref(index)))
+        C._check(C.qembed_tensor_file_find(self._ptr(), encode_text(name, "tensor name"), ctypes.byref(index)))
         note = []
         arr = self._array(self.info(index.value), note)
         _warn_fallback(note)
@@ -287,7 +150,7 @@ class TensorFile:
 
     def metadata_value(self, key):
         value = ctypes.c_char_p()
-        L._check(L.qembed_tensor_file_metadata(self._ptr(), L.encode_text(key, "metadata key"), ctypes.byref(value)))
+        C._check(C.qembed_tensor_file_metadata(self._ptr(), encode_text(key, "metadata key"), ctypes.byref(value)))
         return None if value.value is None else value.value.decode("utf-8")
 
 
@@ -323,7 +186,7 @@ def load_metadata(filename):
         # The library's view of every value must agree with this parse.
         for k, v in meta.items():
             if f.metadata_value(k) != v:
-                raise _value_error(f"{path}: metadata '{k}' read differently by qembed", L.QEMBED_ERR_FORMAT)
+                raise _value_error(f"{path}: metadata '{k}' read differently by qembed", C.QEMBED_ERR_FORMAT)
         return dict(meta)
 
 
@@ -345,14 +208,14 @@ def _desc(name, arr, keep):
     if code is None:
         raise _type_error(f"tensor '{name}': dtype {arr.dtype} cannot be saved by qembed (it writes float32, "
                           f"float16, bfloat16 (ml_dtypes), uint8, int8, int32 and int64)")
-    if arr.ndim > L.QEMBED_MAX_DIMS:
-        raise _value_error(f"tensor '{name}': {arr.ndim} dimensions (at most {L.QEMBED_MAX_DIMS})",
-                           L.QEMBED_ERR_SHAPE)
+    if arr.ndim > C.QEMBED_MAX_DIMS:
+        raise _value_error(f"tensor '{name}': {arr.ndim} dimensions (at most {C.QEMBED_MAX_DIMS})",
+                           C.QEMBED_ERR_SHAPE)
     arr = contiguous(arr)
     keep.append(arr)
-    encoded = L.encode_text(name, "tensor name")
+    encoded = encode_text(name, "tensor name")
     keep.append(encoded)
-    d = L.qembed_tensor_desc()
+    d = C.qembed_tensor_desc()
     d.name = encoded
     d.dtype = code
     d.ndim = arr.ndim
@@ -389,7 +252,7 @@ def save_file(tensors, filename, metadata=None):
         raise _type_error(f"tensors: expected a dict of name -> array, got {type(tensors).__name__}")
     keep = []
     descs = [_desc(name, arr, keep) for name, arr in tensors.items()]
-    arr_t = (L.qembed_tensor_desc * max(len(descs), 1))(*descs)
+    arr_t = (C.qembed_tensor_desc * max(len(descs), 1))(*descs)
     keys = values = None
     n_meta = 0
     if metadata is not None:
@@ -399,12 +262,12 @@ def save_file(tensors, filename, metadata=None):
             if not isinstance(k, str) or not isinstance(v, str):
                 raise _type_error(f"metadata: keys and values must be str, got {k!r}: {v!r}")
         n_meta = len(metadata)
-        enc_k = [L.encode_text(k, "metadata key") for k in metadata]
-        enc_v = [L.encode_text(v, "metadata value") for v in metadata.values()]
+        enc_k = [encode_text(k, "metadata key") for k in metadata]
+        enc_v = [encode_text(v, "metadata value") for v in metadata.values()]
         keep += enc_k + enc_v
         keys = (ctypes.c_char_p * max(n_meta, 1))(*enc_k)
         values = (ctypes.c_char_p * max(n_meta, 1))(*enc_v)
-    L._check(L.qembed_save_safetensors(L.encode_path(filename), arr_t, len(descs), keys, values, n_meta))
+    C._check(C.qembed_save_safetensors(encode_path(filename), arr_t, len(descs), keys, values, n_meta))
 
 
 def save_npy(array, filename):
@@ -412,4 +275,4 @@ def save_npy(array, filename):
     format has no such type)."""
     keep = []
     d = _desc("array", array, keep)
-    L._check(L.qembed_save_npy(L.encode_path(filename), ctypes.byref(d)))
+    C._check(C.qembed_save_npy(encode_path(filename), ctypes.byref(d)))

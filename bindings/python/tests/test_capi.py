@@ -4,7 +4,9 @@ error objects, and how the package finds the library."""
 
 import ctypes
 import glob
+import importlib
 import os
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -179,20 +181,59 @@ def test_every_bound_function_is_exported():
     assert C.MISSING == [], f"declared in qembed.h but not exported by {qembed.library_path}: {C.MISSING}"
 
 
-def test_enum_constants_match_header():
-    text = open(HEADER).read()
-    for m in re.finditer(r"\b(QEMBED_(?:ERR_\w+|OK|DTYPE_\w+|QUANT_\w+|OPTIM_\w+|OVERRIDE_\w+|QEMB_\w+|BAG_\w+|"
-                         r"SCORE_\w+))\s*=\s*(\d+)", text):
-        assert getattr(C, m.group(1)) == int(m.group(2)), m.group(1)
-    # enums whose last member counts the others (no explicit value in the header)
-    for enum in ("qembed_bag_mode", "qembed_score_metric"):
-        body = re.search(r"typedef enum " + enum + r" \{(.*?)\}", text, flags=re.S).group(1)
-        names = re.findall(r"\b(QEMBED_\w+)", body)
-        assert names[-1].endswith("_COUNT") and "=" not in body.split(names[-1])[1], enum
-        assert getattr(C, names[-1]) == len(names) - 1, names[-1]
-        assert sorted(getattr(C, n) for n in names[:-1]) == list(range(len(names) - 1)), enum
-    assert C.QEMBED_CODE_SIZE == int(re.search(r"#define QEMBED_CODE_SIZE (\d+)", text).group(1))
-    assert C.QEMBED_MAX_DIMS == int(re.search(r"#define QEMBED_MAX_DIMS (\d+)", text).group(1))
+def header_constants():
+    """({name: value} of every QEMBED_ constant qembed.h defines, {enum member
+    names}): enum members (an explicit value, or one more than the member
+    before) and the #defines with an integer value (1u, INT64_MIN)."""
+    text = re.sub(r"/\*.*?\*/", "", open(HEADER).read(), flags=re.S)
+    values, members = {}, set()
+    for body in re.findall(r"typedef enum \w+ \{(.*?)\}", text, flags=re.S):
+        value = -1
+        for item in body.split(","):
+            m = re.fullmatch(r"\s*(QEMBED_\w+)\s*(?:=\s*(\d+))?\s*", item)
+            assert m or not item.strip(), f"enum member {item.strip()!r} not understood"
+            if m:
+                value = int(m.group(2)) if m.group(2) else value + 1
+                values[m.group(1)] = value
+                members.add(m.group(1))
+    for name, text_value in re.findall(r"^\s*#define (QEMBED_\w+)[ \t]+(\S+)", text, flags=re.M):
+        m = re.fullmatch(r"(\d+)[uU]?", text_value)
+        if m:
+            values[name] = int(m.group(1))
+        elif text_value == "INT64_MIN":
+            values[name] = -2 ** 63
+    return values, members
+
+
+def package_modules():
+    """Every module of the qembed package that imports here (qembed.distributed
+    needs torch)."""
+    out = [qembed]
+    for info in pkgutil.walk_packages(qembed.__path__, "qembed."):
+        try:
+            out.append(importlib.import_module(info.name))
+        except ImportError:
+            assert info.name == "qembed.distributed", info.name
+    return out
+
+
+def test_constants_match_header():
+    values, members = header_constants()
+    # every enum member of the header is bound, in qembed._capi
+    missing = sorted(n for n in members if not hasattr(C, n))
+    assert not missing, f"qembed.h enum members missing from qembed/_capi.py: {missing}"
+    # every QEMBED_ constant the binding defines, in any module, is the header's
+    checked = 0
+    for mod in package_modules():
+        for name, value in vars(mod).items():
+            if re.fullmatch(r"QEMBED_[A-Z0-9_]+", name) and isinstance(value, int):
+                assert name in values, f"{mod.__name__}.{name} is not a constant of qembed.h"
+                assert value == values[name], f"{mod.__name__}.{name} = {value}, qembed.h says {values[name]}"
+                assert value == getattr(C, name), f"{mod.__name__}.{name}: a second definition besides qembed._capi"
+                checked += 1
+    assert checked >= len(members)
+    for name in ("QEMBED_CODE_SIZE", "QEMBED_MAX_DIMS", "QEMBED_OPEN_MMAP", "QEMBED_NO_PADDING"):
+        assert getattr(C, name) == values[name], name
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")

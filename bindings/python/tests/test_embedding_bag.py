@@ -25,7 +25,7 @@ import pytest
 
 import qembed
 from qembed import _capi as C
-from qembed import _capi_layers as L
+from qembed._handle import new_struct
 from qembed.nn import Embedding8bit, EmbeddingBag, EmbeddingFP4, EmbeddingNF4, SparseGrad
 
 from conftest import REPO_ROOT
@@ -974,11 +974,11 @@ def test_torch_tensors_accepted():
 # --------------------------------------------------------------------------
 
 
-def c_bags(idx, offsets=None, num_bags=0, mode=L.QEMBED_BAG_SUM, psw=None, include_last_offset=False):
-    b = L.new_struct(L.qembed_bags)
-    L.qembed_bags_init(ctypes.byref(b))
+def c_bags(idx, offsets=None, num_bags=0, mode=C.QEMBED_BAG_SUM, psw=None, include_last_offset=False):
+    b = new_struct(C.qembed_bags)
+    C.qembed_bags_init(ctypes.byref(b))
     b.indices = idx.ctypes.data if idx is not None else None
-    b.index_dtype = L.QEMBED_DTYPE_I64
+    b.index_dtype = C.QEMBED_DTYPE_I64
     b.count = 0 if idx is None else idx.size
     if offsets is not None:
         b.offsets = offsets.ctypes.data
@@ -988,21 +988,21 @@ def c_bags(idx, offsets=None, num_bags=0, mode=L.QEMBED_BAG_SUM, psw=None, inclu
     b.mode = mode
     if psw is not None:
         b.per_sample_weights = psw.ctypes.data
-        b.weights_dtype = L.QEMBED_DTYPE_F32
+        b.weights_dtype = C.QEMBED_DTYPE_F32
     return b
 
 
 def test_c_bags_init_defaults():
-    b = L.qembed_bags()
+    b = C.qembed_bags()
     ctypes.memset(ctypes.byref(b), 0xA5, ctypes.sizeof(b))
-    L.qembed_bags_init(ctypes.byref(b))
-    assert b.struct_size == ctypes.sizeof(L.qembed_bags)
-    assert b.mode == L.QEMBED_BAG_MEAN and b.index_dtype == L.QEMBED_DTYPE_I64
-    assert b.weights_dtype == L.QEMBED_DTYPE_F32 and b.padding_idx == L.QEMBED_NO_PADDING
+    C.qembed_bags_init(ctypes.byref(b))
+    assert b.struct_size == ctypes.sizeof(C.qembed_bags)
+    assert b.mode == C.QEMBED_BAG_MEAN and b.index_dtype == C.QEMBED_DTYPE_I64
+    assert b.weights_dtype == C.QEMBED_DTYPE_F32 and b.padding_idx == C.QEMBED_NO_PADDING
     assert b.count == 0 and not b.offsets and not b.indices and not b.per_sample_weights
     assert b.num_offsets == 0 and b.num_bags == 0 and not b.include_last_offset
     n = ctypes.c_int64(-5)
-    assert L.qembed_bags_num_bags(ctypes.byref(b), ctypes.byref(n)) == L.QEMBED_OK and n.value == 0
+    assert C.qembed_bags_num_bags(ctypes.byref(b), ctypes.byref(n)) == C.QEMBED_OK and n.value == 0
 
 
 def test_c_struct_validation_leaves_outputs_untouched():
@@ -1013,41 +1013,41 @@ def test_c_struct_validation_leaves_outputs_untouched():
 
     def forward(b, n_out=8):
         out = np.full(n_out, sentinel, np.float32)
-        st = L.qembed_embedding_bag_forward(h, ctypes.byref(b), out.ctypes.data, L.QEMBED_DTYPE_F32, out.size)
+        st = C.qembed_embedding_bag_forward(h, ctypes.byref(b), out.ctypes.data, C.QEMBED_DTYPE_F32, out.size)
         return st, out
 
     cases = [
-        ("fixed form: count % num_bags", c_bags(idx, num_bags=4), L.QEMBED_ERR_SHAPE),
-        ("fixed form: num_bags 0 with indices", c_bags(idx, num_bags=0), L.QEMBED_ERR_SHAPE),
-        ("num_bags with offsets", c_bags(idx, np.array([0, 3], np.int64), num_bags=2), L.QEMBED_ERR_INVALID_ARGUMENT),
+        ("fixed form: count % num_bags", c_bags(idx, num_bags=4), C.QEMBED_ERR_SHAPE),
+        ("fixed form: num_bags 0 with indices", c_bags(idx, num_bags=0), C.QEMBED_ERR_SHAPE),
+        ("num_bags with offsets", c_bags(idx, np.array([0, 3], np.int64), num_bags=2), C.QEMBED_ERR_INVALID_ARGUMENT),
         ("negative num_bags", c_bags(idx, num_bags=-2), None),
         ("mode out of range", c_bags(idx, num_bags=2, mode=3), None),
         ("include_last_offset without offsets", c_bags(idx, np.zeros(0, np.int64), include_last_offset=True), None),
     ]
     for what, b, status in cases:
         st, out = forward(b)
-        assert st != L.QEMBED_OK, what
+        assert st != C.QEMBED_OK, what
         if status is not None:
-            assert st == status, f"{what}: {st} ({L.last_error()})"
+            assert st == status, f"{what}: {st} ({C.last_error()})"
         assert np.all(out == sentinel), what
     wrong = c_bags(idx, num_bags=2)
     wrong.struct_size = 4
-    assert forward(wrong)[0] != L.QEMBED_OK
+    assert forward(wrong)[0] != C.QEMBED_OK
     small = c_bags(idx, num_bags=2)
     st, out = forward(small, n_out=7)  # 2 x 4 needed
     assert st == C.QEMBED_ERR_BUFFER_TOO_SMALL and np.all(out == sentinel)
     n = ctypes.c_int64()
-    assert L.qembed_bags_num_bags(ctypes.byref(c_bags(idx, num_bags=3)), ctypes.byref(n)) == L.QEMBED_OK
+    assert C.qembed_bags_num_bags(ctypes.byref(c_bags(idx, num_bags=3)), ctypes.byref(n)) == C.QEMBED_OK
     assert n.value == 3
-    assert L.qembed_bags_num_bags(None, ctypes.byref(n)) == C.QEMBED_ERR_NULL_POINTER
-    assert L.qembed_embedding_bag_forward(h, None, None, L.QEMBED_DTYPE_F32, 0) == C.QEMBED_ERR_NULL_POINTER
+    assert C.qembed_bags_num_bags(None, ctypes.byref(n)) == C.QEMBED_ERR_NULL_POINTER
+    assert C.qembed_embedding_bag_forward(h, None, None, C.QEMBED_DTYPE_F32, 0) == C.QEMBED_ERR_NULL_POINTER
     st, out = forward(c_bags(idx, num_bags=2))
-    assert st == L.QEMBED_OK and np.array_equal(out.reshape(2, 4), e(idx.reshape(2, 3)))
+    assert st == C.QEMBED_OK and np.array_equal(out.reshape(2, 4), e(idx.reshape(2, 3)))
     # an integer out dtype is refused before anything is written
     out = np.full(8, sentinel, np.float32)
-    st = L.qembed_embedding_bag_forward(h, ctypes.byref(c_bags(idx, num_bags=2)), out.ctypes.data,
-                                        L.QEMBED_DTYPE_I32, out.size)
-    assert st == L.QEMBED_ERR_UNSUPPORTED and np.all(out == sentinel)
+    st = C.qembed_embedding_bag_forward(h, ctypes.byref(c_bags(idx, num_bags=2)), out.ctypes.data,
+                                        C.QEMBED_DTYPE_I32, out.size)
+    assert st == C.QEMBED_ERR_UNSUPPORTED and np.all(out == sentinel)
 
 
 def test_c_backward_refusals_write_nothing():
@@ -1059,20 +1059,20 @@ def test_c_backward_refusals_write_nothing():
     buf = np.full(4, sentinel, np.float32)
     P_f32 = ctypes.POINTER(ctypes.c_float)
     # grad_per_sample_weights without per_sample_weights
-    st = L.qembed_embedding_bag_backward(h, ctypes.byref(c_bags(idx, num_bags=2)), G.ctypes.data,
-                                         L.QEMBED_DTYPE_F32, G.size, buf.ctypes.data_as(P_f32))
-    assert st == L.QEMBED_ERR_INVALID_ARGUMENT and np.all(buf == sentinel)
+    st = C.qembed_embedding_bag_backward(h, ctypes.byref(c_bags(idx, num_bags=2)), G.ctypes.data,
+                                         C.QEMBED_DTYPE_F32, G.size, buf.ctypes.data_as(P_f32))
+    assert st == C.QEMBED_ERR_INVALID_ARGUMENT and np.all(buf == sentinel)
     assert e.weight.grad is None or not np.any(e.weight.grad)
     psw = np.ones(4, np.float32)
     for what, b, g, glen in (("grad_len too small", c_bags(idx, num_bags=2, psw=psw), G, 7),
                              ("NaN grad", c_bags(idx, num_bags=2, psw=psw), np.full(8, np.nan, np.float32), 8),
                              ("index out of range", c_bags(np.array([1, 2, 3, 10]), num_bags=2, psw=psw), G, 8)):
-        st = L.qembed_embedding_bag_backward(h, ctypes.byref(b), g.ctypes.data, L.QEMBED_DTYPE_F32, glen,
+        st = C.qembed_embedding_bag_backward(h, ctypes.byref(b), g.ctypes.data, C.QEMBED_DTYPE_F32, glen,
                                              buf.ctypes.data_as(P_f32))
-        assert st != L.QEMBED_OK, what
+        assert st != C.QEMBED_OK, what
         assert np.all(buf == sentinel), what
         assert e.weight.grad is None or not np.any(e.weight.grad), what
-    st = L.qembed_embedding_bag_backward(h, ctypes.byref(c_bags(idx, num_bags=2, psw=psw)), G.ctypes.data,
-                                         L.QEMBED_DTYPE_F32, 8, buf.ctypes.data_as(P_f32))
-    assert st == L.QEMBED_OK
+    st = C.qembed_embedding_bag_backward(h, ctypes.byref(c_bags(idx, num_bags=2, psw=psw)), G.ctypes.data,
+                                         C.QEMBED_DTYPE_F32, 8, buf.ctypes.data_as(P_f32))
+    assert st == C.QEMBED_OK
     assert np.allclose(buf, e.weight.data[idx].sum(axis=1), rtol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 
 import qembed
 import qembed.io as qio
-from qembed import _capi_layers as L
+from qembed import _capi as C
 from qembed.nn import (Embedding, Embedding4bit, Embedding8bit, EmbeddingFP4, EmbeddingNF4, SparseGrad,
                        StableEmbedding)
 
@@ -522,9 +522,9 @@ def test_failed_calls_write_nothing():
     e = Embedding(10, 4, sparse=True, max_norm=0.5)
     out = np.full((3, 4), 7.0, np.float32)
     idx = np.array([1, 2, 10])
-    status = L.qembed_embedding_forward(e._h(), idx.ctypes.data, L.QEMBED_DTYPE_I64, 3, out.ctypes.data,
-                                        L.QEMBED_DTYPE_F32, out.size)
-    assert status == L.QEMBED_ERR_OUT_OF_RANGE and "10" in L.last_error()
+    status = C.qembed_embedding_forward(e._h(), idx.ctypes.data, C.QEMBED_DTYPE_I64, 3, out.ctypes.data,
+                                        C.QEMBED_DTYPE_F32, out.size)
+    assert status == C.QEMBED_ERR_OUT_OF_RANGE and "10" in C.last_error()
     assert np.all(out == 7.0)
     e.backward(np.array([1, 1, 5]), np.ones((3, 4), np.float32))
     g0 = e.weight.grad
@@ -535,9 +535,9 @@ def test_failed_calls_write_nothing():
     q = EmbeddingNF4.from_embedding(e)
     out = np.full((2, 4), 7.0, np.float32)
     idx = np.array([0, 11])
-    status = L.qembed_qembedding_forward(q._h(), idx.ctypes.data, L.QEMBED_DTYPE_I64, 2, out.ctypes.data,
-                                         L.QEMBED_DTYPE_F32, out.size)
-    assert status == L.QEMBED_ERR_OUT_OF_RANGE and np.all(out == 7.0)
+    status = C.qembed_qembedding_forward(q._h(), idx.ctypes.data, C.QEMBED_DTYPE_I64, 2, out.ctypes.data,
+                                         C.QEMBED_DTYPE_F32, out.size)
+    assert status == C.QEMBED_ERR_OUT_OF_RANGE and np.all(out == 7.0)
 
 
 def test_bad_index_types():
@@ -570,9 +570,9 @@ def test_bad_grad_output(cls):
         e.backward(idx, np.ones((3, 4), np.complex64))
     # the C call directly: a too-short grad_len is refused with the library's message
     gg = np.ones(12, np.float32)
-    status = L.qembed_embedding_backward(e._h(), idx.ctypes.data, L.QEMBED_DTYPE_I64, 3, gg.ctypes.data,
-                                         L.QEMBED_DTYPE_F32, 11)
-    assert status == L.QEMBED_ERR_SHAPE and "grad_output" in L.last_error()
+    status = C.qembed_embedding_backward(e._h(), idx.ctypes.data, C.QEMBED_DTYPE_I64, 3, gg.ctypes.data,
+                                         C.QEMBED_DTYPE_F32, 11)
+    assert status == C.QEMBED_ERR_SHAPE and "grad_output" in C.last_error()
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -15,18 +15,15 @@ import ctypes
 
 import numpy as np
 
-from .. import _capi_layers as L
-from .. import io as _io
-from .._capi import QembedValueError
+from .. import _arrays
+from .. import _capi as C
+from .._capi import value_error as _value_error
+from .._handle import new_struct
 
-MODES = {"sum": L.QEMBED_BAG_SUM, "mean": L.QEMBED_BAG_MEAN, "max": L.QEMBED_BAG_MAX}
-METRICS = {"dot": L.QEMBED_SCORE_DOT, "cosine": L.QEMBED_SCORE_COSINE}
+MODES = {"sum": C.QEMBED_BAG_SUM, "mean": C.QEMBED_BAG_MEAN, "max": C.QEMBED_BAG_MAX}
+METRICS = {"dot": C.QEMBED_SCORE_DOT, "cosine": C.QEMBED_SCORE_COSINE}
 
 _I32_MIN, _I32_MAX = -2 ** 31, 2 ** 31 - 1
-
-
-def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
 
 
 def _integer(value, name):
@@ -60,7 +57,7 @@ class Bags:
         self.count = int(struct.count)
         self.weighted = weighted
         n = ctypes.c_int64()
-        L._check(L.qembed_bags_num_bags(ctypes.byref(struct), ctypes.byref(n)))
+        C._check(C.qembed_bags_num_bags(ctypes.byref(struct), ctypes.byref(n)))
         self.num_bags = n.value
 
     def ref(self):
@@ -70,14 +67,14 @@ class Bags:
 def _offsets_array(offsets, idx, code):
     """offsets as a 1-D array of the input's index dtype (int64 inputs and
     offsets that do not fit int32 use int64 for both): (idx, offsets, code)."""
-    off, ocode = _io.index_array(offsets, "offsets")
+    off, ocode = _arrays.index_array(offsets, "offsets")
     if off.ndim != 1:
-        raise _value_error("offsets has to be a 1D Tensor", L.QEMBED_ERR_SHAPE)
-    if code == L.QEMBED_DTYPE_I32 and ocode != L.QEMBED_DTYPE_I32:
+        raise _value_error("offsets has to be a 1D Tensor", C.QEMBED_ERR_SHAPE)
+    if code == C.QEMBED_DTYPE_I32 and ocode != C.QEMBED_DTYPE_I32:
         if off.size and (int(off.min()) < _I32_MIN or int(off.max()) > _I32_MAX):
-            return idx.astype(np.int64), off.astype(np.int64, copy=False), L.QEMBED_DTYPE_I64
+            return idx.astype(np.int64), off.astype(np.int64, copy=False), C.QEMBED_DTYPE_I64
         off = off.astype(np.int32)
-    elif code == L.QEMBED_DTYPE_I64 and ocode != L.QEMBED_DTYPE_I64:
+    elif code == C.QEMBED_DTYPE_I64 and ocode != C.QEMBED_DTYPE_I64:
         off = off.astype(np.int64)
     if off.size == 0:  # the offsets form needs a non-NULL pointer even for zero offsets
         off = np.zeros(1, dtype=off.dtype)[:0]
@@ -90,7 +87,7 @@ def make_bags(input, offsets, per_sample_weights, mode, include_last_offset, pad
 
     padding_idx: QEMBED_NO_PADDING (a float layer's own padding_idx, none for
     a quantized one) or an index in [-rows, rows) that the library checks."""
-    idx, code = _io.index_array(input)
+    idx, code = _arrays.index_array(input)
     off = None
     if idx.ndim == 2:
         if offsets is not None:
@@ -102,26 +99,26 @@ def make_bags(input, offsets, per_sample_weights, mode, include_last_offset, pad
         idx, off, code = _offsets_array(offsets, idx, code)
     else:
         raise _value_error(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {idx.ndim}",
-                           L.QEMBED_ERR_SHAPE)
+                           C.QEMBED_ERR_SHAPE)
     m = mode_code(mode)
-    if m == L.QEMBED_BAG_MAX:
+    if m == C.QEMBED_BAG_MAX:
         if scale_grad_by_freq:
             raise _value_error("max mode does not support scaling the gradient by the frequency")
         if sparse:
             raise _value_error("max mode does not support sparse weights")
     w = None
     if per_sample_weights is not None:
-        if m != L.QEMBED_BAG_SUM:
+        if m != C.QEMBED_BAG_SUM:
             raise NotImplementedError("embedding_bag: per_sample_weights was not None. per_sample_weights is only "
                                       f"supported for mode='sum' (got mode='{mode}'). Please open a feature request "
                                       "on GitHub.")
-        w, wcode = _io.float_array(per_sample_weights, "per_sample_weights")
+        w, wcode = _arrays.float_array(per_sample_weights, "per_sample_weights")
         if w.shape != idx.shape:
             raise _value_error(f"embedding_bag: If per_sample_weights ({w.shape}) is not None, then it must have the "
-                               f"same shape as the input ({idx.shape})", L.QEMBED_ERR_SHAPE)
-    b = L.new_struct(L.qembed_bags)
-    L.qembed_bags_init(ctypes.byref(b))
-    b.struct_size = ctypes.sizeof(L.qembed_bags)
+                               f"same shape as the input ({idx.shape})", C.QEMBED_ERR_SHAPE)
+    b = new_struct(C.qembed_bags)
+    C.qembed_bags_init(ctypes.byref(b))
+    b.struct_size = ctypes.sizeof(C.qembed_bags)
     b.indices = idx.ctypes.data
     b.index_dtype = code
     b.count = idx.size
@@ -171,25 +168,25 @@ class _Scoring:
         embedding_dim) gives empty results."""
         score_fn, topk_fn = self._score_functions()
         h = self._h()
-        q, qcode = _io.float_array(queries, "queries")
+        q, qcode = _arrays.float_array(queries, "queries")
         dim = self.embedding_dim
         if q.ndim not in (1, 2) or q.shape[-1] != dim:
             raise _value_error(f"queries: expected shape ({dim},) or (num_queries, {dim}), got {q.shape}",
-                               L.QEMBED_ERR_SHAPE)
+                               C.QEMBED_ERR_SHAPE)
         metric = metric_code(metric)
         n = 1 if q.ndim == 1 else q.shape[0]
         rows = self.num_embeddings
         if k is None:
             scores = np.empty((n, rows), dtype=np.float32)
-            L._check(score_fn(h, q.ctypes.data, qcode, n, metric, scores.ctypes.data_as(L.P_f32), scores.size))
+            C._check(score_fn(h, q.ctypes.data, qcode, n, metric, scores.ctypes.data_as(C.P_f32), scores.size))
             return scores[0] if q.ndim == 1 else scores
         k = _integer(k, "k")
         if not 1 <= k <= rows:  # refused before an output of n x k is allocated
-            raise _value_error(f"k must be in [1, num_embeddings = {rows}], got {k}", L.QEMBED_ERR_OUT_OF_RANGE)
+            raise _value_error(f"k must be in [1, num_embeddings = {rows}], got {k}", C.QEMBED_ERR_OUT_OF_RANGE)
         indices = np.empty((n, k), dtype=np.int64)
         scores = np.empty((n, k), dtype=np.float32)
-        L._check(topk_fn(h, q.ctypes.data, qcode, n, metric, k, indices.ctypes.data_as(L.P_i64),
-                         scores.ctypes.data_as(L.P_f32), indices.size))
+        C._check(topk_fn(h, q.ctypes.data, qcode, n, metric, k, indices.ctypes.data_as(C.P_i64),
+                         scores.ctypes.data_as(C.P_f32), indices.size))
         if q.ndim == 1:
             return indices[0], scores[0]
         return indices, scores
@@ -201,7 +198,7 @@ class FloatTableOps(_Scoring):
 
     @staticmethod
     def _score_functions():
-        return L.qembed_embedding_score, L.qembed_embedding_topk
+        return C.qembed_embedding_score, C.qembed_embedding_topk
 
 
 class QuantizedTableOps(_Scoring):
@@ -209,7 +206,7 @@ class QuantizedTableOps(_Scoring):
 
     @staticmethod
     def _score_functions():
-        return L.qembed_qembedding_score, L.qembed_qembedding_topk
+        return C.qembed_qembedding_score, C.qembed_qembedding_topk
 
     def bag(self, input, offsets=None, per_sample_weights=None, mode="mean", include_last_offset=False,
             padding_idx=None):
@@ -222,16 +219,16 @@ class QuantizedTableOps(_Scoring):
         include_last_offset and padding_idx (in [-rows, rows), or None)."""
         h = self._h()
         if padding_idx is None:
-            pad = L.QEMBED_NO_PADDING
+            pad = C.QEMBED_NO_PADDING
         else:
             pad = _integer(padding_idx, "padding_idx")
             if not -self.num_embeddings <= pad < self.num_embeddings:
                 raise _value_error(f"padding_idx must be within num_embeddings: [-{self.num_embeddings}, "
-                                   f"{self.num_embeddings}), got {pad}", L.QEMBED_ERR_OUT_OF_RANGE)
+                                   f"{self.num_embeddings}), got {pad}", C.QEMBED_ERR_OUT_OF_RANGE)
         bags = make_bags(input, offsets, per_sample_weights, mode, include_last_offset, pad)
         out = bag_output(bags, self.embedding_dim, self.dtype)
-        L._check(L.qembed_qembedding_bag_forward(h, bags.ref(), out.ctypes.data,
-                                                 _io.float_dtype_code(self._dtype_name), out.size))
+        C._check(C.qembed_qembedding_bag_forward(h, bags.ref(), out.ctypes.data,
+                                                 _arrays.float_dtype_code(self._dtype_name), out.size))
         return out
 
 

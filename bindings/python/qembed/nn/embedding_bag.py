@@ -32,10 +32,10 @@ only the lookups are pooled. Differences from torch.nn.EmbeddingBag:
 
 import numpy as np
 
-from .. import _capi_layers as L
-from .. import io as _io
+from .. import _arrays
+from .. import _capi as C
 from . import _bags
-from .modules import Embedding, _int, _value_error
+from .modules import Embedding, _int, _pretrained_table, _value_error
 
 __all__ = ["EmbeddingBag"]
 
@@ -67,9 +67,7 @@ class EmbeddingBag(Embedding):
                         mode="mean", sparse=False, include_last_offset=False, padding_idx=None):
         """A layer holding a copy of the 2-D table `embeddings` (its dtype
         kept, the padding row as given); freeze=True: no gradient."""
-        arr = _io.to_numpy(embeddings)
-        if arr.ndim != 2:
-            raise _value_error(f"embeddings: expected a 2-D table, got shape {arr.shape}", L.QEMBED_ERR_SHAPE)
+        arr = _pretrained_table(embeddings)
         return cls(arr.shape[0], arr.shape[1], max_norm=max_norm, norm_type=norm_type,
                    scale_grad_by_freq=scale_grad_by_freq, mode=mode, sparse=sparse, _weight=arr,
                    include_last_offset=include_last_offset, padding_idx=padding_idx, _freeze=freeze)
@@ -89,7 +87,7 @@ class EmbeddingBag(Embedding):
 
     def _bags(self, input, offsets, per_sample_weights):
         return _bags.make_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                               L.QEMBED_NO_PADDING, self.scale_grad_by_freq, self.sparse)
+                               C.QEMBED_NO_PADDING, self.scale_grad_by_freq, self.sparse)
 
     def forward(self, input, offsets=None, per_sample_weights=None):
         """The bags' reductions, shape (num_bags, embedding_dim), in the
@@ -104,7 +102,7 @@ class EmbeddingBag(Embedding):
         bags = self._bags(input, offsets, per_sample_weights)
         h = self._h()
         out = _bags.bag_output(bags, self.embedding_dim, self.dtype)
-        L._check(L.qembed_embedding_bag_forward(h, bags.ref(), out.ctypes.data, self._dtype_code, out.size))
+        C._check(C.qembed_embedding_bag_forward(h, bags.ref(), out.ctypes.data, self._dtype_code, out.size))
         return out
 
     __call__ = forward
@@ -120,13 +118,13 @@ class EmbeddingBag(Embedding):
         validated before anything is written."""
         bags = self._bags(input, offsets, per_sample_weights)
         h = self._h()
-        g, gcode = _io.float_array(grad_output, "grad_output")
+        g, gcode = _arrays.float_array(grad_output, "grad_output")
         expected = (bags.num_bags, self.embedding_dim)
         if g.shape != expected:
-            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", L.QEMBED_ERR_SHAPE)
+            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", C.QEMBED_ERR_SHAPE)
         psw_grad = np.zeros(bags.count, dtype=np.float32) if bags.weighted else None
-        L._check(L.qembed_embedding_bag_backward(h, bags.ref(), g.ctypes.data, gcode, g.size,
-                                                 None if psw_grad is None else psw_grad.ctypes.data_as(L.P_f32)))
+        C._check(C.qembed_embedding_bag_backward(h, bags.ref(), g.ctypes.data, gcode, g.size,
+                                                 None if psw_grad is None else psw_grad.ctypes.data_as(C.P_f32)))
         return None if psw_grad is None else psw_grad.reshape(bags.input_shape)
 
     def extra_repr(self):

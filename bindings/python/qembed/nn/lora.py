@@ -24,10 +24,13 @@ import os
 
 import numpy as np
 
-from .. import _capi_layers as L
+from .. import _arrays
+from .. import _capi as C
 from .. import io as _io
-from .modules import Embedding, _int, _out_array, _QuantizedEmbedding, _type_error, _value_error
-from .parameter import Parameter, _sparse_grad, _view
+from .._arrays import out_array, view as _view
+from .._handle import Handle, new_struct, out_handle
+from .modules import Embedding, _int, _QuantizedEmbedding, _type_error, _value_error
+from .parameter import Parameter, _sparse_grad
 
 __all__ = ["LoraEmbedding"]
 
@@ -57,11 +60,11 @@ class _TransposedParameter(Parameter):
         self.copy_(value)
 
     def copy_(self, value):
-        arr, code = _io.float_array(value, self.name)
+        arr, code = _arrays.float_array(value, self.name)
         if arr.shape != self.shape:
-            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
+            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", C.QEMBED_ERR_SHAPE)
         held = np.ascontiguousarray(arr.T)
-        L._check(L.qembed_param_load(self._ptr, held.ctypes.data, code, held.size))
+        C._check(C.qembed_param_load(self._ptr, held.ctypes.data, code, held.size))
         return self
 
     @property
@@ -76,13 +79,13 @@ class _TransposedParameter(Parameter):
     @grad.setter
     def grad(self, value):
         if value is None:
-            L._check(L.qembed_param_clear_grad(self._ptr))
+            C._check(C.qembed_param_clear_grad(self._ptr))
             return
-        arr = _io.to_numpy(value)
+        arr = _arrays.to_numpy(value)
         if tuple(arr.shape) != self.shape:
-            raise _value_error(f"{self.name}.grad: expected shape {self.shape}, got {tuple(arr.shape)}", L.QEMBED_ERR_SHAPE)
-        held, code = _io.float_array(np.ascontiguousarray(arr.T), f"{self.name}.grad")
-        L._check(L.qembed_param_set_grad(self._ptr, held.ctypes.data, code, held.size))
+            raise _value_error(f"{self.name}.grad: expected shape {self.shape}, got {tuple(arr.shape)}", C.QEMBED_ERR_SHAPE)
+        held, code = _arrays.float_array(np.ascontiguousarray(arr.T), f"{self.name}.grad")
+        C._check(C.qembed_param_set_grad(self._ptr, held.ctypes.data, code, held.size))
 
     def __repr__(self):
         return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self._dtype_name}, held transposed)"
@@ -111,26 +114,26 @@ class LoraEmbedding:
         else:
             raise _type_error(f"base: expected a qembed table (qembed.nn.Embedding or a quantized one), got "
                               f"{type(base).__name__}")
-        p = L.new_struct(L.qembed_lora_params)
-        L.qembed_lora_params_init(ctypes.byref(p))
+        p = new_struct(C.qembed_lora_params)
+        C.qembed_lora_params_init(ctypes.byref(p))
         p.r, p.lora_alpha, p.use_rslora, p.seed = r, float(lora_alpha), bool(use_rslora), seed
-        out = L.out_handle()
-        L._check(L.qembed_lora_create(ctypes.byref(p), fbase, qbase, ctypes.byref(out)))
-        self._handle = L.Handle(out.value, L.qembed_lora_free, "lora")
+        out = out_handle()
+        C._check(C.qembed_lora_create(ctypes.byref(p), fbase, qbase, ctypes.byref(out)))
+        self._handle = Handle(out.value, C.qembed_lora_free, "lora")
         self.base = base
         self.r = r
         self.lora_alpha = lora_alpha
         self.use_rslora = bool(use_rslora)
         self.seed = seed
         scaling = ctypes.c_double()
-        L._check(L.qembed_lora_get_params(self._handle.ptr, ctypes.byref(p), ctypes.byref(scaling)))
+        C._check(C.qembed_lora_get_params(self._handle.ptr, ctypes.byref(p), ctypes.byref(scaling)))
         self.scaling = scaling.value
         self.num_embeddings = base.num_embeddings
         self.embedding_dim = base.embedding_dim
         self._held = []
         for i in range(2):
-            ptr = L.out_handle()
-            L._check(L.qembed_lora_param(self._handle.ptr, i, ctypes.byref(ptr)))
+            ptr = out_handle()
+            C._check(C.qembed_lora_param(self._handle.ptr, i, ctypes.byref(ptr)))
             self._held.append(Parameter._borrowed(ptr.value, self._handle))
         self.lora_embedding_A = _TransposedParameter._over(self._held[0]._ptr, self._handle)
         self.lora_embedding_B = _TransposedParameter._over(self._held[1]._ptr, self._handle)
@@ -150,35 +153,35 @@ class LoraEmbedding:
     def forward(self, input, out=None):
         """base(input) + (A^T[input] @ B^T) * scaling: shape input.shape +
         (embedding_dim,), in the base's dtype (computed in float32)."""
-        idx, code = _io.index_array(input)
+        idx, code = _arrays.index_array(input)
         dtype = self.base.dtype
-        out = _out_array(out, idx.shape + (self.embedding_dim,), dtype)
-        L._check(L.qembed_lora_forward(self._handle.ptr, idx.ctypes.data, code, idx.size, out.ctypes.data,
-                                       _io.float_dtype_code(self.base._dtype_name), out.size))
+        out = out_array(out, idx.shape + (self.embedding_dim,), dtype)
+        C._check(C.qembed_lora_forward(self._handle.ptr, idx.ctypes.data, code, idx.size, out.ctypes.data,
+                                       _arrays.float_dtype_code(self.base._dtype_name), out.size))
         return out
 
     __call__ = forward
 
     def backward(self, input, grad_output):
         """Accumulate the gradients of A and B for d(loss)/d(forward(input))."""
-        idx, code = _io.index_array(input)
-        g, gcode = _io.float_array(grad_output, "grad_output")
+        idx, code = _arrays.index_array(input)
+        g, gcode = _arrays.float_array(grad_output, "grad_output")
         expected = idx.shape + (self.embedding_dim,)
         if g.shape != expected:
-            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", L.QEMBED_ERR_SHAPE)
-        L._check(L.qembed_lora_backward(self._handle.ptr, idx.ctypes.data, code, idx.size, g.ctypes.data, gcode,
+            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", C.QEMBED_ERR_SHAPE)
+        C._check(C.qembed_lora_backward(self._handle.ptr, idx.ctypes.data, code, idx.size, g.ctypes.data, gcode,
                                         g.size))
 
     def zero_grad(self):
-        L._check(L.qembed_lora_zero_grad(self._handle.ptr))
+        C._check(C.qembed_lora_zero_grad(self._handle.ptr))
 
     # -- merge
 
     def merged_weight(self, dtype=np.float32):
         """The adapted table W + (B @ A)^T * scaling as an array."""
-        name = _io.float_dtype_name(dtype)
-        out = np.empty((self.num_embeddings, self.embedding_dim), dtype=_io.numpy_float_dtype(name))
-        L._check(L.qembed_lora_merge(self._handle.ptr, out.ctypes.data, _io.float_dtype_code(name), out.size))
+        name = _arrays.float_dtype_name(dtype)
+        out = np.empty((self.num_embeddings, self.embedding_dim), dtype=_arrays.numpy_float_dtype(name))
+        C._check(C.qembed_lora_merge(self._handle.ptr, out.ctypes.data, _arrays.float_dtype_code(name), out.size))
         return out
 
     def merge(self, quantize=False):
@@ -268,7 +271,7 @@ class LoraEmbedding:
         r = a.shape[0] if a.ndim == 2 else 0
         if a.ndim != 2 or b.ndim != 2 or a.shape != (r, base.num_embeddings) or b.shape != (base.embedding_dim, r):
             raise _value_error(f"{file}: lora_embedding_A {a.shape} and lora_embedding_B {b.shape} do not fit a base of "
-                               f"({base.num_embeddings}, {base.embedding_dim})", L.QEMBED_ERR_SHAPE)
+                               f"({base.num_embeddings}, {base.embedding_dim})", C.QEMBED_ERR_SHAPE)
         if lora_alpha is None:
             lora_alpha = config.get("lora_alpha", float(meta["lora_alpha"]) if meta.get("lora_alpha") else None)
         if lora_alpha is None:

@@ -29,25 +29,21 @@ import tempfile
 
 import numpy as np
 
-from .. import _capi_layers as L
+from .. import _arrays
+from .. import _capi as C
 from .. import io as _io
-from .._capi import QembedTypeError, QembedValueError
+from .._arrays import FLOAT_NAMES, out_array
+from .._capi import QembedTypeError, QembedValueError  # noqa: F401 (the error names qembed.nn.modules had)
+from .._capi import type_error as _type_error, value_error as _value_error
+from .._handle import Handle, encode_path, encode_text, new_struct, out_handle
 from ._bags import FloatTableOps, QuantizedTableOps
-from .parameter import _NAME_OF_CODE, Parameter, SparseGrad, _view  # noqa: F401 (re-exported)
+from .parameter import Parameter, SparseGrad  # noqa: F401 (re-exported)
 
 __all__ = ["Parameter", "SparseGrad", "LayerNorm", "Embedding", "StableEmbedding", "Embedding8bit",
            "Embedding4bit", "EmbeddingFP4", "EmbeddingNF4"]
 
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
-
-
-def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
-
-
-def _type_error(message):
-    return QembedTypeError(L.QEMBED_ERR_UNSUPPORTED, message)
 
 
 def _int(value, name):
@@ -64,16 +60,13 @@ def _check_device(device):
         raise _value_error(f"device: qembed runs on the CPU only, got {device!r}")
 
 
+def _pretrained_table(embeddings):
+    """The 2-D array of a from_pretrained() table (any float dtype; copied by the layer)."""
+    arr = _arrays.to_numpy(embeddings)
+    if arr.ndim != 2:
+        raise _value_error(f"embeddings: expected a 2-D table, got shape {arr.shape}", C.QEMBED_ERR_SHAPE)
+    return arr
 
-def _out_array(out, shape, dtype):
-    """A fresh output array, or the caller's after checking shape, dtype and layout."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != np.dtype(dtype) \
-            or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)}, "
-                         f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
-    return out
 
 class LayerNorm:
     """StableEmbedding's LayerNorm: normalized over the last dimension with
@@ -117,11 +110,11 @@ class Embedding(FloatTableOps):
         # larger table (qembed.distributed); padding_idx is then a global row.
         self._handle = None
         _check_device(device)
-        p = L.new_struct(L.qembed_embedding_params)
-        L.qembed_embedding_params_init(ctypes.byref(p))
+        p = new_struct(C.qembed_embedding_params)
+        C.qembed_embedding_params_init(ctypes.byref(p))
         p.num_embeddings = _int(num_embeddings, "num_embeddings")
         p.embedding_dim = _int(embedding_dim, "embedding_dim")
-        p.padding_idx = L.QEMBED_NO_PADDING if padding_idx is None else _int(padding_idx, "padding_idx")
+        p.padding_idx = C.QEMBED_NO_PADDING if padding_idx is None else _int(padding_idx, "padding_idx")
         if max_norm is not None:
             max_norm = float(max_norm)
             if not max_norm > 0:
@@ -136,27 +129,27 @@ class Embedding(FloatTableOps):
         p.seed = seed
         keep = None
         if _weight is not None:
-            arr, code = _io.float_array(_weight, "_weight")
+            arr, code = _arrays.float_array(_weight, "_weight")
             if arr.shape != (p.num_embeddings, p.embedding_dim):
                 raise _value_error(f"_weight: shape {arr.shape} does not match (num_embeddings, embedding_dim) = "
-                                   f"({p.num_embeddings}, {p.embedding_dim})", L.QEMBED_ERR_SHAPE)
-            if dtype is None and code != L.QEMBED_DTYPE_F32:
-                dtype = _NAME_OF_CODE[code]
+                                   f"({p.num_embeddings}, {p.embedding_dim})", C.QEMBED_ERR_SHAPE)
+            if dtype is None and code != C.QEMBED_DTYPE_F32:
+                dtype = FLOAT_NAMES[code]
             keep = arr
             p.weight = arr.ctypes.data
             p.weight_dtype = code
             p.freeze = bool(_freeze)
-        p.dtype = _io.float_dtype_code(_io.float_dtype_name(dtype))
-        out = L.out_handle()
+        p.dtype = _arrays.float_dtype_code(_arrays.float_dtype_name(dtype))
+        out = out_handle()
         if _shard is not None:
             row_offset, total_rows = (_int(v, "_shard") for v in _shard)
-            L._check(L.qembed_embedding_create_shard(ctypes.byref(p), self._stable, row_offset, total_rows,
+            C._check(C.qembed_embedding_create_shard(ctypes.byref(p), self._stable, row_offset, total_rows,
                                                      ctypes.byref(out)))
         else:
-            create = L.qembed_stable_embedding_create if self._stable else L.qembed_embedding_create
-            L._check(create(ctypes.byref(p), ctypes.byref(out)))
+            create = C.qembed_stable_embedding_create if self._stable else C.qembed_embedding_create
+            C._check(create(ctypes.byref(p), ctypes.byref(out)))
         del keep
-        self._handle = L.Handle(out.value, L.qembed_embedding_free, "embedding")
+        self._handle = Handle(out.value, C.qembed_embedding_free, "embedding")
         self.seed = seed
         self._load_config()
         self._params = self._make_params()
@@ -166,30 +159,30 @@ class Embedding(FloatTableOps):
     # -- construction helpers
 
     def _load_config(self):
-        p = L.new_struct(L.qembed_embedding_params)
+        p = new_struct(C.qembed_embedding_params)
         stable = ctypes.c_bool()
-        L._check(L.qembed_embedding_get_params(self._h(), ctypes.byref(p), ctypes.byref(stable)))
+        C._check(C.qembed_embedding_get_params(self._h(), ctypes.byref(p), ctypes.byref(stable)))
         self.num_embeddings = p.num_embeddings
         self.embedding_dim = p.embedding_dim
-        self.padding_idx = None if p.padding_idx == L.QEMBED_NO_PADDING else p.padding_idx
+        self.padding_idx = None if p.padding_idx == C.QEMBED_NO_PADDING else p.padding_idx
         off, total = ctypes.c_int64(), ctypes.c_int64()
-        L._check(L.qembed_embedding_get_shard(self._h(), ctypes.byref(off), ctypes.byref(total)))
+        C._check(C.qembed_embedding_get_shard(self._h(), ctypes.byref(off), ctypes.byref(total)))
         self.row_offset, self.total_rows = off.value, total.value
         self.max_norm = p.max_norm if p.max_norm > 0 else None
         self.norm_type = p.norm_type
         self.scale_grad_by_freq = bool(p.scale_grad_by_freq)
         self.sparse = bool(p.sparse)
-        self._dtype_name = _NAME_OF_CODE[p.dtype]
+        self._dtype_name = FLOAT_NAMES[p.dtype]
         self._dtype_code = p.dtype
-        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self.dtype = _arrays.numpy_float_dtype(self._dtype_name)
 
     def _make_params(self):
         n = ctypes.c_int64()
-        L._check(L.qembed_embedding_num_params(self._h(), ctypes.byref(n)))
+        C._check(C.qembed_embedding_num_params(self._h(), ctypes.byref(n)))
         params = []
         for i in range(n.value):
-            ptr = L.out_handle()
-            L._check(L.qembed_embedding_param(self._h(), i, ctypes.byref(ptr)))
+            ptr = out_handle()
+            C._check(C.qembed_embedding_param(self._h(), i, ctypes.byref(ptr)))
             params.append(Parameter._borrowed(ptr.value, self._handle))
         return params
 
@@ -205,9 +198,7 @@ class Embedding(FloatTableOps):
         kept); freeze=True means the weight receives no gradient. Unlike
         bitsandbytes 0.50.2, whose Embedding.from_pretrained raises TypeError
         (its __init__ lacks torch's _freeze), this works as torch's."""
-        arr = _io.to_numpy(embeddings)
-        if arr.ndim != 2:
-            raise _value_error(f"embeddings: expected a 2-D table, got shape {arr.shape}", L.QEMBED_ERR_SHAPE)
+        arr = _pretrained_table(embeddings)
         return cls(arr.shape[0], arr.shape[1], padding_idx=padding_idx, max_norm=max_norm, norm_type=norm_type,
                    scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=arr, _freeze=freeze)
 
@@ -241,9 +232,9 @@ class Embedding(FloatTableOps):
         are renormalized in place first. `out` (a qembed extension): a
         C-contiguous array of that shape and dtype to write into and return,
         which saves a fresh allocation (and its page faults) per call."""
-        idx, code = _io.index_array(input)
-        out = _out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
-        L._check(L.qembed_embedding_forward(self._h(), idx.ctypes.data, code, idx.size, out.ctypes.data,
+        idx, code = _arrays.index_array(input)
+        out = out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
+        C._check(C.qembed_embedding_forward(self._h(), idx.ctypes.data, code, idx.size, out.ctypes.data,
                                             self._dtype_code, out.size))
         return out
 
@@ -253,17 +244,17 @@ class Embedding(FloatTableOps):
         """Accumulate the parameters' gradients for d(loss)/d(forward(input))
         = grad_output (shape input.shape + (embedding_dim,), f32/f16/bf16).
         Everything is validated before anything is written."""
-        idx, code = _io.index_array(input)
-        g, gcode = _io.float_array(grad_output, "grad_output")
+        idx, code = _arrays.index_array(input)
+        g, gcode = _arrays.float_array(grad_output, "grad_output")
         expected = idx.shape + (self.embedding_dim,)
         if g.shape != expected and g.size == idx.size * self.embedding_dim:
-            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", L.QEMBED_ERR_SHAPE)
-        L._check(L.qembed_embedding_backward(self._h(), idx.ctypes.data, code, idx.size, g.ctypes.data, gcode,
+            raise _value_error(f"grad_output: expected shape {expected}, got {g.shape}", C.QEMBED_ERR_SHAPE)
+        C._check(C.qembed_embedding_backward(self._h(), idx.ctypes.data, code, idx.size, g.ctypes.data, gcode,
                                              g.size))
 
     def zero_grad(self):
         """Dense gradients to zero, the sparse gradient emptied."""
-        L._check(L.qembed_embedding_zero_grad(self._h()))
+        C._check(C.qembed_embedding_zero_grad(self._h()))
 
     def reset_parameters(self, seed=None):
         """Re-draw the Xavier-uniform table (padding row zero) from `seed`
@@ -271,7 +262,7 @@ class Embedding(FloatTableOps):
         seed = self.seed if seed is None else _int(seed, "seed")
         if not 0 <= seed < 2 ** 64:
             raise _value_error(f"seed must be in [0, 2**64), got {seed}")
-        L._check(L.qembed_embedding_reset_parameters(self._h(), seed))
+        C._check(C.qembed_embedding_reset_parameters(self._h(), seed))
 
     # -- parameters and state
 
@@ -302,21 +293,21 @@ class Embedding(FloatTableOps):
         for name, p in named.items():
             if name not in state_dict:
                 continue
-            arr, code = _io.float_array(state_dict[name], name)
+            arr, code = _arrays.float_array(state_dict[name], name)
             if arr.shape != p.shape:
-                raise _value_error(f"{name}: expected shape {p.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
-            if code == L.QEMBED_DTYPE_BF16 or code == L.QEMBED_DTYPE_F16 or code == L.QEMBED_DTYPE_F32:
+                raise _value_error(f"{name}: expected shape {p.shape}, got {arr.shape}", C.QEMBED_ERR_SHAPE)
+            if code == C.QEMBED_DTYPE_BF16 or code == C.QEMBED_DTYPE_F16 or code == C.QEMBED_DTYPE_F32:
                 if not np.all(np.isfinite(arr.astype(np.float32))):
-                    raise _value_error(f"{name}: holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
+                    raise _value_error(f"{name}: holds NaN or Inf", C.QEMBED_ERR_NON_FINITE)
             staged.append((p, arr, code))
         for p, arr, code in staged:
-            L._check(L.qembed_param_load(p._ptr, arr.ctypes.data, code, arr.size))
+            C._check(C.qembed_param_load(p._ptr, arr.ctypes.data, code, arr.size))
         return IncompatibleKeys(missing, unexpected)
 
     def save(self, path):
         """Save the parameters ("weight", and "norm.weight", "norm.bias") as a
         safetensors file, atomically."""
-        L._check(L.qembed_embedding_save(self._h(), L.encode_path(path)))
+        C._check(C.qembed_embedding_save(self._h(), encode_path(path)))
 
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -352,8 +343,8 @@ class StableEmbedding(Embedding):
 # --------------------------------------------------------------------------
 
 from ..functional import _FOUR_BIT_BLOCKSIZES  # noqa: E402  (one list, in qembed.functional)
-_KIND_OF_QUANT = {"fp4": L.QEMBED_QEMB_FP4, "nf4": L.QEMBED_QEMB_NF4}
-_QUANT_OF_KIND = {L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4", L.QEMBED_QEMB_INT8: None}
+_KIND_OF_QUANT = {"fp4": C.QEMBED_QEMB_FP4, "nf4": C.QEMBED_QEMB_NF4}
+_QUANT_OF_KIND = {C.QEMBED_QEMB_FP4: "fp4", C.QEMBED_QEMB_NF4: "nf4", C.QEMBED_QEMB_INT8: None}
 
 
 class _QuantizedEmbedding(QuantizedTableOps):
@@ -371,8 +362,8 @@ class _QuantizedEmbedding(QuantizedTableOps):
         if self.num_embeddings < 1 or self.embedding_dim < 1:
             raise _value_error(f"num_embeddings and embedding_dim must be >= 1, got "
                                f"({self.num_embeddings}, {self.embedding_dim})")
-        self._dtype_name = _io.float_dtype_name(dtype)
-        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self._dtype_name = _arrays.float_dtype_name(dtype)
+        self.dtype = _arrays.numpy_float_dtype(self._dtype_name)
 
     # -- lifetime
 
@@ -407,13 +398,13 @@ class _QuantizedEmbedding(QuantizedTableOps):
 
     def _adopt(self, handle):
         """Take ownership of a qembed_qembedding Handle and read its configuration."""
-        info = L.new_struct(L.qembed_qembedding_info)
-        L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
+        info = new_struct(C.qembed_qembedding_info)
+        C._check(C.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
         self._handle = handle
         self.num_embeddings = info.num_embeddings
         self.embedding_dim = info.embedding_dim
-        self._dtype_name = _NAME_OF_CODE[info.dtype]
-        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self._dtype_name = FLOAT_NAMES[info.dtype]
+        self.dtype = _arrays.numpy_float_dtype(self._dtype_name)
         self._info = info
         if self._four_bit:
             self.quant_type = _QUANT_OF_KIND[info.kind]
@@ -424,21 +415,21 @@ class _QuantizedEmbedding(QuantizedTableOps):
 
     @staticmethod
     def _new_handle(ptr):
-        return L.Handle(ptr, L.qembed_qembedding_free, "qembedding")
+        return Handle(ptr, C.qembed_qembedding_free, "qembedding")
 
     # -- quantization
 
     def _quantize(self, weight):
-        arr, code = _io.float_array(weight, "weight")
+        arr, code = _arrays.float_array(weight, "weight")
         if arr.shape != (self.num_embeddings, self.embedding_dim):
             raise _value_error(f"weight: expected shape ({self.num_embeddings}, {self.embedding_dim}), "
-                               f"got {arr.shape}", L.QEMBED_ERR_SHAPE)
+                               f"got {arr.shape}", C.QEMBED_ERR_SHAPE)
         # As upstream, the float weight is first held in the layer's dtype.
-        arr, code = _io.convert_float(arr, code, self._dtype_name)
+        arr, code = _arrays.convert_float(arr, code, self._dtype_name)
         blocksize = self.blocksize if self._four_bit else 0
         nested = self.compress_statistics if self._four_bit else False
-        out = L.out_handle()
-        L._check(L.qembed_qembedding_quantize(arr.ctypes.data, code, arr.shape[0], arr.shape[1], self._kind(),
+        out = out_handle()
+        C._check(C.qembed_qembedding_quantize(arr.ctypes.data, code, arr.shape[0], arr.shape[1], self._kind(),
                                               blocksize, nested, ctypes.byref(out)))
         self._adopt(self._new_handle(out.value))
 
@@ -449,7 +440,7 @@ class _QuantizedEmbedding(QuantizedTableOps):
         bitsandbytes/transformers checkpoint's entries) is loaded as is."""
         if "weight" not in state_dict:
             raise _value_error("load_state_dict: missing key 'weight'")
-        w = _io.to_numpy(state_dict["weight"])
+        w = _arrays.to_numpy(state_dict["weight"])
         quantized_keys = [k for k in state_dict if k != "weight"]
         if w.dtype.kind == "f" and not quantized_keys:
             self._quantize(w)
@@ -466,16 +457,16 @@ class _QuantizedEmbedding(QuantizedTableOps):
         return IncompatibleKeys([], [])
 
     def _load_into(self, path, prefix, mmap=False):
-        out = L.out_handle()
-        L._check(L.qembed_qembedding_load_ex(L.encode_path(path), None if prefix is None else L.encode_text(prefix, "prefix"),
-                                             L.QEMBED_OPEN_MMAP if mmap else 0, ctypes.byref(out)))
+        out = out_handle()
+        C._check(C.qembed_qembedding_load_ex(encode_path(path), None if prefix is None else encode_text(prefix, "prefix"),
+                                             C.QEMBED_OPEN_MMAP if mmap else 0, ctypes.byref(out)))
         handle = self._new_handle(out.value)  # freed with it if refused below
-        info = L.new_struct(L.qembed_qembedding_info)
-        L._check(L.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
+        info = new_struct(C.qembed_qembedding_info)
+        C._check(C.qembed_qembedding_info_get(handle.ptr, ctypes.byref(info)))
         wanted = self._accepts_kind(info.kind)
         if wanted is not True:
             raise _value_error(f"{os.fspath(path)}: '{prefix or 'the layer'}' holds a {_kind_name(info.kind)} table, but "
-                               f"{type(self).__name__} needs {wanted}", L.QEMBED_ERR_FORMAT)
+                               f"{type(self).__name__} needs {wanted}", C.QEMBED_ERR_FORMAT)
         self._adopt(handle)
 
     def _accepts_kind(self, kind):
@@ -503,18 +494,18 @@ class _QuantizedEmbedding(QuantizedTableOps):
         """Dequantized rows: shape input.shape + (embedding_dim,), in the
         layer's dtype. Only the referenced rows are dequantized. `out` as for
         Embedding.forward."""
-        idx, code = _io.index_array(input)
+        idx, code = _arrays.index_array(input)
         h = self._h()
-        out = _out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
-        L._check(L.qembed_qembedding_forward(h, idx.ctypes.data, code, idx.size, out.ctypes.data,
-                                             _io.float_dtype_code(self._dtype_name), out.size))
+        out = out_array(out, idx.shape + (self.embedding_dim,), self.dtype)
+        C._check(C.qembed_qembedding_forward(h, idx.ctypes.data, code, idx.size, out.ctypes.data,
+                                             _arrays.float_dtype_code(self._dtype_name), out.size))
         return out
 
     __call__ = forward
 
     def save(self, path, prefix="weight"):
         """Save as safetensors (atomically) under bitsandbytes' key names."""
-        L._check(L.qembed_qembedding_save(self._h(), L.encode_path(path), L.encode_text(prefix, "prefix")))
+        C._check(C.qembed_qembedding_save(self._h(), encode_path(path), encode_text(prefix, "prefix")))
 
     def state_dict(self):
         """The tensors save() writes: "weight" and "weight.SCB" (8-bit), or
@@ -536,7 +527,7 @@ class _QuantizedEmbedding(QuantizedTableOps):
 
 
 def _kind_name(kind):
-    return {L.QEMBED_QEMB_INT8: "int8", L.QEMBED_QEMB_FP4: "fp4", L.QEMBED_QEMB_NF4: "nf4"}.get(kind, str(kind))
+    return {C.QEMBED_QEMB_INT8: "int8", C.QEMBED_QEMB_FP4: "fp4", C.QEMBED_QEMB_NF4: "nf4"}.get(kind, str(kind))
 
 
 class Embedding8bit(_QuantizedEmbedding):
@@ -549,17 +540,17 @@ class Embedding8bit(_QuantizedEmbedding):
         self._init_common(num_embeddings, embedding_dim, dtype, device)
 
     def _kind(self):
-        return L.QEMBED_QEMB_INT8
+        return C.QEMBED_QEMB_INT8
 
     def _accepts_kind(self, kind):
-        return True if kind == L.QEMBED_QEMB_INT8 else "int8"
+        return True if kind == C.QEMBED_QEMB_INT8 else "int8"
 
     @classmethod
     def from_embedding(cls, layer):
         """The int8 table of a (Stable)Embedding's current weight (a
         StableEmbedding's LayerNorm is not part of it)."""
-        out = L.out_handle()
-        L._check(L.qembed_qembedding_from_embedding(layer._h(), L.QEMBED_QEMB_INT8, 0, False, ctypes.byref(out)))
+        out = out_handle()
+        C._check(C.qembed_qembedding_from_embedding(layer._h(), C.QEMBED_QEMB_INT8, 0, False, ctypes.byref(out)))
         self = cls.__new__(cls)
         self._handle = None
         return self._adopt(cls._new_handle(out.value))
@@ -581,10 +572,10 @@ class Embedding4bit(_QuantizedEmbedding):
         if quant_type not in _KIND_OF_QUANT:
             raise _value_error(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
         try:
-            storage = np.dtype(quant_storage).name
+            storage = _arrays.storage_dtype(quant_storage)
         except TypeError:
-            storage = str(quant_storage).replace("torch.", "")
-        if storage != "uint8":
+            storage = None
+        if storage != np.uint8:
             raise _type_error(f"quant_storage: only uint8 is supported, got {quant_storage!r}")
         blocksize = _int(blocksize, "blocksize")
         if blocksize not in _FOUR_BIT_BLOCKSIZES:
@@ -599,7 +590,7 @@ class Embedding4bit(_QuantizedEmbedding):
 
     def _accepts_kind(self, kind):
         fixed = getattr(type(self), "_fixed_quant_type", None)
-        if kind == L.QEMBED_QEMB_INT8:
+        if kind == C.QEMBED_QEMB_INT8:
             return fixed or "fp4 or nf4"
         if fixed is not None and _QUANT_OF_KIND[kind] != fixed:
             return fixed
@@ -616,8 +607,8 @@ class Embedding4bit(_QuantizedEmbedding):
             raise _value_error(f"{cls.__name__} is {fixed}, got quant_type={quant_type!r}")
         if quant_type not in _KIND_OF_QUANT:
             raise _value_error(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
-        out = L.out_handle()
-        L._check(L.qembed_qembedding_from_embedding(layer._h(), _KIND_OF_QUANT[quant_type], _int(blocksize, "blocksize"),
+        out = out_handle()
+        C._check(C.qembed_qembedding_from_embedding(layer._h(), _KIND_OF_QUANT[quant_type], _int(blocksize, "blocksize"),
                                                     bool(compress_statistics), ctypes.byref(out)))
         self = cls.__new__(cls)
         self._handle = None

@@ -23,24 +23,16 @@ import ctypes
 import numpy as np
 
 from .. import _arrays
-from .. import _capi_layers as L
-from .. import io as _io
-from .._capi import QembedTypeError, QembedValueError
+from .. import _capi as C
+from .._arrays import FLOAT_NAMES, view as _view
+from .._capi import type_error as _type_error, value_error as _value_error
+from .._handle import Handle, encode_text, new_struct, out_handle
 
 __all__ = ["Parameter", "SparseGrad"]
 
-_NAME_OF_CODE = {L.QEMBED_DTYPE_F32: "float32", L.QEMBED_DTYPE_F16: "float16", L.QEMBED_DTYPE_BF16: "bfloat16"}
-_OVERRIDE_KEYS = {"optim_bits": L.QEMBED_OVERRIDE_OPTIM_BITS, "lr": L.QEMBED_OVERRIDE_LR,
-                  "beta1": L.QEMBED_OVERRIDE_BETA1, "beta2": L.QEMBED_OVERRIDE_BETA2, "eps": L.QEMBED_OVERRIDE_EPS,
-                  "weight_decay": L.QEMBED_OVERRIDE_WEIGHT_DECAY}
-
-
-def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
-
-
-def _type_error(message):
-    return QembedTypeError(L.QEMBED_ERR_UNSUPPORTED, message)
+_OVERRIDE_KEYS = {"optim_bits": C.QEMBED_OVERRIDE_OPTIM_BITS, "lr": C.QEMBED_OVERRIDE_LR,
+                  "beta1": C.QEMBED_OVERRIDE_BETA1, "beta2": C.QEMBED_OVERRIDE_BETA2, "eps": C.QEMBED_OVERRIDE_EPS,
+                  "weight_decay": C.QEMBED_OVERRIDE_WEIGHT_DECAY}
 
 
 def _c_shape(shape):
@@ -57,18 +49,9 @@ def _wrappable(x, what):
     """(array view, dtype code, keep-alive object) of memory that can be
     wrapped without a copy: C-contiguous, writeable, float32/16 or bfloat16."""
     _arrays.check_cpu(x, what)
-    arr = _io.to_numpy(x)
-    if not isinstance(arr, np.ndarray):
-        raise _type_error(f"{what}: cannot wrap a {type(x).__name__}")
-    if _io.BFLOAT16 is not None and arr.dtype == _io.BFLOAT16:
-        code = L.QEMBED_DTYPE_BF16
-    elif arr.dtype == np.float32:
-        code = L.QEMBED_DTYPE_F32
-    elif arr.dtype == np.float16:
-        code = L.QEMBED_DTYPE_F16
-    elif arr.dtype == np.uint16 and str(getattr(x, "dtype", "")) == "torch.bfloat16":
-        code = L.QEMBED_DTYPE_BF16
-    else:
+    arr, bits = _arrays.read(x)
+    code = _arrays.float_code(arr, bits)
+    if code is None:
         raise _type_error(f"{what}: only float32, float16 and bfloat16 memory can be wrapped, got {arr.dtype} "
                           f"(use copy=True to convert)")
     if not arr.dtype.isnative:
@@ -78,7 +61,7 @@ def _wrappable(x, what):
     if not arr.flags.writeable:
         raise _value_error(f"{what}: the array is read-only; the optimizer writes into a wrapped parameter")
     if arr.size == 0:
-        raise _value_error(f"{what}: the array is empty", L.QEMBED_ERR_SHAPE)
+        raise _value_error(f"{what}: the array is empty", C.QEMBED_ERR_SHAPE)
     return arr, code
 
 
@@ -86,40 +69,20 @@ def _sparse_grad(ptr, shape):
     """The SparseGrad (a copy) of a sparse parameter of `shape` (as the
     library holds it: rows x cols), or None while it has no rows."""
     nnz = ctypes.c_int64()
-    L._check(L.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), None, 0, None, 0))
+    C._check(C.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), None, 0, None, 0))
     if nnz.value == 0:
         return None
     cols = shape[1] if len(shape) == 2 else 1
     rows = np.empty(nnz.value, dtype=np.int64)
     values = np.empty((nnz.value, cols), dtype=np.float32)
-    L._check(L.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), rows.ctypes.data_as(L.P_i64), rows.size,
-                                        values.ctypes.data_as(L.P_f32), values.size))
+    C._check(C.qembed_param_sparse_grad(ptr, ctypes.byref(nnz), rows.ctypes.data_as(C.P_i64), rows.size,
+                                        values.ctypes.data_as(C.P_f32), values.size))
     return SparseGrad(rows[:nnz.value], values[:nnz.value], shape)
 
 
 def _first_non_finite(arr):
     bad = np.flatnonzero(~np.isfinite(arr.reshape(-1).astype(np.float32, copy=False)))
     return int(bad[0]) if bad.size else None
-
-
-class _View:
-    """Exposes a block of library memory to numpy through the array interface.
-    It holds the Handle of the object owning the memory, and numpy keeps this
-    object as the array's ``base``: the memory outlives every view."""
-
-    __slots__ = ("__array_interface__", "owner")
-
-    def __init__(self, address, shape, dtype, owner, readonly=False):
-        self.__array_interface__ = {"data": (address, readonly), "shape": tuple(shape),
-                                    "typestr": np.dtype(dtype).str, "version": 3}
-        self.owner = owner
-
-
-def _view(address, shape, dtype, owner):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "V":  # ml_dtypes.bfloat16 has no array-interface typestr: view its bits
-        return np.asarray(_View(address, shape, np.uint16, owner)).view(dtype)
-    return np.asarray(_View(address, shape, dtype, owner))
 
 
 # --------------------------------------------------------------------------
@@ -178,23 +141,23 @@ class Parameter:
         label = name or "param"
         self._source = None  # the wrapped object, kept alive
         if copy:
-            arr, code = _io.float_array(data, label)
+            arr, code = _arrays.float_array(data, label)
             if arr.size == 0:
-                raise _value_error(f"{label}: the array is empty", L.QEMBED_ERR_SHAPE)
+                raise _value_error(f"{label}: the array is empty", C.QEMBED_ERR_SHAPE)
             ndim, cshape = _c_shape(arr.shape)
             shape = (ctypes.c_int64 * 2)(*cshape, *([0] * (2 - len(cshape))))
-            out = L.out_handle()
-            L._check(L.qembed_param_create(L.encode_text(label), code, ndim, shape, ctypes.byref(out)))
-            handle = L.Handle(out.value, L.qembed_param_free, "param")
-            L._check(L.qembed_param_load(handle.ptr, arr.ctypes.data, code, arr.size))
+            out = out_handle()
+            C._check(C.qembed_param_create(encode_text(label), code, ndim, shape, ctypes.byref(out)))
+            handle = Handle(out.value, C.qembed_param_free, "param")
+            C._check(C.qembed_param_load(handle.ptr, arr.ctypes.data, code, arr.size))
         else:
             arr, code = _wrappable(data, label)
             ndim, cshape = _c_shape(arr.shape)
             shape = (ctypes.c_int64 * 2)(*cshape, *([0] * (2 - len(cshape))))
-            out = L.out_handle()
-            L._check(L.qembed_param_wrap(L.encode_text(label), code, ndim, shape, arr.ctypes.data,
+            out = out_handle()
+            C._check(C.qembed_param_wrap(encode_text(label), code, ndim, shape, arr.ctypes.data,
                                          ctypes.byref(out)))
-            handle = L.Handle(out.value, L.qembed_param_free, "param")
+            handle = Handle(out.value, C.qembed_param_free, "param")
             self._source = (data, arr)
         self._init(handle.ptr, handle)
         self.shape = tuple(arr.shape)
@@ -216,8 +179,8 @@ class Parameter:
         info = self._info()
         self.name = info.name.decode("utf-8")
         self.shape = tuple(info.shape[k] for k in range(info.ndim))
-        self._dtype_name = _NAME_OF_CODE[info.dtype]
-        self.dtype = _io.numpy_float_dtype(self._dtype_name)
+        self._dtype_name = FLOAT_NAMES[info.dtype]
+        self.dtype = _arrays.numpy_float_dtype(self._dtype_name)
         self.is_sparse_grad = bool(info.sparse)
 
     @property
@@ -231,8 +194,8 @@ class Parameter:
         return self._source is not None
 
     def _info(self):
-        info = L.new_struct(L.qembed_param_info)
-        L._check(L.qembed_param_info_get(self._ptr, ctypes.byref(info)))
+        info = new_struct(C.qembed_param_info)
+        C._check(C.qembed_param_info_get(self._ptr, ctypes.byref(info)))
         return info
 
     @property
@@ -269,10 +232,10 @@ class Parameter:
     def copy_(self, value):
         """Copy `value` (same shape; f32/f16/bf16 or anything convertible to
         float32) into the parameter. Validated before anything is written."""
-        arr, code = _io.float_array(value, self.name)
+        arr, code = _arrays.float_array(value, self.name)
         if arr.shape != self.shape:
-            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", L.QEMBED_ERR_SHAPE)
-        L._check(L.qembed_param_load(self._ptr, arr.ctypes.data, code, arr.size))
+            raise _value_error(f"{self.name}: expected shape {self.shape}, got {arr.shape}", C.QEMBED_ERR_SHAPE)
+        C._check(C.qembed_param_load(self._ptr, arr.ctypes.data, code, arr.size))
         return self
 
     @property
@@ -290,14 +253,14 @@ class Parameter:
     @grad.setter
     def grad(self, value):
         if value is None:
-            L._check(L.qembed_param_clear_grad(self._ptr))
+            C._check(C.qembed_param_clear_grad(self._ptr))
             self._grad_source = None
             return
         what = f"{self.name}.grad"
         _arrays.check_cpu(value, what)
-        arr = _io.to_numpy(value)
+        arr = _arrays.to_numpy(value)
         if tuple(arr.shape) != self.shape:
-            raise _value_error(f"{what}: expected shape {self.shape}, got {tuple(arr.shape)}", L.QEMBED_ERR_SHAPE)
+            raise _value_error(f"{what}: expected shape {self.shape}, got {tuple(arr.shape)}", C.QEMBED_ERR_SHAPE)
         if self.is_sparse_grad:
             raise _type_error(f"{what}: a sparse layer's gradient is set by its backward")
         if (arr.dtype == np.float32 and arr.dtype.isnative and arr.flags.c_contiguous and arr.flags.writeable
@@ -305,28 +268,28 @@ class Parameter:
             # finite iff the float64 sum is (float32 values cannot overflow it)
             if not np.isfinite(arr.sum(dtype=np.float64)):
                 k = _first_non_finite(arr)
-                raise _value_error(f"{what}[{k}] = {arr.reshape(-1)[k]} is not finite", L.QEMBED_ERR_NON_FINITE)
-            L._check(L.qembed_param_wrap_grad(self._ptr, arr.ctypes.data_as(L.P_f32), arr.size))
+                raise _value_error(f"{what}[{k}] = {arr.reshape(-1)[k]} is not finite", C.QEMBED_ERR_NON_FINITE)
+            C._check(C.qembed_param_wrap_grad(self._ptr, arr.ctypes.data_as(C.P_f32), arr.size))
             self._grad_source = (arr, arr.ctypes.data)
             return
-        src, code = _io.float_array(arr, what)
-        L._check(L.qembed_param_set_grad(self._ptr, src.ctypes.data, code, src.size))
+        src, code = _arrays.float_array(arr, what)
+        C._check(C.qembed_param_set_grad(self._ptr, src.ctypes.data, code, src.size))
         self._grad_source = None
 
     def _wrap_grad_unchecked(self, arr):
         """Wraps a float32 C-contiguous gradient of the right size with no
         finiteness pass (the step checks it): for the per-step rebinding of
         qembed.interop.torch_parameters."""
-        L._check(L.qembed_param_wrap_grad(self._ptr, arr.ctypes.data_as(L.P_f32), arr.size))
+        C._check(C.qembed_param_wrap_grad(self._ptr, arr.ctypes.data_as(C.P_f32), arr.size))
         self._grad_source = (arr.reshape(self.shape), arr.ctypes.data)
 
     # optimizer overrides (GlobalOptimManager.override_config writes these)
 
     def _set_override(self, key, value):
-        L._check(L.qembed_param_set_override(self._ptr, _OVERRIDE_KEYS[key], float(value)))
+        C._check(C.qembed_param_set_override(self._ptr, _OVERRIDE_KEYS[key], float(value)))
 
     def _clear_override(self, key):
-        L._check(L.qembed_param_clear_override(self._ptr, _OVERRIDE_KEYS[key]))
+        C._check(C.qembed_param_clear_override(self._ptr, _OVERRIDE_KEYS[key]))
 
     def optim_overrides(self):
         """The optimizer settings overridden on this parameter, as a dict
@@ -334,7 +297,7 @@ class Parameter:
         out = {}
         for key, code in _OVERRIDE_KEYS.items():
             value, is_set = ctypes.c_double(), ctypes.c_bool()
-            L._check(L.qembed_param_get_override(self._ptr, code, ctypes.byref(value), ctypes.byref(is_set)))
+            C._check(C.qembed_param_get_override(self._ptr, code, ctypes.byref(value), ctypes.byref(is_set)))
             if is_set.value:
                 out[key] = int(value.value) if key == "optim_bits" else value.value
         return out

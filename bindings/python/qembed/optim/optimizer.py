@@ -28,9 +28,11 @@ import warnings
 
 import numpy as np
 
-from .. import _capi_layers as L
-from .._capi import QembedTypeError, QembedValueError
+from .. import _capi as C
 from .. import interop as _interop
+from .._capi import QembedTypeError, QembedValueError  # noqa: F401 (QembedValueError: a name this module had)
+from .._capi import value_error as _value_error
+from .._handle import Handle, new_struct, out_handle
 from ..nn.modules import Parameter
 
 __all__ = ["GlobalOptimManager", "Optimizer8bit", "Optimizer1State", "Optimizer2State", "MockArgs"]
@@ -38,17 +40,13 @@ __all__ = ["GlobalOptimManager", "Optimizer8bit", "Optimizer1State", "Optimizer2
 _FSDP_KEY = "__bnb_optimizer_quant_state__"
 _STATE_KEYS = {"qmap1", "qmap2", "max1", "max2", "new_max1", "new_max2", "state1", "state2", "gnorm_vec",
                "absmax1", "absmax2", "unorm_vec"}
-_KINDS = {"adam": L.QEMBED_OPTIM_ADAM, "adamw": L.QEMBED_OPTIM_ADAMW, "momentum": L.QEMBED_OPTIM_MOMENTUM,
-          "lion": L.QEMBED_OPTIM_LION, "rmsprop": L.QEMBED_OPTIM_RMSPROP, "adagrad": L.QEMBED_OPTIM_ADAGRAD}
-
-
-def _value_error(message, status=L.QEMBED_ERR_INVALID_ARGUMENT):
-    return QembedValueError(status, message)
+_KINDS = {"adam": C.QEMBED_OPTIM_ADAM, "adamw": C.QEMBED_OPTIM_ADAMW, "momentum": C.QEMBED_OPTIM_MOMENTUM,
+          "lion": C.QEMBED_OPTIM_LION, "rmsprop": C.QEMBED_OPTIM_RMSPROP, "adagrad": C.QEMBED_OPTIM_ADAGRAD}
 
 
 def _real(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT, f"{name}: expected a number, got {value!r}")
+        raise QembedTypeError(C.QEMBED_ERR_INVALID_ARGUMENT, f"{name}: expected a number, got {value!r}")
     return float(value)
 
 
@@ -133,7 +131,7 @@ class GlobalOptimManager:
         parameters = list(parameters)
         for p in parameters:
             if not isinstance(p, Parameter):
-                raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT,
+                raise QembedTypeError(C.QEMBED_ERR_INVALID_ARGUMENT,
                                       f"override_config: expected qembed Parameters, got {type(p).__name__}")
         if key is not None and value is not None:
             if key_value_dict is not None:
@@ -176,7 +174,7 @@ def _as_parameter(p):
         return p
     if _interop.is_torch_tensor(p):
         return _interop.TorchParameter(p)
-    raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT,
+    raise QembedTypeError(C.QEMBED_ERR_INVALID_ARGUMENT,
                           f"optimizer can only optimize qembed Parameters (layer.parameters(), "
                           f"qembed.nn.Parameter(array)) or torch CPU tensors, got {type(p).__name__}")
 
@@ -189,17 +187,17 @@ class _Backend:
         self.params = list(params)
         p = self._struct(config)
         ptrs = (ctypes.c_void_p * len(self.params))(*[q._ptr for q in self.params])
-        out = L.out_handle()
-        L._check(L.qembed_optimizer_create(ctypes.byref(p), ptrs, len(self.params), ctypes.byref(out)))
+        out = out_handle()
+        C._check(C.qembed_optimizer_create(ctypes.byref(p), ptrs, len(self.params), ctypes.byref(out)))
         # The Parameters (and through them their layers' Handles) stay
         # referenced by self.params for as long as this optimizer lives.
-        self.handle = L.Handle(out.value, L.qembed_optimizer_free, "optimizer")
+        self.handle = Handle(out.value, C.qembed_optimizer_free, "optimizer")
 
     @staticmethod
     def _struct(config):
         """The C qembed_optimizer_params of a config dict (the one conversion)."""
-        p = L.new_struct(L.qembed_optimizer_params)
-        L._check(L.qembed_optimizer_params_init(ctypes.byref(p), config["kind"], config["optim_bits"]))
+        p = new_struct(C.qembed_optimizer_params)
+        C._check(C.qembed_optimizer_params_init(ctypes.byref(p), config["kind"], config["optim_bits"]))
         for key in ("lr", "beta1", "beta2", "eps", "weight_decay", "min_8bit_size", "max_unorm", "skip_zeros"):
             setattr(p, key, config[key])
         return p
@@ -207,12 +205,12 @@ class _Backend:
     def set_config(self, config):
         """New hyperparameters in place (states kept); all or nothing."""
         p = self._struct(config)
-        L._check(L.qembed_optimizer_set_params(self.handle.ptr, ctypes.byref(p)))
+        C._check(C.qembed_optimizer_set_params(self.handle.ptr, ctypes.byref(p)))
         self.config = config
 
     def info(self, i):
-        info = L.new_struct(L.qembed_optimizer_state_info)
-        L._check(L.qembed_optimizer_state_info_get(self.handle.ptr, i, ctypes.byref(info)))
+        info = new_struct(C.qembed_optimizer_state_info)
+        C._check(C.qembed_optimizer_state_info_get(self.handle.ptr, i, ctypes.byref(info)))
         return info
 
     def export(self, i):
@@ -230,11 +228,11 @@ class _Backend:
             s2 = np.empty(p.shape, dtype=np.uint8) if info.num_states == 2 else None
         a1 = np.empty(info.num_blocks, dtype=np.float32) if info.bits == 8 else None
         a2 = np.empty(info.num_blocks, dtype=np.float32) if info.bits == 8 and info.num_states == 2 else None
-        L._check(L.qembed_optimizer_state_export(
+        C._check(C.qembed_optimizer_state_export(
             self.handle.ptr, i, s1.ctypes.data, s1.nbytes,
             None if s2 is None else s2.ctypes.data, 0 if s2 is None else s2.nbytes,
-            None if a1 is None else a1.ctypes.data_as(L.P_f32), 0 if a1 is None else a1.size,
-            None if a2 is None else a2.ctypes.data_as(L.P_f32), 0 if a2 is None else a2.size))
+            None if a1 is None else a1.ctypes.data_as(C.P_f32), 0 if a1 is None else a1.size,
+            None if a2 is None else a2.ctypes.data_as(C.P_f32), 0 if a2 is None else a2.size))
         state = {"step": int(info.step), "state1": s1}
         if info.bits == 8:
             state["qmap1"] = _dynamic_map(True)
@@ -278,9 +276,9 @@ class _Backend:
 
         s1p, s1n = ptr("state1")
         s2p, s2n = ptr("state2")
-        a1p, a1n = ptr("absmax1", L.P_f32)
-        a2p, a2n = ptr("absmax2", L.P_f32)
-        L._check(L.qembed_optimizer_state_import(self.handle.ptr, i, step, bits, s1p, s1n, s2p, s2n,
+        a1p, a1n = ptr("absmax1", C.P_f32)
+        a2p, a2n = ptr("absmax2", C.P_f32)
+        C._check(C.qembed_optimizer_state_import(self.handle.ptr, i, step, bits, s1p, s1n, s2p, s2n,
                                                  a1p, a1n, a2p, a2n))
 
 
@@ -321,7 +319,7 @@ class Optimizer8bit:
 
     def add_param_group(self, param_group):
         if not isinstance(param_group, dict):
-            raise QembedTypeError(L.QEMBED_ERR_INVALID_ARGUMENT, "param_group must be a dict")
+            raise QembedTypeError(C.QEMBED_ERR_INVALID_ARGUMENT, "param_group must be a dict")
         params = param_group["params"]
         params = [params] if isinstance(params, Parameter) or _interop.is_torch_tensor(params) else list(params)
         params = [_as_parameter(p) for p in params]
@@ -411,10 +409,10 @@ class Optimizer8bit:
         self._sync()
         live = [b for b in self._backends if b is not None]
         if len(live) == 1:
-            L._check(L.qembed_optimizer_step(live[0].handle.ptr))
+            C._check(C.qembed_optimizer_step(live[0].handle.ptr))
         elif live:
-            handles = (L.handle * len(live))(*[b.handle.ptr for b in live])
-            L._check(L.qembed_optimizer_step_all(handles, len(live)))
+            handles = (C.handle * len(live))(*[b.handle.ptr for b in live])
+            C._check(C.qembed_optimizer_step_all(handles, len(live)))
         return loss
 
     def zero_grad(self, set_to_none=True):
@@ -424,7 +422,7 @@ class Optimizer8bit:
         ``.grad = None`` when set_to_none, as torch's zero_grad does."""
         for b in self._backends:
             if b is not None:
-                L._check(L.qembed_optimizer_zero_grad(b.handle.ptr))
+                C._check(C.qembed_optimizer_zero_grad(b.handle.ptr))
         for g in self.param_groups:
             for p in g["params"]:
                 hook = getattr(p, "_zero_grad", None)
@@ -517,9 +515,9 @@ class Optimizer8bit:
                 a = v.get(key)
                 if a is not None and a.size != p.numel():
                     raise _value_error(f"{key} of {p.name} holds {a.size} elements, the parameter {p.numel()}",
-                                       L.QEMBED_ERR_SHAPE)
+                                       C.QEMBED_ERR_SHAPE)
                 if a is not None and a.dtype != np.uint8 and not np.all(np.isfinite(a)):
-                    raise _value_error(f"{key} of {p.name} holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
+                    raise _value_error(f"{key} of {p.name} holds NaN or Inf", C.QEMBED_ERR_NON_FINITE)
             # 8-bit state is uint8 codes with float32 absmax; 32-bit state is float32
             eight = s1.dtype == np.uint8
             s2 = v.get("state2")
@@ -529,7 +527,7 @@ class Optimizer8bit:
             for key in ("absmax1", "absmax2"):
                 a = v.get(key)
                 if eight and a is not None and not np.all(np.isfinite(np.asarray(a, dtype=np.float64))):
-                    raise _value_error(f"{key} of {p.name} holds NaN or Inf", L.QEMBED_ERR_NON_FINITE)
+                    raise _value_error(f"{key} of {p.name} holds NaN or Inf", C.QEMBED_ERR_NON_FINITE)
         saved_hypers = []
         for g, sg in zip(self.param_groups, saved_groups):
             hyper = {k: v for k, v in sg.items() if k != "params"}
