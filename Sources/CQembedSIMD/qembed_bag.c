@@ -104,7 +104,7 @@ QB_INLINE __m512i qb_nibbles(const uint8_t *p) {
 
 /* One tile: elements [t0, t0 + 16 * QB_TILE) of the bag's rows, vector v
  * active where m[v] != 0 (4-bit: only whole vectors). Returns the rows reduced. */
-QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, const void *idx, int is64, long lo,
+QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, const int FULL, const void *idx, int is64, long lo,
                        long hi, long pf, long pf_end, long pad, const float *w, long t0, const __mmask16 *m,
                        int prefetch, float *acc) {
     __m512 a[QB_TILE];
@@ -123,12 +123,13 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
         __m512 x[QB_TILE];
         if (KIND == QEMBED__BAG_F32) {
             const float *row = (const float *)r->data + i * dim + t0;
-            for (int v = 0; v < QB_TILE; v++) x[v] = _mm512_maskz_loadu_ps(m[v], row + 16 * v);
+            for (int v = 0; v < QB_TILE; v++)
+                x[v] = FULL ? _mm512_loadu_ps(row + 16 * v) : _mm512_maskz_loadu_ps(m[v], row + 16 * v);
         } else if (KIND == QEMBED__BAG_I8) {
             const int8_t *row = (const int8_t *)r->data + i * dim + t0;
             __m512 s = _mm512_set1_ps(r->scales[i] / 127.0f);
             for (int v = 0; v < QB_TILE; v++) {
-                __m128i q = _mm_maskz_loadu_epi8(m[v], row + 16 * v);
+                __m128i q = FULL ? _mm_loadu_si128((const __m128i *)(row + 16 * v)) : _mm_maskz_loadu_epi8(m[v], row + 16 * v);
                 x[v] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), s);
             }
         } else {
@@ -137,7 +138,7 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
             long b = -1;
             __m512 scaled = _mm512_setzero_ps();  /* code[j] * absmax: each value rounded once, as the rule */
             for (int v = 0; v < QB_TILE; v++) {
-                if (!m[v]) { x[v] = _mm512_setzero_ps(); continue; }
+                if (!FULL && !m[v]) { x[v] = _mm512_setzero_ps(); continue; }
                 long ev = e + 16 * v;
                 if ((ev >> lg) != b) { b = ev >> lg; scaled = _mm512_mul_ps(code, _mm512_set1_ps(qb_absmax(r, b, nlg))); }
                 x[v] = _mm512_permutexvar_ps(qb_nibbles(packed + ev / 2), scaled);
@@ -171,21 +172,23 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     return n;
 }
 
-#define QB_OPS(KIND)                                                                                           \
-    switch (op) {                                                                                              \
-    case QB_ADD: return qb_tile(r, KIND, QB_ADD, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, prefetch, acc); \
-    case QB_ADD_WEIGHTED:                                                                                      \
-        return qb_tile(r, KIND, QB_ADD_WEIGHTED, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, prefetch, acc); \
-    default: return qb_tile(r, KIND, QB_MAX, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, prefetch, acc);     \
+#define QB_CALL(KIND, OP, FULL) qb_tile(r, KIND, OP, FULL, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, prefetch, acc)
+#define QB_OPS(KIND, FULL)                                                 \
+    switch (op) {                                                          \
+    case QB_ADD: return QB_CALL(KIND, QB_ADD, FULL);                       \
+    case QB_ADD_WEIGHTED: return QB_CALL(KIND, QB_ADD_WEIGHTED, FULL);     \
+    default: return QB_CALL(KIND, QB_MAX, FULL);                           \
     }
 
+/* A whole tile (every vector active) loads without masks. */
 QB_TARGET static long qb_tile_any(const qembed__bag_rows *r, int op, const void *idx, int is64, long lo, long hi,
                                   long pf, long pf_end, long pad, const float *w, long t0, const __mmask16 *m,
                                   int prefetch, float *acc) {
+    int full = m[QB_TILE - 1] == 0xFFFF;
     switch (r->kind) {
-    case QEMBED__BAG_F32: QB_OPS(QEMBED__BAG_F32)
-    case QEMBED__BAG_I8: QB_OPS(QEMBED__BAG_I8)
-    default: QB_OPS(QEMBED__BAG_4BIT)
+    case QEMBED__BAG_F32: if (full) { QB_OPS(QEMBED__BAG_F32, 1) } else { QB_OPS(QEMBED__BAG_F32, 0) }
+    case QEMBED__BAG_I8: if (full) { QB_OPS(QEMBED__BAG_I8, 1) } else { QB_OPS(QEMBED__BAG_I8, 0) }
+    default: if (full) { QB_OPS(QEMBED__BAG_4BIT, 1) } else { QB_OPS(QEMBED__BAG_4BIT, 0) }
     }
 }
 
