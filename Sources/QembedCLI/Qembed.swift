@@ -13,7 +13,7 @@ struct Qembed: ParsableCommand {
         commandName: "qembed",
         abstract: "Quantized and trainable embedding tables (bitsandbytes-compatible) on the CPU.",
         version: qembedVersion,
-        subcommands: [Quantize.self, Inspect.self, Lookup.self, BenchCommand.self, Demo.self]
+        subcommands: [Quantize.self, Inspect.self, Lookup.self, Consolidate.self, BenchCommand.self, Demo.self]
     )
 
     static func main() {

@@ -166,15 +166,20 @@ public final class TensorFile: @unchecked Sendable {
 }
 
 
-/// A tensor to write: name, dtype (safetensors spelling), shape, bytes.
+/// A tensor to write: name, dtype (safetensors spelling), shape, and its
+/// bytes in one or more consecutive pieces (a table gathered from several
+/// files is written without first copying it into one buffer).
 public struct TensorSource {
     public var name: String
     public var dtypeName: String
     public var shape: [Int]
-    public var data: UnsafeRawPointer
-    public var nbytes: Int
+    public var pieces: [(data: UnsafeRawPointer, nbytes: Int)]
+    public var nbytes: Int { pieces.reduce(0) { $0 + $1.nbytes } }
     public init(name: String, dtypeName: String, shape: [Int], data: UnsafeRawPointer, nbytes: Int) {
-        self.name = name; self.dtypeName = dtypeName; self.shape = shape; self.data = data; self.nbytes = nbytes
+        self.init(name: name, dtypeName: dtypeName, shape: shape, pieces: [(data, nbytes)])
+    }
+    public init(name: String, dtypeName: String, shape: [Int], pieces: [(data: UnsafeRawPointer, nbytes: Int)]) {
+        self.name = name; self.dtypeName = dtypeName; self.shape = shape; self.pieces = pieces
     }
 }
 
@@ -203,7 +208,7 @@ public enum SafeTensors {
             var len = UInt64(header.count).littleEndian
             try AtomicFile.writeAll(fd, &len, 8)
             try AtomicFile.writeAll(fd, header)
-            for t in tensors where t.nbytes > 0 { try AtomicFile.writeAll(fd, t.data, t.nbytes) }
+            for t in tensors { for p in t.pieces where p.nbytes > 0 { try AtomicFile.writeAll(fd, p.data, p.nbytes) } }
         }
     }
 }

@@ -23,6 +23,19 @@
       the error bound of MODE: exact, int8, nf4, fp4, blockwise8 (its code
       read from QFILE). Prints one line; exit status 1 when a value is out
       of bounds, the output is malformed, or no row was printed.
+  python3 cli_inputs.py shards DIR
+      Row-sharded checkpoints in the layout of qembed.distributed's
+      ShardedEmbedding.save (per-rank files + model.safetensors.index.json):
+      DIR/ckpt     Embedding 1000 x 24 F32 over 3 ranks (rows 0-351, 352-703,
+                   704-999), DIR/table.npy the whole table;
+      DIR/stable   StableEmbedding 300 x 16 BF16 over 4 ranks, the last one
+                   empty, LayerNorm in rank 0's file; DIR/stable_*.npy;
+      DIR/gap      the index of ckpt with one piece dropped (rows missing);
+      DIR/escape   a piece whose file name leaves the folder.
+
+  python3 cli_inputs.py joined OUT DIR/NAME
+      OUT (qembed consolidate) holds exactly the table, dtype and (stable)
+      LayerNorm of the checkpoint DIR/NAME made by `shards`. Prints one line.
 """
 import json
 import struct
@@ -230,6 +243,84 @@ def kept(orig, out, tables):
     return 0
 
 
+def _checkpoint(path, weight, dtype, bounds, stable=None):
+    """Writes a ShardedEmbedding.save layout by hand: shard-RRRRR-of-WWWWW files
+    with "weight" (and the LayerNorm in rank 0's) and the index JSON."""
+    import os
+    os.makedirs(path, exist_ok=True)
+    world = len(bounds) - 1
+    V, D = weight.shape
+    files = ["shard-%05d-of-%05d.safetensors" % (r, world) for r in range(world)]
+    for r in range(world):
+        lo, hi = bounds[r], bounds[r + 1]
+        tensors = [("weight", dtype, weight[lo:hi])] if hi > lo else []
+        if stable is not None and r == 0:
+            tensors += [("norm.weight", dtype, stable[0]), ("norm.bias", dtype, stable[1])]
+        meta = {"row_offset": str(lo), "rows": str(hi - lo), "world_size": str(world), "rank": str(r),
+                "num_embeddings": str(V), "embedding_dim": str(D), "format": "pt"}
+        write_safetensors(os.path.join(path, files[r]), tensors, meta)
+    pieces = [{"file": files[r], "row_offset": bounds[r], "rows": bounds[r + 1] - bounds[r]}
+              for r in range(world) if bounds[r + 1] > bounds[r]]
+    index = {"metadata": {"total_size": weight.nbytes, "format": "qembed.distributed.ShardedEmbedding",
+                          "world_size": world, "num_embeddings": V, "embedding_dim": D,
+                          "stable": stable is not None, "options": {"padding_idx": 3}},
+             "weight_map": {"weight": pieces[0]["file"]}, "shards": {"weight": pieces}}
+    if stable is not None:
+        index["weight_map"].update({"norm.weight": files[0], "norm.bias": files[0]})
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f)
+    return index
+
+
+def shards(d):
+    import os
+    import shutil
+    rng = np.random.default_rng(7)
+    # values over many orders of magnitude, as trained tables have
+    w = (rng.standard_normal((1000, 24)) * 10.0 ** rng.uniform(-6, 3, (1000, 1))).astype(np.float32)
+    np.save(d + "/table.npy", w)
+    index = _checkpoint(d + "/ckpt", w, "F32", [0, 352, 704, 1000])
+    s = bf16_bits(rng.standard_normal((300, 16)))
+    ln = (bf16_bits(rng.uniform(0.5, 1.5, 16)), bf16_bits(rng.standard_normal(16) * 0.1))
+    _checkpoint(d + "/stable", s, "BF16", [0, 96, 192, 300, 300], stable=ln)
+    np.save(d + "/stable_weight.npy", s)
+    np.save(d + "/stable_norm_weight.npy", ln[0])
+    np.save(d + "/stable_norm_bias.npy", ln[1])
+    for name, edit in (("gap", lambda ix: ix["shards"]["weight"].pop(1)),
+                       ("escape", lambda ix: ix["shards"]["weight"][0].update(file="../table.npy"))):
+        shutil.copytree(d + "/ckpt", d + "/" + name)
+        ix = json.loads(json.dumps(index))
+        edit(ix)
+        with open(os.path.join(d, name, "model.safetensors.index.json"), "w") as f:
+            json.dump(ix, f)
+
+
+def joined(out, ckpt):
+    import os
+    d, name = os.path.split(ckpt.rstrip("/"))
+    got, meta = read_raw(out)
+    if name == "ckpt":
+        want = {"weight": ("F32", np.load(d + "/table.npy"))}
+    else:
+        want = {"weight": ("BF16", np.load(d + "/stable_weight.npy")),
+                "norm.weight": ("BF16", np.load(d + "/stable_norm_weight.npy")),
+                "norm.bias": ("BF16", np.load(d + "/stable_norm_bias.npy"))}
+    if sorted(got) != sorted(want):
+        print("tensors %s, want %s" % (sorted(got), sorted(want)))
+        return 1
+    for k, (dt, arr) in want.items():
+        gdt, shape, raw = got[k]
+        if gdt != dt or shape != list(arr.shape) or raw != arr.tobytes():
+            print("%s: %s %s differs from the checkpoint's %s %s" % (k, gdt, shape, dt, list(arr.shape)))
+            return 1
+    layer = "StableEmbedding" if name == "stable" else "Embedding"
+    if meta.get("qembed.layer") != layer:
+        print("metadata qembed.layer = %r, want %r" % (meta.get("qembed.layer"), layer))
+        return 1
+    print("%s: %s byte for byte (%s)" % (out, ", ".join(sorted(want)), layer))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
@@ -237,5 +328,9 @@ if __name__ == "__main__":
         sys.exit(kept(*sys.argv[2:]))
     elif sys.argv[1] == "rows":
         sys.exit(rows(*sys.argv[2:]))
+    elif sys.argv[1] == "shards":
+        shards(sys.argv[2])
+    elif sys.argv[1] == "joined":
+        sys.exit(joined(*sys.argv[2:]))
     else:
         sys.exit("unknown command " + sys.argv[1])

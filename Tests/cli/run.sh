@@ -7,6 +7,7 @@
 #   --tensor) -> inspect -> lookup (values checked against the original table
 #   within each type's error bound), the error cases and their exit statuses
 #   (0 success, 1 failure with "qembed: <message>" on stderr, 2 usage error),
+#   consolidate (a row-sharded checkpoint into one file, byte for byte),
 #   --help and `demo --quick`; data safety (the input and existing outputs are
 #   never replaced without --force, SIGINT/SIGTERM leave no temporary file).
 # Each check prints one line; the last line is "N passed, M failed" and the
@@ -321,6 +322,35 @@ expect 1 "lookup row 200 of 200 (nested nf4)" lookup "$work/t_nf4_nested.safeten
 expect 1 "lookup rows 0 and 200 of 200 (blockwise8)" lookup "$work/t_blockwise8.safetensors" 0 200 --tensor weight
 if [ ! -s "$work/out" ]; then ok "a failed blockwise8 lookup prints no rows"; else fail "a failed blockwise8 lookup printed rows:"; show; fi
 expect 2 "lookup with a non-numeric row id" lookup "$T" abc
+
+# ---- consolidate: a row-sharded checkpoint -> one file -------------------
+mkdir -p "$work/shards"
+"$PYTHON" "$here/cli_inputs.py" shards "$work/shards" > "$work/gen.log" 2>&1 || { fail "cli_inputs.py shards"; cat "$work/gen.log"; }
+for c in ckpt stable; do
+    if expect 0 "consolidate a $c checkpoint" consolidate "$work/shards/$c" -o "$work/shards/$c.safetensors"; then
+        if "$PYTHON" "$here/cli_inputs.py" joined "$work/shards/$c.safetensors" "$work/shards/$c" > "$work/cmp" 2>&1; then
+            ok "$(cat "$work/cmp")"
+        else
+            fail "consolidated $c: $(cat "$work/cmp")"
+        fi
+    fi
+done
+expect 0 "consolidate names the index file itself" consolidate "$work/shards/ckpt/model.safetensors.index.json" \
+    -o "$work/shards/ckpt2.safetensors" && cmp -s "$work/shards/ckpt.safetensors" "$work/shards/ckpt2.safetensors" \
+    && ok "the same file from the index path"
+expect 0 "the consolidated table is a float table for lookup" lookup "$work/shards/ckpt.safetensors" 0 351 352 999
+rows "consolidated rows equal the table" exact "$work/shards/table.npy" -
+expect 1 "consolidate over an existing output without --force" consolidate "$work/shards/ckpt" -o "$work/shards/ckpt.safetensors"
+has "$work/err" "--force" "the refusal names --force"
+expect 1 "a checkpoint with a missing piece" consolidate "$work/shards/gap" -o "$work/shards/gap.safetensors"
+has "$work/err" "expected 352" "the message names the missing rows"
+expect 1 "a piece whose file name leaves the checkpoint folder" consolidate "$work/shards/escape" -o "$work/shards/escape.safetensors"
+expect 1 "a folder with no index" consolidate "$work/shards" -o "$work/shards/none.safetensors"
+if ls "$work/shards"/gap.safetensors "$work/shards"/escape.safetensors "$work/shards"/none.safetensors > /dev/null 2>&1; then
+    fail "a failed consolidate left an output file"
+else
+    ok "no failed consolidate wrote an output file"
+fi
 
 # ---- demo -----------------------------------------------------------------
 mkdir -p "$work/demo"

@@ -182,7 +182,7 @@ public func qembed_save_npy(_ path: UnsafePointer<CChar>!, _ tensor: UnsafePoint
         let p = try cString(path, "path")
         let t = try need(tensor, "tensor").pointee
         let s = try describe(t, 0)
-        try Npy.write(p, dtype: try DType.from(t.dtype, argument: "tensor.dtype"), shape: s.shape, data: s.data)
+        try Npy.write(p, dtype: try DType.from(t.dtype, argument: "tensor.dtype"), shape: s.shape, data: s.pieces[0].data)
     }
 }
 
