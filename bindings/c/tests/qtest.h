@@ -193,6 +193,65 @@ static inline int qt_names_any(const char *msg, const char *names) {
     return 0;
 }
 
+/* ---- f32 / f16 / bf16 buffers ------------------------------------------------ */
+
+/* element i of a f32/f16/bf16 buffer as float32 (exact) */
+static inline float qt_load_f(const void *p, int dtype, int64_t i) {
+    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(((const uint16_t *)p)[i]);
+    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+/* float32 -> the stored bits of `dtype` (round to nearest even) */
+static inline uint32_t qt_store_bits(float v, int dtype) {
+    if (dtype == QEMBED_DTYPE_F16) return qt_f32_to_f16(v);
+    if (dtype == QEMBED_DTYPE_BF16) return qt_f32_to_bf16(v);
+    return qt_f32_bits(v);
+}
+
+/* the stored bits of element i of a f32/f16/bf16 buffer */
+static inline uint32_t qt_load_bits(const void *p, int dtype, int64_t i) {
+    if (dtype == QEMBED_DTYPE_F32) return qt_f32_bits(((const float *)p)[i]);
+    return ((const uint16_t *)p)[i];
+}
+
+/* float32 rounded to `dtype` and back */
+static inline float qt_round_to(float v, int dtype) {
+    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(qt_f32_to_f16(v));
+    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(qt_f32_to_bf16(v));
+    return v;
+}
+
+/* n float32 values as a new buffer of `dtype` (rounded to nearest even); free() it */
+static inline void *qt_to_dtype(const float *v, int64_t n, int dtype) {
+    void *t = xmalloc((size_t)(n > 0 ? n : 1) * qembed_dtype_size(dtype));
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        if (dtype == QEMBED_DTYPE_F32) ((float *)t)[i] = v[i];
+        else ((uint16_t *)t)[i] = (uint16_t)qt_store_bits(v[i], dtype);
+    }
+    return t;
+}
+
+/* ---- snapshots: a growable byte buffer -------------------------------------- */
+
+typedef struct qt_buf {
+    unsigned char *p;
+    size_t len, cap;
+} qt_buf;
+
+static inline void qt_put(qt_buf *b, const void *src, size_t n) {
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + n) cap *= 2;
+        b->p = (unsigned char *)realloc(b->p, cap);
+        if (b->p == NULL) exit(2);
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+
 /* A layer for tests; exits with status 2 if it cannot be created. */
 static inline qembed_embedding *qt_make_layer(int64_t n, int64_t d, uint64_t seed, int stable, int dtype, bool sparse,
                                               double max_norm, const float *weight) {

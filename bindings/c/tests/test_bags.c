@@ -64,29 +64,6 @@ static const char *dn(int dt) { return dt < 0 ? "none" : qembed_dtype_name(dt); 
 
 /* ---- float helpers --------------------------------------------------------- */
 
-static float load_f(const void *p, int dtype, int64_t i) {
-    if (dtype == F16) return qt_f16_to_f32(((const uint16_t *)p)[i]);
-    if (dtype == BF16) return qt_bf16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-static uint32_t store_bits(float v, int dtype) {
-    if (dtype == F16) return qt_f32_to_f16(v);
-    if (dtype == BF16) return qt_f32_to_bf16(v);
-    return qt_f32_bits(v);
-}
-
-static uint32_t load_bits(const void *p, int dtype, int64_t i) {
-    if (dtype == F32) return qt_f32_bits(((const float *)p)[i]);
-    return ((const uint16_t *)p)[i];
-}
-
-static float round_to(float v, int dtype) {
-    if (dtype == F16) return qt_f16_to_f32(qt_f32_to_f16(v));
-    if (dtype == BF16) return qt_bf16_to_f32(qt_f32_to_bf16(v));
-    return v;
-}
-
 /* a normal value times 2^e, e in [-8, 8]; about 1 in 29 is +0 or -0 */
 static float wide_value(qt_rng *r) {
     uint64_t u = qt_next(r);
@@ -183,7 +160,7 @@ static float *weight_copy(qembed_embedding *e) {
     qembed_param_info w = info_of(param_of(e, 0));
     float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
     int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = load_f(w.data, w.dtype, i);
+    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
     return t;
 }
 
@@ -408,7 +385,7 @@ static void ref_forward(const float *W, int64_t d, const qembed_bags *b, int64_t
                         if (row[j] > o[j]) o[j] = row[j]; /* strictly greater: the first index wins ties */
                 }
             } else if (b->per_sample_weights != NULL) {
-                const float w = load_f(b->per_sample_weights, b->weights_dtype, k);
+                const float w = qt_load_f(b->per_sample_weights, b->weights_dtype, k);
                 for (j = 0; j < d; j++) {
                     const float p = row[j] * w;
                     o[j] = o[j] + p;
@@ -429,15 +406,15 @@ static int64_t compare_out(const void *out, int odt, const float *ref, int64_t n
     int64_t i, bad = 0;
     why[0] = '\0';
     for (i = 0; i < n; i++) {
-        const uint32_t got = load_bits(out, odt, i), want = store_bits(ref[i], odt);
+        const uint32_t got = qt_load_bits(out, odt, i), want = qt_store_bits(ref[i], odt);
         if (got == want) continue;
-        if (zero_lenient && load_f(out, odt, i) == 0.0f && round_to(ref[i], odt) == 0.0f) {
+        if (zero_lenient && qt_load_f(out, odt, i) == 0.0f && qt_round_to(ref[i], odt) == 0.0f) {
             zero_sign_notes++;
             continue;
         }
         if (bad == 0)
             snprintf(why, whylen, "bag %lld column %lld: got %a (0x%x), want %a (0x%x)", (long long)(i / d),
-                     (long long)(i % d), (double)load_f(out, odt, i), (unsigned)got, (double)round_to(ref[i], odt),
+                     (long long)(i % d), (double)qt_load_f(out, odt, i), (unsigned)got, (double)qt_round_to(ref[i], odt),
                      (unsigned)want);
         bad++;
     }
@@ -558,7 +535,7 @@ static void test_forward_float(void) {
         float *W = weight_copy(lp);
         int form;
         for (j = 0; j < n * d; j++)
-            if (W[j] != round_to(table[j], FDT[lt])) break;
+            if (W[j] != qt_round_to(table[j], FDT[lt])) break;
         CHECKF(j == n * d, "%s layer: the pretrained table was not kept", dn(FDT[lt]));
         for (form = 0; form < 3; form++) {
             bagset s = form == 2 ? gen_fixed(10 + (uint64_t)lt, n, 9, 4, special, 2)
@@ -836,7 +813,7 @@ static void ref_backward(const float *W, int64_t n, int64_t d, const qembed_bags
         } else {
             for (k = s; k < e; k++) {
                 const int64_t i = ix(b->indices, b->index_dtype, k);
-                const float wk = b->per_sample_weights ? load_f(b->per_sample_weights, b->weights_dtype, k) : 1.0f;
+                const float wk = b->per_sample_weights ? qt_load_f(b->per_sample_weights, b->weights_dtype, k) : 1.0f;
                 if (i == pad) continue;
                 for (j = 0; j < d; j++) {
                     float c = gb[j];
@@ -1215,16 +1192,6 @@ static const char *qname(const qcfg *c) {
     return buf;
 }
 
-static void *to_dtype(const float *v, int64_t n, int dt) {
-    void *t = xmalloc((size_t)n * qembed_dtype_size(dt));
-    int64_t i;
-    for (i = 0; i < n; i++) {
-        if (dt == F32) ((float *)t)[i] = v[i];
-        else ((uint16_t *)t)[i] = (uint16_t)store_bits(v[i], dt);
-    }
-    return t;
-}
-
 /* every row of q, as qembed_qembedding_forward gives it in float32 */
 static float *q_rows(const qembed_qembedding *q, int64_t n, int64_t d) {
     int64_t *ids = (int64_t *)xmalloc((size_t)n * sizeof(int64_t)), i;
@@ -1247,7 +1214,7 @@ static void test_quantized(void) {
     for (ci = 0; ci < NQCFG; ci++)
         for (sk = 0; sk < 3; sk++) {
             const qcfg *c = &QCFG[ci];
-            void *src = to_dtype(table, n * d, FDT[sk]);
+            void *src = qt_to_dtype(table, n * d, FDT[sk]);
             qembed_qembedding *q = NULL;
             float *R;
             int form;
@@ -1410,42 +1377,25 @@ static qembed_qembedding *VQ;
 static float VT[VN * VD], GO[4096];
 static char ctx[200];
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf;
-
-static void put(buf *b, const void *src, size_t n) {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + n) cap *= 2;
-        b->p = (unsigned char *)realloc(b->p, cap);
-        if (b->p == NULL) exit(2);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
 /* every float layer's weight, dense gradient and sparse gradient */
-static buf snapshot(void) {
-    buf b = {NULL, 0, 0};
+static qt_buf snapshot(void) {
+    qt_buf b = {NULL, 0, 0};
     int l;
     for (l = 0; l < VL_COUNT; l++) {
         qembed_param *p = param_of(VL[l], 0);
         qembed_param_info info = info_of(p);
         int64_t nnz = 0;
-        put(&b, info.data, (size_t)info.numel * qembed_dtype_size(info.dtype));
-        if (info.grad != NULL) put(&b, info.grad, (size_t)info.numel * sizeof(float));
-        else put(&b, "nograd", 6);
+        qt_put(&b, info.data, (size_t)info.numel * qembed_dtype_size(info.dtype));
+        if (info.grad != NULL) qt_put(&b, info.grad, (size_t)info.numel * sizeof(float));
+        else qt_put(&b, "nograd", 6);
         qembed_param_sparse_grad(p, &nnz, NULL, 0, NULL, 0);
-        put(&b, &nnz, sizeof nnz);
+        qt_put(&b, &nnz, sizeof nnz);
         if (nnz > 0) {
             int64_t *rows = (int64_t *)xmalloc((size_t)nnz * sizeof(int64_t));
             float *vals = (float *)xmalloc((size_t)(nnz * VD) * sizeof(float));
             qembed_param_sparse_grad(p, &nnz, rows, nnz, vals, nnz * VD);
-            put(&b, rows, (size_t)nnz * sizeof(int64_t));
-            put(&b, vals, (size_t)(nnz * VD) * sizeof(float));
+            qt_put(&b, rows, (size_t)nnz * sizeof(int64_t));
+            qt_put(&b, vals, (size_t)(nnz * VD) * sizeof(float));
             free(rows);
             free(vals);
         }
@@ -1453,7 +1403,7 @@ static buf snapshot(void) {
     return b;
 }
 
-static buf snap_before;
+static qt_buf snap_before;
 
 static void arena_reset(void) {
     memset(&A_, SENTINEL, sizeof A_);
@@ -1465,7 +1415,7 @@ static void arena_reset(void) {
 static void expect(const char *file, int line, const char *call, qembed_status got, unsigned allowed, const char *names) {
     char msg[600];
     const char *m = qembed_last_error();
-    buf after;
+    qt_buf after;
     int untouched, same, status_ok, named;
     snprintf(msg, sizeof msg, "%s", m ? m : "");
     untouched = memcmp(&A_, &REF_, sizeof A_) == 0;

@@ -58,38 +58,12 @@ static qembed_param_info info_of(qembed_param *p) {
     return info;
 }
 
-/* element i of a f32/f16/bf16 buffer as float32 (exact) */
-static float load_f(const void *p, int dtype, int64_t i) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(((const uint16_t *)p)[i]);
-    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-/* float32 -> the stored bits of `dtype` (round to nearest even) */
-static uint32_t store_bits(float v, int dtype) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f32_to_f16(v);
-    if (dtype == QEMBED_DTYPE_BF16) return qt_f32_to_bf16(v);
-    return qt_f32_bits(v);
-}
-
-static uint32_t load_bits(const void *p, int dtype, int64_t i) {
-    if (dtype == QEMBED_DTYPE_F32) return qt_f32_bits(((const float *)p)[i]);
-    return ((const uint16_t *)p)[i];
-}
-
-/* float32 rounded to `dtype` and back */
-static float round_to(float v, int dtype) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(qt_f32_to_f16(v));
-    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(qt_f32_to_bf16(v));
-    return v;
-}
-
 /* the layer's weight table as float32 (n*d) */
 static float *weight_copy(qembed_embedding *e) {
     qembed_param_info w = info_of(param_of(e, 0));
     float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
     int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = load_f(w.data, w.dtype, i);
+    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
     return t;
 }
 
@@ -179,7 +153,7 @@ static void test_create_xavier(void) {
             qembed_param_info w, ws, wo;
             int64_t np = -1, i, differ = 0;
             const double a = sqrt(6.0 / (double)(n + d));
-            const float bound = round_to((float)a, dts[k]);
+            const float bound = qt_round_to((float)a, dts[k]);
             double mx = 0.0, sum = 0.0, sq = 0.0;
             int in_bounds = 1, representable = 1;
             const size_t es = qembed_dtype_size(dts[k]);
@@ -195,9 +169,9 @@ static void test_create_xavier(void) {
             CHECK(w.grad == NULL);
             CHECK(w.requires_grad == true && w.sparse == false);
             for (i = 0; i < w.numel; i++) {
-                float v = load_f(w.data, w.dtype, i);
+                float v = qt_load_f(w.data, w.dtype, i);
                 if (!(fabsf(v) <= bound)) in_bounds = 0;
-                if (store_bits(v, dts[k]) != load_bits(w.data, dts[k], i)) representable = 0;
+                if (qt_store_bits(v, dts[k]) != qt_load_bits(w.data, dts[k], i)) representable = 0;
                 if (fabs(v) > mx) mx = fabs(v);
                 sum += v;
                 sq += (double)v * v;
@@ -221,7 +195,7 @@ static void test_create_xavier(void) {
             other = create(&p, 0);
             wo = info_of(param_of(other, 0));
             for (i = 0; i < w.numel; i++)
-                if (load_bits(wo.data, dts[k], i) != load_bits(w.data, dts[k], i)) differ++;
+                if (qt_load_bits(wo.data, dts[k], i) != qt_load_bits(w.data, dts[k], i)) differ++;
             CHECKF(differ * 10 >= w.numel * 9, "seed 42 and 43 share %lld of %lld values", (long long)(w.numel - differ),
                    (long long)w.numel);
             qembed_embedding_free(e);
@@ -318,9 +292,9 @@ static void test_forward(void) {
                 for (k = 0; k < count && st == QEMBED_OK; k++)
                     for (j = 0; j < d; j++) {
                         /* the stored value, exactly, converted to out_dtype with round to nearest even */
-                        const float v = load_f(w.data, w.dtype, idx[k] * d + j);
-                        const uint32_t want = od == w.dtype ? load_bits(w.data, w.dtype, idx[k] * d + j) : store_bits(v, od);
-                        if (load_bits(out, od, k * d + j) != want) exact = 0;
+                        const float v = qt_load_f(w.data, w.dtype, idx[k] * d + j);
+                        const uint32_t want = od == w.dtype ? qt_load_bits(w.data, w.dtype, idx[k] * d + j) : qt_store_bits(v, od);
+                        if (qt_load_bits(out, od, k * d + j) != want) exact = 0;
                     }
                 CHECKF(exact, "weight %s, out %s, index %s: lookup is not exact", qembed_dtype_name(w.dtype),
                        qembed_dtype_name(od), ik == 0 ? "i32" : "i64");
@@ -869,10 +843,10 @@ static void test_stable_forward(void) {
                 double worst = 0.0;
                 CHECK(qembed_embedding_forward(e, idx, QEMBED_DTYPE_I64, count, out, out_dt, count * d) == QEMBED_OK);
                 for (k = 0; k < count; k++) {
-                    for (j = 0; j < d; j++) x[j] = load_f(w.data, w.dtype, idx[k] * d + j);
+                    for (j = 0; j < d; j++) x[j] = qt_load_f(w.data, w.dtype, idx[k] * d + j);
                     ln_ref(x, d, wd, bd, y);
                     for (j = 0; j < d; j++) {
-                        const float got = load_f(out, out_dt, k * d + j);
+                        const float got = qt_load_f(out, out_dt, k * d + j);
                         if (w.dtype == QEMBED_DTYPE_F32 && out_dt == QEMBED_DTYPE_F32) {
                             double err = fabs(got - y[j]) / (fabs(y[j]) > 1.0 ? fabs(y[j]) : 1.0);
                             if (err > worst) worst = err;
@@ -882,15 +856,15 @@ static void test_stable_forward(void) {
                              * unit in the last place of each rounding */
                             float want = (float)y[j];
                             double ulp;
-                            if (w.dtype != QEMBED_DTYPE_F32) want = round_to(want, w.dtype);
-                            want = round_to(want, out_dt);
+                            if (w.dtype != QEMBED_DTYPE_F32) want = qt_round_to(want, w.dtype);
+                            want = qt_round_to(want, out_dt);
                             ulp = (w.dtype == QEMBED_DTYPE_BF16 || out_dt == QEMBED_DTYPE_BF16) ? 0x1p-7
                                   : (w.dtype == QEMBED_DTYPE_F16 || out_dt == QEMBED_DTYPE_F16) ? 0x1p-10 : 0x1p-23;
                             if (fabs((double)got - want) > ulp * (fabs(want) > 6.1e-5 ? fabs(want) : 6.1e-5) * 1.01 + 1e-5 * fabs(y[j]))
                                 ok = 0;
                             /* f16 weights: the output went through f16 */
-                            if (w.dtype == QEMBED_DTYPE_F16 && round_to(got, QEMBED_DTYPE_F16) != got) ok = 0;
-                            if (w.dtype == QEMBED_DTYPE_BF16 && round_to(got, QEMBED_DTYPE_BF16) != got) ok = 0;
+                            if (w.dtype == QEMBED_DTYPE_F16 && qt_round_to(got, QEMBED_DTYPE_F16) != got) ok = 0;
+                            if (w.dtype == QEMBED_DTYPE_BF16 && qt_round_to(got, QEMBED_DTYPE_BF16) != got) ok = 0;
                         }
                     }
                 }
@@ -1158,8 +1132,8 @@ static void test_param_load(void) {
             int ok = 1;
             CHECKF(qembed_param_load(param_of(e, 0), s, dts[sk], n * d) == QEMBED_OK, "%s", qembed_last_error());
             for (i = 0; i < n * d; i++) {
-                const float v = load_f(s, dts[sk], i);
-                if (load_bits(w.data, w.dtype, i) != store_bits(v, w.dtype)) ok = 0;
+                const float v = qt_load_f(s, dts[sk], i);
+                if (qt_load_bits(w.data, w.dtype, i) != qt_store_bits(v, w.dtype)) ok = 0;
             }
             CHECKF(ok, "load %s into %s", qembed_dtype_name(dts[sk]), qembed_dtype_name(w.dtype));
         }
@@ -1169,7 +1143,7 @@ static void test_param_load(void) {
             float *o = forward_f32(e, idx, 2, d);
             if (o) {
                 for (i = 0; i < d; i++)
-                    if (o[i] != load_f(w.data, w.dtype, i) || o[d + i] != load_f(w.data, w.dtype, 8 * d + i)) break;
+                    if (o[i] != qt_load_f(w.data, w.dtype, i) || o[d + i] != qt_load_f(w.data, w.dtype, 8 * d + i)) break;
                 CHECK(i == d);
                 CHECK(o[0] != 0.0f);
                 free(o);

@@ -43,26 +43,9 @@ static qembed_embedding *L[NLAYERS];
 static unsigned char *snap_before;
 static size_t snap_before_len;
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf;
-
-static void put(buf *b, const void *src, size_t n) {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + n) cap *= 2;
-        b->p = (unsigned char *)realloc(b->p, cap);
-        if (b->p == NULL) exit(2);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
 /* every layer's parameter data, dense gradient, sparse gradient and overrides */
-static buf snapshot(void) {
-    buf b = {NULL, 0, 0};
+static qt_buf snapshot(void) {
+    qt_buf b = {NULL, 0, 0};
     int l;
     for (l = 0; l < NLAYERS; l++) {
         int64_t np = 0, i;
@@ -71,7 +54,7 @@ static buf snapshot(void) {
         g.struct_size = sizeof g;
         qembed_embedding_get_params(L[l], &g, &st);
         g.weight = NULL;
-        put(&b, &g, sizeof g);
+        qt_put(&b, &g, sizeof g);
         qembed_embedding_num_params(L[l], &np);
         for (i = 0; i < np; i++) {
             qembed_param *p = NULL;
@@ -81,19 +64,19 @@ static buf snapshot(void) {
             qembed_embedding_param(L[l], i, &p);
             info.struct_size = sizeof info;
             qembed_param_info_get(p, &info);
-            put(&b, info.data, (size_t)info.numel * qembed_dtype_size(info.dtype));
-            put(&b, &info.requires_grad, sizeof info.requires_grad);
-            if (info.grad != NULL) put(&b, info.grad, (size_t)info.numel * sizeof(float));
-            else put(&b, "nograd", 6);
+            qt_put(&b, info.data, (size_t)info.numel * qembed_dtype_size(info.dtype));
+            qt_put(&b, &info.requires_grad, sizeof info.requires_grad);
+            if (info.grad != NULL) qt_put(&b, info.grad, (size_t)info.numel * sizeof(float));
+            else qt_put(&b, "nograd", 6);
             qembed_param_sparse_grad(p, &nnz, NULL, 0, NULL, 0);
-            put(&b, &nnz, sizeof nnz);
+            qt_put(&b, &nnz, sizeof nnz);
             if (nnz > 0) {
                 int64_t *rows = (int64_t *)malloc((size_t)nnz * sizeof(int64_t));
                 float *vals = (float *)malloc((size_t)(nnz * info.shape[1]) * sizeof(float));
                 if (rows == NULL || vals == NULL) exit(2);
                 qembed_param_sparse_grad(p, &nnz, rows, nnz, vals, nnz * info.shape[1]);
-                put(&b, rows, (size_t)nnz * sizeof(int64_t));
-                put(&b, vals, (size_t)(nnz * info.shape[1]) * sizeof(float));
+                qt_put(&b, rows, (size_t)nnz * sizeof(int64_t));
+                qt_put(&b, vals, (size_t)(nnz * info.shape[1]) * sizeof(float));
                 free(rows);
                 free(vals);
             }
@@ -101,8 +84,8 @@ static buf snapshot(void) {
                 double v = 0.0;
                 bool set = false;
                 qembed_param_get_override(p, key, &v, &set);
-                put(&b, &v, sizeof v);
-                put(&b, &set, sizeof set);
+                qt_put(&b, &v, sizeof v);
+                qt_put(&b, &set, sizeof set);
             }
         }
     }
@@ -110,7 +93,7 @@ static buf snapshot(void) {
 }
 
 static void arena_reset(void) {
-    buf b;
+    qt_buf b;
     memset(&A_, SENTINEL, sizeof A_);
     free(snap_before);
     b = snapshot();
@@ -139,7 +122,7 @@ static void expect(const char *file, int line, const char *call, qembed_status g
     /* copy the message first: the snapshot below makes (successful) library calls */
     char msg[600];
     const char *m = qembed_last_error();
-    buf after;
+    qt_buf after;
     int untouched, same;
     snprintf(msg, sizeof msg, "%s", m ? m : "");
     untouched = memcmp(&A_, &REF_, sizeof A_) == 0;

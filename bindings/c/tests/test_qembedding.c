@@ -57,30 +57,6 @@ static const char *cfg_name(const cfg *c) {
 
 /* ---- float helpers -------------------------------------------------------- */
 
-static float round_to(float v, int dtype) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(qt_f32_to_f16(v));
-    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(qt_f32_to_bf16(v));
-    return v;
-}
-
-static float load_f(const void *p, int dtype, int64_t i) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f16_to_f32(((const uint16_t *)p)[i]);
-    if (dtype == QEMBED_DTYPE_BF16) return qt_bf16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-/* a rows x dim table of `dtype` from float values (rounded to nearest even) */
-static void *make_table(const float *v, int64_t n, int dtype) {
-    void *t = xmalloc((size_t)n * qembed_dtype_size(dtype));
-    int64_t i;
-    for (i = 0; i < n; i++) {
-        if (dtype == QEMBED_DTYPE_F16) ((uint16_t *)t)[i] = qt_f32_to_f16(v[i]);
-        else if (dtype == QEMBED_DTYPE_BF16) ((uint16_t *)t)[i] = qt_f32_to_bf16(v[i]);
-        else ((float *)t)[i] = v[i];
-    }
-    return t;
-}
-
 static qembed_qembedding *quantize(const void *w, int dtype, int64_t rows, int64_t dim, const cfg *c) {
     qembed_qembedding *q = NULL;
     qembed_status st = qembed_qembedding_quantize(w, dtype, rows, dim, c->kind, c->blocksize, c->nested, &q);
@@ -140,7 +116,7 @@ static void test_lossless_and_error(void) {
                 float maxerr = 0;
                 /* +-1: exact */
                 for (i = 0; i < n; i++) v[i] = (qt_next(&r) >> 63) ? 1.0f : -1.0f;
-                w = make_table(v, n, dt);
+                w = qt_to_dtype(v, n, dt);
                 q = quantize(w, dt, rows, dim, c);
                 if (q != NULL && forward_all(q, rows, dim, QEMBED_DTYPE_F32, out)) {
                     CHECKF(memcmp(out, v, (size_t)n * 4) == 0, "%s dim %lld %s: a +-1 table is not reproduced exactly",
@@ -157,12 +133,12 @@ static void test_lossless_and_error(void) {
 
                 /* uniform [0, 1): max error 0.05 (int8), 0.20 (4-bit) */
                 for (i = 0; i < n; i++) v[i] = qt_uniform(&r);
-                w = make_table(v, n, dt);
+                w = qt_to_dtype(v, n, dt);
                 q = quantize(w, dt, rows, dim, c);
                 if (q != NULL && forward_all(q, rows, dim, QEMBED_DTYPE_F32, out)) {
                     float bound = c->kind == QEMBED_QEMB_INT8 ? 0.05f : 0.20f;
                     for (i = 0; i < n; i++) {
-                        float e = fabsf(out[i] - load_f(w, dt, i));
+                        float e = fabsf(out[i] - qt_load_f(w, dt, i));
                         if (!(e <= maxerr)) maxerr = e;
                     }
                     CHECKF(maxerr <= bound, "%s dim %lld %s: max error %g > %g", cfg_name(c), (long long)dim,
@@ -252,7 +228,7 @@ static bool dequant_from_file(const char *path, const char *prefix, int kind, in
             for (i = 0; i < n; i++) {
                 float s;
                 memcpy(&s, (const char *)scb.info.data + 4 * (i / dim), 4);
-                out[i] = round_to((float)q[i] * (s / 127.0f), wdtype);
+                out[i] = qt_round_to((float)q[i] * (s / 127.0f), wdtype);
             }
             ok = true;
         }
@@ -320,7 +296,7 @@ static bool dequant_from_file(const char *path, const char *prefix, int kind, in
             for (i = 0; i < n; i++) {
                 uint8_t byte = packed[i / 2];
                 int nib = (i % 2 == 0) ? byte >> 4 : byte & 15;
-                out[i] = round_to(level[nib] * absmax[i / bs], wdtype);
+                out[i] = qt_round_to(level[nib] * absmax[i / bs], wdtype);
             }
             if (n % 2 == 1) CHECKF(level[packed[n / 2] & 15] == 0.0f, "the padding nibble of an odd n is a zero level");
             free(absmax);
@@ -344,10 +320,10 @@ static void check_nearest(const char *path, const cfg *c, const void *w, int dty
         for (r = 0; q.found && scb.found && r < rows; r++) {
             float s, m = 0;
             memcpy(&s, (const char *)scb.info.data + 4 * r, 4);
-            for (i = 0; i < dim; i++) m = fmaxf(m, fabsf(load_f(w, dtype, r * dim + i)));
+            for (i = 0; i < dim; i++) m = fmaxf(m, fabsf(qt_load_f(w, dtype, r * dim + i)));
             if (s != m) bad++;
             for (i = 0; i < dim && s > 0; i++) {
-                double exact = (double)load_f(w, dtype, r * dim + i) * 127.0 / (double)s;
+                double exact = (double)qt_load_f(w, dtype, r * dim + i) * 127.0 / (double)s;
                 if (fabs(exact - ((const int8_t *)q.info.data)[r * dim + i]) > 0.5 + 1e-4) bad++;
             }
         }
@@ -360,12 +336,12 @@ static void check_nearest(const char *path, const cfg *c, const void *w, int dty
             float a, m = 0;
             int64_t lo = b * c->blocksize, hi = lo + c->blocksize < n ? lo + c->blocksize : n;
             memcpy(&a, (const char *)am.info.data + 4 * b, 4);
-            for (i = lo; i < hi; i++) m = fmaxf(m, fabsf(load_f(w, dtype, i)));
+            for (i = lo; i < hi; i++) m = fmaxf(m, fabsf(qt_load_f(w, dtype, i)));
             if (a != m) bad++;
             for (i = lo; i < hi && a > 0; i++) {
                 uint8_t byte = ((const uint8_t *)q.info.data)[i / 2];
                 int nib = (i % 2 == 0) ? byte >> 4 : byte & 15, k;
-                double x = (double)load_f(w, dtype, i) / (double)a, best = 1e9;
+                double x = (double)qt_load_f(w, dtype, i) / (double)a, best = 1e9;
                 for (k = 0; k < 16; k++) best = fmin(best, fabs(x - level[k]));
                 if (fabs(x - level[nib]) > best + 1e-6) bad++;
             }
@@ -400,7 +376,7 @@ static void test_against_file(void) {
                 const char *path;
                 for (i = 0; i < n; i++) v[i] = qt_normal(&r) * (i % 97 == 0 ? 3.0f : 0.5f);
                 for (i = 0; i < dim; i++) v[5 * dim + i] = 0.0f; /* a zero row */
-                w = make_table(v, n, dt);
+                w = qt_to_dtype(v, n, dt);
                 q = quantize(w, dt, rows, dim, c);
                 if (q == NULL) goto next;
                 info = info_of(q);

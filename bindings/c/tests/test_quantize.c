@@ -69,18 +69,6 @@ static void free_input(input *in) {
     free(in->x);
 }
 
-/* float32 -> the bits of `dtype` as the library stores dequantized values */
-static uint32_t store_bits(float v, int dtype) {
-    if (dtype == QEMBED_DTYPE_F16) return qt_f32_to_f16(v);
-    if (dtype == QEMBED_DTYPE_BF16) return qt_f32_to_bf16(v);
-    return qt_f32_bits(v);
-}
-
-static uint32_t load_bits(const void *p, int64_t i, int dtype) {
-    if (dtype == QEMBED_DTYPE_F32) return qt_f32_bits(((const float *)p)[i]);
-    return ((const uint16_t *)p)[i];
-}
-
 static int guards_ok(const void *p, size_t from) {
     const unsigned char *b = (const unsigned char *)p + from;
     size_t i;
@@ -252,7 +240,7 @@ static void check_blockwise(const input *in, int64_t bs, const code8 *c, float s
         if (CHECKF(st == QEMBED_OK, "%s: dequantize to %s: status %d", what, dtype_names[d], (int)st)) {
             for (i = 0; i < n && bad < 0; i++) {
                 float v = c->values[q[i]] * absmax[i / bs];
-                if (load_bits(out, i, od) != store_bits(v, od)) bad = i;
+                if (qt_load_bits(out, od, i) != qt_store_bits(v, od)) bad = i;
             }
             CHECKF(bad < 0, "%s: dequantized %s [%lld] differs from code[q]*absmax", what, dtype_names[d],
                    (long long)bad);
@@ -445,7 +433,7 @@ static void check_4bit(const input *in, int64_t bs, int quant_type, const levels
         if (CHECKF(st == QEMBED_OK, "%s: dequantize to %s: status %d", what, dtype_names[d], (int)st)) {
             for (i = 0; i < n && badd < 0; i++) {
                 int nib = (i & 1) ? packed[i / 2] & 15 : packed[i / 2] >> 4;
-                if (load_bits(out, i, od) != store_bits(L->code[nib] * absmax[i / bs], od)) badd = i;
+                if (qt_load_bits(out, od, i) != qt_store_bits(L->code[nib] * absmax[i / bs], od)) badd = i;
             }
             CHECKF(badd < 0, "%s: dequantized %s [%lld] differs from level*absmax", what, dtype_names[d],
                    (long long)badd);
@@ -630,7 +618,7 @@ static void check_int8(const input *in, int64_t rows, int64_t cols, float thresh
         if (CHECKF(st == QEMBED_OK, "%s: dequant to %s: status %d", what, dtype_names[d], (int)st)) {
             for (i = 0; i < n && badd < 0; i++) {
                 float v = ((float)q[i] * stats[i / cols]) * (1.0f / 127.0f);
-                if (load_bits(out, i, od) != store_bits(v, od)) badd = i;
+                if (qt_load_bits(out, od, i) != qt_store_bits(v, od)) badd = i;
             }
             CHECKF(badd < 0, "%s: dequant %s [%lld] differs from (q*row_stats)*(1/127)", what, dtype_names[d],
                    (long long)badd);

@@ -50,29 +50,6 @@ static const char *mn(int m) { return m == DOT ? "dot" : m == COS ? "cosine" : "
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static float load_f(const void *p, int dtype, int64_t i) {
-    if (dtype == F16) return qt_f16_to_f32(((const uint16_t *)p)[i]);
-    if (dtype == BF16) return qt_bf16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-static float round_to(float v, int dtype) {
-    if (dtype == F16) return qt_f16_to_f32(qt_f32_to_f16(v));
-    if (dtype == BF16) return qt_bf16_to_f32(qt_f32_to_bf16(v));
-    return v;
-}
-
-static void *to_dtype(const float *v, int64_t n, int dt) {
-    void *t = xmalloc((size_t)(n > 0 ? n : 1) * qembed_dtype_size(dt));
-    int64_t i;
-    for (i = 0; i < n; i++) {
-        if (dt == F32) ((float *)t)[i] = v[i];
-        else if (dt == F16) ((uint16_t *)t)[i] = qt_f32_to_f16(v[i]);
-        else ((uint16_t *)t)[i] = qt_f32_to_bf16(v[i]);
-    }
-    return t;
-}
-
 static float wide_value(qt_rng *r) {
     uint64_t u = qt_next(r);
     if (u % 31 == 0) return ((u >> 8) & 1) ? 0.0f : -0.0f;
@@ -92,25 +69,6 @@ static float *score_table(uint64_t seed, int64_t rows, int64_t d) {
     return t;
 }
 
-static qembed_embedding *layer_from(const float *w, int64_t n, int64_t d, int dtype, double max_norm, int stable) {
-    qembed_embedding_params p;
-    qembed_embedding *e = NULL;
-    qembed_status st;
-    qembed_embedding_params_init(&p);
-    p.num_embeddings = n;
-    p.embedding_dim = d;
-    p.dtype = dtype;
-    p.weight = w;
-    p.weight_dtype = F32;
-    p.max_norm = max_norm;
-    st = stable ? qembed_stable_embedding_create(&p, &e) : qembed_embedding_create(&p, &e);
-    if (st != QEMBED_OK || e == NULL) {
-        fprintf(stderr, "create: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return e;
-}
-
 static qembed_param_info winfo(qembed_embedding *e) {
     qembed_param *p = NULL;
     qembed_param_info info;
@@ -125,7 +83,7 @@ static float *weight_copy(qembed_embedding *e) {
     qembed_param_info w = winfo(e);
     float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
     int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = load_f(w.data, w.dtype, i);
+    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
     return t;
 }
 
@@ -301,10 +259,10 @@ static void check_table(const char *name, qembed_embedding *e, const qembed_qemb
                         int64_t d, const float *Qv, int64_t nq) {
     int qk, metric;
     for (qk = 0; qk < 3; qk++) {
-        void *Qd = to_dtype(Qv, nq * d, FDT[qk]);
+        void *Qd = qt_to_dtype(Qv, nq * d, FDT[qk]);
         float *Qf = (float *)xmalloc((size_t)(nq * d) * sizeof(float));
         int64_t i;
-        for (i = 0; i < nq * d; i++) Qf[i] = round_to(Qv[i], FDT[qk]);
+        for (i = 0; i < nq * d; i++) Qf[i] = qt_round_to(Qv[i], FDT[qk]);
         for (metric = 0; metric < QEMBED_SCORE_METRIC_COUNT; metric++) {
             float *S = (float *)xmalloc((size_t)(nq * rows + 8) * sizeof(float));
             qembed_status st;
@@ -386,7 +344,7 @@ static void test_float_tables(void) {
         int64_t j;
         for (j = 0; j < d; j++) Qv[(nq - 1) * d + j] = 0.0f; /* a zero query (cosine: every score 0) */
         for (lt = 0; lt < 3; lt++) {
-            qembed_embedding *e = layer_from(table, rows, d, FDT[lt], 0.0, 0);
+            qembed_embedding *e = qt_make_layer(rows, d, 0, 0, FDT[lt], false, 0.0, table);
             float *W = weight_copy(e);
             char name[64];
             snprintf(name, sizeof name, "%s layer", dn(FDT[lt]));
@@ -416,7 +374,7 @@ static void test_quantized_tables(void) {
             const int64_t d = dims[di];
             const int src = FDT[(ci + di) % 3];
             float *table = score_table(300 + ci * 10 + di, rows, d), *Qv = score_table(400 + ci * 10 + di, nq, d), *R;
-            void *t = to_dtype(table, rows * d, src);
+            void *t = qt_to_dtype(table, rows * d, src);
             qembed_qembedding *q = NULL;
             char name[80];
             qembed_status st = qembed_qembedding_quantize(t, src, rows, d, cfgs[ci].kind, cfgs[ci].bs, cfgs[ci].nested, &q);
@@ -448,7 +406,7 @@ static void test_ties(void) {
         if (i % 3 != 0) memcpy(table + i * d, table + (i % 7) * d, (size_t)d * sizeof(float)); /* 7 distinct-ish rows */
     for (i = 0; i < nq * d; i++) Qv[i] = (float)((int)(qt_next(&r) % 3) - 1);
     for (lt = 0; lt < 2; lt++) {
-        qembed_embedding *e = layer_from(table, rows, d, FDT[lt], 0.0, 0);
+        qembed_embedding *e = qt_make_layer(rows, d, 0, 0, FDT[lt], false, 0.0, table);
         check_table(lt ? "ties, f16 layer" : "ties, f32 layer", e, NULL, table, rows, d, Qv, nq);
         qembed_embedding_free(e);
     }
@@ -473,7 +431,7 @@ static void test_overflow_scores(void) {
     for (i = 0; i < nq; i++) {
         Qv[i * d + 0] = Qv[i * d + 1] = Qv[i * d + 8] = Qv[i * d + 9] = i == 1 ? -10.0f : 10.0f;
     }
-    e = layer_from(table, rows, d, F32, 0.0, 0);
+    e = qt_make_layer(rows, d, 0, 0, F32, false, 0.0, table);
     if (CHECKF(qembed_embedding_score(e, Qv, F32, nq, DOT, S, nq * rows) == QEMBED_OK, "%s", qembed_last_error())) {
         int64_t bad = 0, k;
         for (i = 0; i < nq * rows; i++) {
@@ -506,8 +464,8 @@ static void test_overflow_scores(void) {
 static void test_layers(void) {
     const int64_t rows = 30, d = 24, nq = 4;
     float *table = score_table(700, rows, d), *Qv = score_table(701, nq, d);
-    qembed_embedding *s = layer_from(table, rows, d, F32, 0.0, 1);
-    qembed_embedding *m = layer_from(table, rows, d, F32, 0.5, 0);
+    qembed_embedding *s = qt_make_layer(rows, d, 0, 1, F32, false, 0.0, table);
+    qembed_embedding *m = qt_make_layer(rows, d, 0, 0, F32, false, 0.5, table);
     float *before = weight_copy(m), *after;
     float S[4 * 30];
     int64_t ti[4 * 5];
@@ -531,7 +489,7 @@ static void test_threads(void) {
     const int64_t rows = 5000, d = 96, nq = 19, k = 10;
     static const int threads[4] = {1, 2, 3, 8};
     float *table = score_table(800, rows, d), *Qv = score_table(801, nq, d), *R = NULL;
-    qembed_embedding *e = layer_from(table, rows, d, BF16, 0.0, 0);
+    qembed_embedding *e = qt_make_layer(rows, d, 0, 0, BF16, false, 0.0, table);
     float *W = weight_copy(e);
     qembed_qembedding *q = NULL;
     float *S0[2][2], *T0s[2][2];
@@ -719,7 +677,7 @@ static void setup_bad(void) {
     for (i = 0; i < VN * VD; i++) VT[i] = qt_normal(&r) * 2.0f; /* norms above max_norm */
     for (i = 0; i < VQN * VD; i++) VQ[i] = qt_normal(&r);
     memset(&REF_, SENTINEL, sizeof REF_);
-    for (l = 0; l < 3; l++) TL[l] = layer_from(VT, VN, VD, l == T_F16 ? F16 : F32, l == T_MAXN ? 0.5 : 0.0, 0);
+    for (l = 0; l < 3; l++) TL[l] = qt_make_layer(VN, VD, 0, 0, l == T_F16 ? F16 : F32, false, l == T_MAXN ? 0.5 : 0.0, VT);
     if (qembed_qembedding_quantize(VT, F32, VN, VD, QEMBED_QEMB_INT8, 0, false, &TQ) != QEMBED_OK) {
         fprintf(stderr, "setup: quantize: %s\n", qembed_last_error());
         exit(2);

@@ -9,7 +9,7 @@ those calls, once. Opaque handles are ``c_void_p``.
 import ctypes
 import os
 
-__all__ = ["Handle", "new_struct", "out_handle", "encode_text", "encode_path"]
+__all__ = ["Handle", "OwnsHandle", "new_struct", "out_handle", "encode_text", "encode_path"]
 
 
 def new_struct(cls):
@@ -48,6 +48,28 @@ class Handle:
 
     def __bool__(self):
         return bool(self.ptr)
+
+
+class OwnsHandle:
+    """The lifetime of an object that holds a Handle in ``self._handle``:
+    close(), ``with`` blocks, and close() when it is garbage collected.
+    close() drops the reference (the C object is freed once nothing else
+    holds the Handle); subclasses that keep more call super().close()."""
+
+    def close(self):
+        self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 def out_handle():

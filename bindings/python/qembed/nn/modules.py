@@ -35,7 +35,7 @@ from .. import io as _io
 from .._arrays import FLOAT_NAMES, out_array
 from .._capi import QembedTypeError, QembedValueError  # noqa: F401 (the error names qembed.nn.modules had)
 from .._capi import type_error as _type_error, value_error as _value_error
-from .._handle import Handle, encode_path, encode_text, new_struct, out_handle
+from .._handle import Handle, OwnsHandle, encode_path, encode_text, new_struct, out_handle
 from ._bags import FloatTableOps, QuantizedTableOps
 from .parameter import Parameter, SparseGrad  # noqa: F401 (re-exported)
 
@@ -91,7 +91,7 @@ class LayerNorm:
 # --------------------------------------------------------------------------
 
 
-class Embedding(FloatTableOps):
+class Embedding(OwnsHandle, FloatTableOps):
     """bitsandbytes.nn.Embedding: torch.nn.Embedding with Xavier-uniform
     initialization, whose weight always gets 32-bit optimizer state.
 
@@ -207,20 +207,8 @@ class Embedding(FloatTableOps):
     def close(self):
         """Drop this layer's reference to its C object (freed once no view,
         parameter or optimizer of it remains). Further calls raise ValueError."""
-        self._handle = None
+        super().close()
         self._params = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover
-            pass
 
     # -- forward / backward
 
@@ -347,7 +335,7 @@ _KIND_OF_QUANT = {"fp4": C.QEMBED_QEMB_FP4, "nf4": C.QEMBED_QEMB_NF4}
 _QUANT_OF_KIND = {C.QEMBED_QEMB_FP4: "fp4", C.QEMBED_QEMB_NF4: "nf4", C.QEMBED_QEMB_INT8: None}
 
 
-class _QuantizedEmbedding(QuantizedTableOps):
+class _QuantizedEmbedding(OwnsHandle, QuantizedTableOps):
     """Shared machinery of Embedding8bit and Embedding4bit: a layer starts
     unquantized and is quantized by load_state_dict({"weight": W}) (what
     bitsandbytes does on .to(device)), from_embedding() or load()."""
@@ -369,19 +357,7 @@ class _QuantizedEmbedding(QuantizedTableOps):
 
     def close(self):
         """Free the quantized table (once no other reference to it remains)."""
-        self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover
-            pass
+        super().close()
 
     @property
     def is_quantized(self):

@@ -50,6 +50,28 @@ def _real(value, name):
     return float(value)
 
 
+def _check_hyper(lr, eps, betas, weight_decay):
+    """The checks every optimizer and param group makes (bitsandbytes'
+    messages): lr, eps, weight_decay >= 0 and each beta in [0, 1). Returns
+    them as floats (betas as a tuple)."""
+    lr = _real(lr, "lr")
+    if not 0.0 <= lr:
+        raise _value_error(f"Invalid learning rate: {lr}")
+    eps = _real(eps, "eps")
+    if not 0.0 <= eps:
+        raise _value_error(f"Invalid epsilon value: {eps}")
+    out = []
+    for i, b in enumerate(betas):
+        b = _real(b, f"betas[{i}]")
+        if not 0.0 <= b < 1.0:
+            raise _value_error(f"Invalid beta parameter at index {i}: {b}")
+        out.append(b)
+    weight_decay = _real(weight_decay, "weight_decay")
+    if not 0.0 <= weight_decay:
+        raise _value_error(f"Invalid weight_decay value: {weight_decay}")
+    return lr, eps, tuple(out), weight_decay
+
+
 class MockArgs:
     def __init__(self, initial_data):
         for key in initial_data:
@@ -334,19 +356,7 @@ class Optimizer8bit:
         self._backends.append(self._build(group) if params else None)
 
     def _validate_group(self, group):
-        lr = _real(group["lr"], "lr")
-        if not 0.0 <= lr:
-            raise _value_error(f"Invalid learning rate: {lr}")
-        eps = _real(group["eps"], "eps")
-        if not 0.0 <= eps:
-            raise _value_error(f"Invalid epsilon value: {eps}")
-        for i, b in enumerate(group["betas"]):
-            b = _real(b, f"betas[{i}]")
-            if not 0.0 <= b < 1.0:
-                raise _value_error(f"Invalid beta parameter at index {i}: {b}")
-        wd = _real(group["weight_decay"], "weight_decay")
-        if not 0.0 <= wd:
-            raise _value_error(f"Invalid weight_decay value: {wd}")
+        _check_hyper(group["lr"], group["eps"], group["betas"], group["weight_decay"])
 
     def _config(self, group):
         betas = tuple(group["betas"])
@@ -610,18 +620,9 @@ class Optimizer2State(Optimizer8bit):
                  alpha=0.0, t_alpha=None, t_beta3=None):
         if isinstance(betas, str):
             betas = [float(b) for b in betas.replace("(", "").replace(")", "").strip().split(",")]
-        lr, eps, weight_decay = _real(lr, "lr"), _real(eps, "eps"), _real(weight_decay, "weight_decay")
-        if not 0.0 <= lr:
-            raise _value_error(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise _value_error(f"Invalid epsilon value: {eps}")
-        for i in range(len(betas)):
-            if not 0.0 <= _real(betas[i], f"betas[{i}]") < 1.0:
-                raise _value_error(f"Invalid beta parameter at index {i}: {betas[i]}")
+        lr, eps, betas, weight_decay = _check_hyper(lr, eps, betas, weight_decay)
         if len(betas) != 2:
             raise _value_error(f"betas must be a pair (beta1, beta2), got {tuple(betas)}")
-        if not 0.0 <= weight_decay:
-            raise _value_error(f"Invalid weight_decay value: {weight_decay}")
         if alpha != 0.0 or t_alpha is not None or t_beta3 is not None:
             raise _value_error("alpha, t_alpha and t_beta3 (AdEMAMix) are not supported by qembed")
         self.args = _make_args(args, optim_bits, min_8bit_size, max_unorm, skip_zeros)
@@ -638,16 +639,7 @@ class Optimizer1State(Optimizer8bit):
 
     def __init__(self, optimizer_name, params, lr=1e-3, betas=(0.9, 0.0), eps=1e-8, weight_decay=0.0, optim_bits=32,
                  args=None, min_8bit_size=4096, max_unorm=0.0, skip_zeros=False, is_paged=False):
-        lr, eps, weight_decay = _real(lr, "lr"), _real(eps, "eps"), _real(weight_decay, "weight_decay")
-        if not 0.0 <= lr:
-            raise _value_error(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise _value_error(f"Invalid epsilon value: {eps}")
-        for i in range(len(betas)):
-            if not 0.0 <= _real(betas[i], f"betas[{i}]") < 1.0:
-                raise _value_error(f"Invalid beta parameter at index {i}: {betas[i]}")
-        if not 0.0 <= weight_decay:
-            raise _value_error(f"Invalid weight_decay value: {weight_decay}")
+        lr, eps, betas, weight_decay = _check_hyper(lr, eps, betas, weight_decay)
         self.args = _make_args(args, optim_bits, min_8bit_size, max_unorm, skip_zeros)
         _check_common(self.args.optim_bits, self.args.min_8bit_size, self.args.max_unorm)
         self.optimizer_name = optimizer_name
