@@ -2,7 +2,7 @@
 StableEmbedding, Embedding8bit, Embedding4bit, EmbeddingFP4, EmbeddingNF4)
 and torch.nn.EmbeddingBag over libqembed, on numpy arrays, and peft's
 LoRA over any of them (LoraEmbedding). See
-qembed.nn.modules and qembed.nn.embedding_bag. Every table has score()
+qembed.nn.modules, qembed.nn.quantized and qembed.nn.embedding_bag. Every table has score()
 (logits / nearest rows); quantized tables have bag() (pooled lookups)."""
 
 from .embedding_bag import EmbeddingBag

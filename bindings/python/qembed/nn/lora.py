@@ -29,7 +29,8 @@ from .. import _capi as C
 from .. import io as _io
 from .._arrays import out_array, view as _view
 from .._handle import Handle, new_struct, out_handle
-from .modules import Embedding, _int, _QuantizedEmbedding, _type_error, _value_error
+from .modules import Embedding, _int, _type_error, _value_error
+from .quantized import _QuantizedEmbedding
 from .parameter import Parameter, _sparse_grad
 
 __all__ = ["LoraEmbedding"]
