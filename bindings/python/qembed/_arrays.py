@@ -70,13 +70,19 @@ def from_dlpack(obj):
     return np.from_dlpack(obj)
 
 
+class Bf16Bits(np.ndarray):
+    """uint16 bit patterns that stand for bfloat16 values: a view of a torch
+    bfloat16 tensor made without ml_dtypes (qembed.interop wraps such
+    tensors in place). read() reports them as bfloat16."""
+
+
 def read(x):
     """(ndarray, bf16_bits) of any input: ndarrays as they are, DLPack
     objects as zero-copy views, anything else through np.asarray.
     bf16_bits is True when the array is uint16 bit patterns standing for
     bfloat16 values (a torch bfloat16 tensor read without ml_dtypes)."""
     if isinstance(x, np.ndarray):
-        return x, False
+        return x, isinstance(x, Bf16Bits) and x.dtype == np.uint16
     check_cpu(x)
     if str(getattr(x, "dtype", "")) == "torch.bfloat16":
         torch = sys.modules["torch"]

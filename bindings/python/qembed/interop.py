@@ -23,6 +23,8 @@ in place; the optimizers do this by themselves when handed torch tensors.
 
 import json
 
+import numpy as np
+
 from . import _arrays
 from . import io as _io
 
@@ -96,7 +98,8 @@ def _tensor_view(t):
     name = _arrays.dtype_name(t.dtype)
     if name not in _arrays.FLOAT_CODES:
         raise TypeError(f"only float32, float16 and bfloat16 tensors can be wrapped, got {t.dtype}")
-    return _arrays.view(t.data_ptr(), tuple(t.shape), _arrays.numpy_float_dtype(name), t)
+    v = _arrays.view(t.data_ptr(), tuple(t.shape), _arrays.numpy_float_dtype(name), t)
+    return v.view(_arrays.Bf16Bits) if name == "bfloat16" and v.dtype == np.uint16 else v
 
 
 def _check_tensor(t, what):
