@@ -59,39 +59,6 @@ int qembed__bag512_supported(const qembed__bag_rows *r) {
     return r->kind == QEMBED__BAG_F32 || r->kind == QEMBED__BAG_I8 || r->kind == QEMBED__BAG_4BIT;
 }
 
-QB_INLINE long qb_index(const void *idx, int is64, long k) {
-    return is64 ? (long)((const int64_t *)idx)[k] : (long)((const int32_t *)idx)[k];
-}
-
-/* Every cache line that [p, p + bytes) touches (rows need not start on a line). */
-QB_INLINE void qb_prefetch(const void *p, long bytes) {
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + (uintptr_t)bytes;
-    for (; a < end; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
-}
-
-QB_INLINE void qb_prefetch_row(const qembed__bag_rows *r, const int KIND, long i) {
-    if (KIND == QEMBED__BAG_F32) {
-        qb_prefetch((const float *)r->data + i * r->dim, r->dim * 4);
-    } else if (KIND == QEMBED__BAG_I8) {
-        qb_prefetch((const int8_t *)r->data + i * r->dim, r->dim);
-        _mm_prefetch((const char *)(r->scales + i), _MM_HINT_T0);
-    } else {
-        long e = i * r->dim;
-        qb_prefetch((const uint8_t *)r->data + e / 2, r->dim / 2);
-        long b = e >> __builtin_ctzl((unsigned long)r->blocksize);
-        if (r->scales) _mm_prefetch((const char *)(r->scales + b), _MM_HINT_T0);
-        else _mm_prefetch((const char *)(r->qabsmax + b), _MM_HINT_T0);
-    }
-}
-
-/* The absmax of 4-bit block b (nested: nlg >= 0 is log2 of a power-of-two
- * nested blocksize, -1 for any other). */
-QB_INLINE float qb_absmax(const qembed__bag_rows *r, long b, int nlg) {
-    if (r->scales) return r->scales[b];
-    long nb = nlg >= 0 ? b >> nlg : b / r->nested_blocksize;
-    return r->nested_code[r->qabsmax[b]] * r->nested_absmax[nb] + r->offset;
-}
-
 /* 16 nibble indices from 8 packed bytes, in the low 4 bits of each lane
  * (high nibble of byte 0 first; vpermps reads only those bits): the bytes
  * spread to lanes by a dword permute, each lane shifted to its nibble. */
@@ -117,8 +84,8 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     const int nlg = nbs > 0 && (nbs & (nbs - 1)) == 0 ? __builtin_ctzl((unsigned long)nbs) : -1;
     long n = 0;
     for (long k = lo; k < hi; k++) {
-        if (prefetch && k + pf < pf_end) qb_prefetch_row(r, KIND, qb_index(idx, is64, k + pf));
-        long i = qb_index(idx, is64, k);
+        if (prefetch && k + pf < pf_end) qembed__bag_prefetch_row(r, KIND, qembed__bag_index(idx, is64, k + pf));
+        long i = qembed__bag_index(idx, is64, k);
         if (i == pad) continue;
         __m512 x[QB_TILE];
         if (KIND == QEMBED__BAG_F32) {
@@ -140,7 +107,7 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
             for (int v = 0; v < QB_TILE; v++) {
                 if (!FULL && !m[v]) { x[v] = _mm512_setzero_ps(); continue; }
                 long ev = e + 16 * v;
-                if ((ev >> lg) != b) { b = ev >> lg; scaled = _mm512_mul_ps(code, _mm512_set1_ps(qb_absmax(r, b, nlg))); }
+                if ((ev >> lg) != b) { b = ev >> lg; scaled = _mm512_mul_ps(code, _mm512_set1_ps(qembed__bag_absmax(r, b, nlg))); }
                 x[v] = _mm512_permutexvar_ps(qb_nibbles(packed + ev / 2), scaled);
             }
         }

@@ -17,16 +17,6 @@
 
 #define QL_INLINE static inline __attribute__((always_inline)) QEMBED__AVX512_TARGET
 
-QL_INLINE long ql_index(const void *idx, int is64, long k) {
-    return is64 ? (long)((const int64_t *)idx)[k] : (long)((const int32_t *)idx)[k];
-}
-
-/* The 4-bit block scale of element e. */
-QL_INLINE float ql_absmax(const qembed__bag_rows *r, long b, int nlg) {
-    if (r->scales) return r->scales[b];
-    return r->nested_code[r->qabsmax[b]] * r->nested_absmax[nlg >= 0 ? b >> nlg : b / r->nested_blocksize] + r->offset;
-}
-
 /* 16 base values of row i at elements d .. d + 15. */
 QL_INLINE __m512 ql_base(const qembed__bag_rows *r, const int KIND, long i, long d, int lg, int nlg, __m512 code,
                          __m512 *scaled, long *block, float s8) {
@@ -38,7 +28,7 @@ QL_INLINE __m512 ql_base(const qembed__bag_rows *r, const int KIND, long i, long
     long e = i * r->dim + d;
     if ((e >> lg) != *block) {
         *block = e >> lg;
-        *scaled = _mm512_mul_ps(code, _mm512_set1_ps(ql_absmax(r, *block, nlg)));
+        *scaled = _mm512_mul_ps(code, _mm512_set1_ps(qembed__bag_absmax(r, *block, nlg)));
     }
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512i sh = _mm512_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24, 4, 0, 12, 8, 20, 16, 28, 24);
@@ -63,9 +53,9 @@ QL_INLINE void ql_run(const qembed__bag_rows *r, const int KIND, const void *idx
     const long pf = 4;  /* pairs ahead */
     for (long k = 0; k < n; k += 2) {
         int two = k + 1 < n;
-        long ip = ql_index(idx, is64, k), iq = ql_index(idx, is64, two ? k + 1 : k);
-        if (k + 2 * pf < n) ql_prefetch(r, KIND, ql_index(idx, is64, k + 2 * pf));
-        if (k + 2 * pf + 1 < n) ql_prefetch(r, KIND, ql_index(idx, is64, k + 2 * pf + 1));
+        long ip = qembed__bag_index(idx, is64, k), iq = qembed__bag_index(idx, is64, two ? k + 1 : k);
+        if (k + 2 * pf < n) ql_prefetch(r, KIND, qembed__bag_index(idx, is64, k + 2 * pf));
+        if (k + 2 * pf + 1 < n) ql_prefetch(r, KIND, qembed__bag_index(idx, is64, k + 2 * pf + 1));
         __m512 p[8], q[8];
         for (int j = 0; j < 8; j++) {
             p[j] = j < rank ? _mm512_set1_ps(at[ip * rank + j] * scaling) : _mm512_setzero_ps();

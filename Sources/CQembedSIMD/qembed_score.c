@@ -76,11 +76,7 @@ void qembed__score512_tile(const float *q, long nq, const float *tile, long nr, 
 /* 4-bit rows a, b (element offsets ea, eb): the scaled code of the block at
  * element e, refreshed at block starts. */
 QS_INLINE __m512 qs_scaled(const qembed__bag_rows *r, long e, int lg, int nlg, __m512 code) {
-    long b = e >> lg;
-    float a;
-    if (r->scales) a = r->scales[b];
-    else a = r->nested_code[r->qabsmax[b]] * r->nested_absmax[nlg >= 0 ? b >> nlg : b / r->nested_blocksize] + r->offset;
-    return _mm512_mul_ps(code, _mm512_set1_ps(a));
+    return _mm512_mul_ps(code, _mm512_set1_ps(qembed__bag_absmax(r, e >> lg, nlg)));
 }
 
 /* NP pairs of 4-bit rows (ia[k], ib[k]); scores to sa[k], sb[k]. */

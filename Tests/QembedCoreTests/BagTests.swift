@@ -68,12 +68,27 @@ final class BagTests: XCTestCase {
     /// The AVX-512 bag kernel (qembed_bag.h) against the portable path, bit
     /// for bit, on int32 and int64 indices.
     func testAVX512BagKernelEqualsPortablePath() throws {
-        for dim in [16, 64, 128, 144, 384, 70] {
+        var probe = qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: 16, data: UnsafeRawPointer(bitPattern: 64)!, scales: nil)
+        guard qembed__bag512_supported(&probe) != 0 else { throw XCTSkip("no AVX-512 here (or QEMBED_CPU forces a lower tier)") }
+        defer { qembed__avx512_set_enabled(1) }
+        try checkBagKernel(dims: [16, 64, 128, 144, 384, 70], on: { qembed__avx512_set_enabled(1) }, off: { qembed__avx512_set_enabled(0) })
+    }
+
+    /// The AVX2 bag kernel (qembed_bag_avx2.c, used where AVX-512 is not)
+    /// against the portable path with AVX2 off (4-bit rows by the scalar
+    /// rule), bit for bit: tiles of 8, 4, 2 and 1 vectors.
+    func testAVX2BagKernelEqualsPortablePath() throws {
+        qembed__avx512_set_enabled(0)
+        defer { qembed__avx512_set_enabled(1); qembed__avx2_set_enabled(1) }
+        var probe = qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: 16, data: UnsafeRawPointer(bitPattern: 64)!, scales: nil)
+        guard qembed__bag256_supported(&probe) != 0 else { throw XCTSkip("no AVX2 here (or QEMBED_CPU=baseline)") }
+        try checkBagKernel(dims: [8, 24, 40, 64, 128, 136, 384, 70], on: { qembed__avx2_set_enabled(1) }, off: { qembed__avx2_set_enabled(0) })
+    }
+
+    func checkBagKernel(dims: [Int], on: () -> Void, off: () -> Void) throws {
+        for dim in dims {
             let rows = 211
             let (e, qs) = try tables(rows: rows, dim: dim, seed: UInt64(dim) + 40)
-            var probe = qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: dim, data: UnsafeRawPointer(bitPattern: 64)!, scales: nil)
-            guard qembed__bag512_supported(&probe) != 0 else { throw XCTSkip("no AVX-512 here (or QEMBED_CPU forces a lower tier)") }
-            defer { qembed__avx512_set_enabled(1) }
             var rng = Rng(UInt64(dim))
             let idx64 = (0..<900).map { _ in Int64(rng.next() % UInt64(rows)) }
             let idx32 = idx64.map { Int32($0) }
@@ -100,10 +115,11 @@ final class BagTests: XCTestCase {
                         [("f32", { b, o in try e.bagForward(b, out: o, outDtype: .f32) })] +
                         qs.map { q in (q.kind.name, { b, o in try q.bagForward(b, out: o, outDtype: .f32) }) }
                     for (name, t) in runs {
+                        on()
                         let fast = try run(t)
-                        qembed__avx512_set_enabled(0)
+                        off()
                         let slow = try run(t)
-                        qembed__avx512_set_enabled(1)
+                        on()
                         XCTAssertEqual(fast.map(\.bitPattern), slow.map(\.bitPattern),
                                        "\(name) dim \(dim) \(mode.name) pad \(String(describing: pad)) weights \(useWeights) i64 \(is64)")
                     }

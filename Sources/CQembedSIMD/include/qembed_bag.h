@@ -33,6 +33,49 @@ typedef struct qembed__bag_rows {
     float offset;
 } qembed__bag_rows;
 
+/* Row helpers the AVX-512 and AVX2 kernels share. */
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+
+static inline __attribute__((always_inline)) long qembed__bag_index(const void *idx, int is64, long k) {
+    return is64 ? (long)((const int64_t *)idx)[k] : (long)((const int32_t *)idx)[k];
+}
+
+/* Every cache line that [p, p + bytes) touches (rows need not start on a line). */
+static inline __attribute__((always_inline)) void qembed__bag_prefetch(const void *p, long bytes) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + (uintptr_t)bytes;
+    for (; a < end; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
+}
+
+/* Row i of any kind, with its scale or block statistics. */
+static inline __attribute__((always_inline)) void qembed__bag_prefetch_row(const qembed__bag_rows *r, int kind, long i) {
+    if (kind == QEMBED__BAG_F32) {
+        qembed__bag_prefetch((const float *)r->data + i * r->dim, r->dim * 4);
+    } else if (kind == QEMBED__BAG_I8) {
+        qembed__bag_prefetch((const int8_t *)r->data + i * r->dim, r->dim);
+        _mm_prefetch((const char *)(r->scales + i), _MM_HINT_T0);
+    } else {
+        long e = i * r->dim;
+        qembed__bag_prefetch((const uint8_t *)r->data + e / 2, r->dim / 2);
+        long b = e >> __builtin_ctzl((unsigned long)r->blocksize);
+        if (r->scales) _mm_prefetch((const char *)(r->scales + b), _MM_HINT_T0);
+        else _mm_prefetch((const char *)(r->qabsmax + b), _MM_HINT_T0);
+    }
+}
+
+/* The absmax of 4-bit block b (nested: nlg >= 0 is log2 of a power-of-two
+ * nested blocksize, -1 for any other): the product and the sum rounded
+ * once each, in two statements, so that no compiler contracts them into a
+ * fused multiply-add in the AVX-512 (FMA) kernels (C contracts only within
+ * one expression). */
+static inline __attribute__((always_inline)) float qembed__bag_absmax(const qembed__bag_rows *r, long b, int nlg) {
+    if (r->scales) return r->scales[b];
+    long nb = nlg >= 0 ? b >> nlg : b / r->nested_blocksize;
+    float scaled = r->nested_code[r->qabsmax[b]] * r->nested_absmax[nb];
+    return scaled + r->offset;
+}
+#endif
+
 /* 1 when the AVX-512 F+BW+DQ+VL kernels (bags, scoring) run on this CPU
  * and are switched on. */
 int qembed__avx512_enabled(void);
@@ -50,6 +93,13 @@ int qembed__bag512_supported(const qembed__bag_rows *r);
  * reduced. Rows idx[k + pf] are prefetched while k + pf < pf_end. Returns
  * the number of rows reduced. Needs qembed__bag512_supported(r). */
 long qembed__bag512_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
+                           long pf_end, long pad, const float *w, int mode_max, float *acc);
+
+/* The same rule with AVX2 (8-float registers, tiles of up to 64 floats),
+ * for CPUs without AVX-512. Needs qembed__bag256_supported(r): AVX2 on, dim
+ * a multiple of 8, and for 4-bit a power-of-two blocksize of at least 8. */
+int qembed__bag256_supported(const qembed__bag_rows *r);
+long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
                            long pf_end, long pad, const float *w, int mode_max, float *acc);
 
 #endif

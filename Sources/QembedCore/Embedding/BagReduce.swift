@@ -281,10 +281,15 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
     let dim = rows.dim
     let pad = bags.paddingIdx ?? -1
     let direct = outDtype == .f32
-    // The AVX-512 kernel reduces a whole bag per call (float32 weights only).
+    // The AVX-512 kernel, or else the AVX2 one, reduces a whole bag per call
+    // with the accumulators in registers (float32 weights only).
     var kernel = rows.bagKernelRows
-    if kernel != nil && (qembed__bag512_supported(&kernel!) == 0 || (bags.weights != nil && bags.weightsDtype != .f32)) {
-        kernel = nil
+    var wide = false
+    if kernel != nil {
+        wide = qembed__bag512_supported(&kernel!) != 0
+        if (!wide && qembed__bag256_supported(&kernel!) == 0) || (bags.weights != nil && bags.weightsDtype != .f32) {
+            kernel = nil
+        }
     }
     let kernelWeights = bags.weights?.assumingMemoryBound(to: Float.self)
     Parallel.forEachChunk(bags.numBags, grain: max(1, bags.numBags * 16384 / max(1, bags.bagged * dim))) { range in
@@ -298,8 +303,9 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
             let lo = bags.start(b), hi = bags.end(b)
             var n = 0
             if k != nil {
-                n = qembed__bag512_reduce(&k!, bags.indices.base, bags.indices.is64 ? 1 : 0, lo, hi, bagPrefetch, last, pad,
-                                          kernelWeights, bags.mode == .max ? 1 : 0, acc)
+                let reduce = wide ? qembed__bag512_reduce : qembed__bag256_reduce
+                n = reduce(&k!, bags.indices.base, bags.indices.is64 ? 1 : 0, lo, hi, bagPrefetch, last, pad,
+                           kernelWeights, bags.mode == .max ? 1 : 0, acc)
                 if n == 0 && bags.mode == .max { acc.update(repeating: 0, count: dim) }
             } else if bags.mode == .max {
                 for k in lo..<hi {

@@ -1,0 +1,161 @@
+/* AVX2 bag kernels (see include/qembed_bag.h for the rule): the AVX-512
+ * kernels' structure with 8-float registers, for CPUs without AVX-512. One
+ * bag is reduced a tile of up to 64 floats (8 YMM accumulators) at a time:
+ * every row of the bag adds its tile to registers and the tile is stored
+ * once, instead of a load, add and store of the accumulator per row. A tile
+ * holds 8, 4, 2 or 1 vectors (dim is a multiple of 8), so every load is
+ * whole. Rows are prefetched a fixed number of indices ahead on the first
+ * tile. Separate multiply and add intrinsics (contraction off): every value
+ * is rounded as the scalar rule rounds it. */
+#include "qembed_4bit.h"
+#include "qembed_bag.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#ifdef __clang__
+#pragma clang fp contract(off)
+#endif
+
+#define Q2_TARGET __attribute__((target("avx2")))
+#define Q2_INLINE static inline __attribute__((always_inline)) Q2_TARGET
+
+enum { Q2_ADD = 0, Q2_ADD_WEIGHTED = 1, Q2_MAX = 2 };
+
+int qembed__bag256_supported(const qembed__bag_rows *r) {
+    if (!qembed__avx2_enabled() || r->dim <= 0 || r->dim % 8 != 0) return 0;
+    if (r->kind == QEMBED__BAG_4BIT) {
+        long bs = r->blocksize;  /* a power of two >= 8: a vector of 8 never straddles two blocks */
+        if (bs < 8 || (bs & (bs - 1)) != 0) return 0;
+        if (!r->scales && (!r->qabsmax || !r->nested_code || !r->nested_absmax || r->nested_blocksize <= 0)) return 0;
+    }
+    return r->kind == QEMBED__BAG_F32 || r->kind == QEMBED__BAG_I8 || r->kind == QEMBED__BAG_4BIT;
+}
+
+/* 8 values of a 16-entry table (two registers, already times absmax) from
+ * the 8 nibbles of 4 bytes, high nibble of each byte first: both registers
+ * are permuted by the nibble, and its bit 3 (moved to the sign) picks one. */
+Q2_INLINE __m256 q2_nibbles(const uint8_t *p, __m256 lo, __m256 hi) {
+    int32_t four;
+    memcpy(&four, p, 4);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup));
+    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
+    __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
+    return _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+/* One tile: NV vectors of 8 floats from element t0 of the bag's rows.
+ * Returns the rows reduced. */
+Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, const int NV, const void *idx, int is64,
+                       long lo, long hi, long pf, long pf_end, long pad, const float *w, long t0, int prefetch,
+                       float *acc) {
+    __m256 a[8];
+    for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();
+    __m256 code_lo = _mm256_setzero_ps(), code_hi = code_lo;
+    if (KIND == QEMBED__BAG_4BIT) { code_lo = _mm256_loadu_ps(r->code); code_hi = _mm256_loadu_ps(r->code + 8); }
+    const long dim = r->dim;
+    const int lg = KIND == QEMBED__BAG_4BIT ? __builtin_ctzl((unsigned long)r->blocksize) : 0;
+    const long nbs = r->nested_blocksize;
+    const int nlg = nbs > 0 && (nbs & (nbs - 1)) == 0 ? __builtin_ctzl((unsigned long)nbs) : -1;
+    long n = 0;
+    for (long k = lo; k < hi; k++) {
+        if (prefetch && k + pf < pf_end) qembed__bag_prefetch_row(r, KIND, qembed__bag_index(idx, is64, k + pf));
+        long i = qembed__bag_index(idx, is64, k);
+        if (i == pad) continue;
+        __m256 x[8];
+        if (KIND == QEMBED__BAG_F32) {
+            const float *row = (const float *)r->data + i * dim + t0;
+            for (int v = 0; v < NV; v++) x[v] = _mm256_loadu_ps(row + 8 * v);
+        } else if (KIND == QEMBED__BAG_I8) {
+            const int8_t *row = (const int8_t *)r->data + i * dim + t0;
+            __m256 s = _mm256_set1_ps(r->scales[i] / 127.0f);
+            for (int v = 0; v < NV; v++) {
+                __m128i q = _mm_loadl_epi64((const __m128i *)(row + 8 * v));
+                x[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s);
+            }
+        } else {
+            const uint8_t *packed = (const uint8_t *)r->data;
+            long e = i * dim + t0, b = -1;
+            __m256 lo_s = code_lo, hi_s = code_hi;  /* code[j] * absmax: each value rounded once, as the rule */
+            for (int v = 0; v < NV; v++) {
+                long ev = e + 8 * v;
+                if ((ev >> lg) != b) {
+                    b = ev >> lg;
+                    __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, b, nlg));
+                    lo_s = _mm256_mul_ps(code_lo, am);
+                    hi_s = _mm256_mul_ps(code_hi, am);
+                }
+                x[v] = q2_nibbles(packed + ev / 2, lo_s, hi_s);
+            }
+        }
+        if (OP == Q2_MAX) {
+            if (n == 0) {
+                for (int v = 0; v < NV; v++) a[v] = x[v];
+            } else {
+                for (int v = 0; v < NV; v++) a[v] = _mm256_blendv_ps(a[v], x[v], _mm256_cmp_ps(x[v], a[v], _CMP_GT_OQ));
+            }
+        } else if (OP == Q2_ADD_WEIGHTED) {
+            __m256 wk = _mm256_set1_ps(w[k]);
+            for (int v = 0; v < NV; v++) a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(x[v], wk));
+        } else {
+            for (int v = 0; v < NV; v++) a[v] = _mm256_add_ps(a[v], x[v]);
+        }
+        n++;
+    }
+    if (OP == Q2_MAX && n == 0) return 0;
+    for (int v = 0; v < NV; v++) _mm256_storeu_ps(acc + t0 + 8 * v, a[v]);
+    return n;
+}
+
+#define Q2_CALL(KIND, OP, NV) q2_tile(r, KIND, OP, NV, idx, is64, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc)
+#define Q2_WIDTHS(KIND, OP)                      \
+    switch (nv) {                                \
+    case 8: return Q2_CALL(KIND, OP, 8);         \
+    case 4: return Q2_CALL(KIND, OP, 4);         \
+    case 2: return Q2_CALL(KIND, OP, 2);         \
+    default: return Q2_CALL(KIND, OP, 1);        \
+    }
+#define Q2_OPS(KIND)                                       \
+    switch (op) {                                          \
+    case Q2_ADD: Q2_WIDTHS(KIND, Q2_ADD)                   \
+    case Q2_ADD_WEIGHTED: Q2_WIDTHS(KIND, Q2_ADD_WEIGHTED) \
+    default: Q2_WIDTHS(KIND, Q2_MAX)                       \
+    }
+
+Q2_TARGET static long q2_tile_any(const qembed__bag_rows *r, int op, int nv, const void *idx, int is64, long lo, long hi,
+                                  long pf, long pf_end, long pad, const float *w, long t0, int prefetch, float *acc) {
+    switch (r->kind) {
+    case QEMBED__BAG_F32: Q2_OPS(QEMBED__BAG_F32)
+    case QEMBED__BAG_I8: Q2_OPS(QEMBED__BAG_I8)
+    default: Q2_OPS(QEMBED__BAG_4BIT)
+    }
+}
+
+long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
+                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
+    int op = mode_max ? Q2_MAX : (w ? Q2_ADD_WEIGHTED : Q2_ADD);
+    long n = 0, left = r->dim / 8, t0 = 0;
+    while (left > 0) {
+        int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        n = q2_tile_any(r, op, nv, idx, is64, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc);
+        t0 += 8 * nv;
+        left -= nv;
+    }
+    return n;
+}
+
+#else
+
+int qembed__bag256_supported(const qembed__bag_rows *r) { (void)r; return 0; }
+long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
+                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
+    (void)r; (void)idx; (void)is64; (void)lo; (void)hi; (void)pf; (void)pf_end; (void)pad; (void)w; (void)mode_max;
+    (void)acc;
+    return -1;
+}
+
+#endif
