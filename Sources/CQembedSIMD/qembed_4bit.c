@@ -4,6 +4,7 @@
  * register with vblendvps. Written with separate multiply and add
  * intrinsics, so every result is rounded as the scalar rule rounds it. */
 #include "qembed_4bit.h"
+#include "qembed_nibbles.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -40,16 +41,9 @@ static int qe_avx2_cpu(void) {
 int qembed__avx2_enabled(void) { return __atomic_load_n(&qe_avx2_switch, __ATOMIC_RELAXED) && qe_avx2_cpu(); }
 void qembed__avx2_set_enabled(int on) { __atomic_store_n(&qe_avx2_switch, on ? 1 : 0, __ATOMIC_RELAXED); }
 
-/* 8 values from 4 bytes: nibbles high, low of byte 0, then byte 1, ... */
+/* 8 values from 4 bytes (high nibble of byte 0 first), times absmax */
 static inline __attribute__((always_inline)) QE_AVX2 __m256 qe_decode8(const uint8_t *p, __m256 lo, __m256 hi, __m256 a) {
-    int32_t four;
-    memcpy(&four, p, 4);
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-    __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup));
-    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
-    __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
-    __m256 v = _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-    return _mm256_mul_ps(v, a);
+    return _mm256_mul_ps(qembed__nibbles8_avx2(p, lo, hi), a);
 }
 
 static inline __attribute__((always_inline)) QE_AVX2 void qe_run(const uint8_t *p, long pairs, const float *code, float absmax,

@@ -9,6 +9,7 @@
  * is rounded as the scalar rule rounds it. */
 #include "qembed_4bit.h"
 #include "qembed_bag.h"
+#include "qembed_nibbles.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,19 +34,6 @@ int qembed__bag256_supported(const qembed__bag_rows *r) {
         if (!r->scales && (!r->qabsmax || !r->nested_code || !r->nested_absmax || r->nested_blocksize <= 0)) return 0;
     }
     return r->kind == QEMBED__BAG_F32 || r->kind == QEMBED__BAG_I8 || r->kind == QEMBED__BAG_4BIT;
-}
-
-/* 8 values of a 16-entry table (two registers, already times absmax) from
- * the 8 nibbles of 4 bytes, high nibble of each byte first: both registers
- * are permuted by the nibble, and its bit 3 (moved to the sign) picks one. */
-Q2_INLINE __m256 q2_nibbles(const uint8_t *p, __m256 lo, __m256 hi) {
-    int32_t four;
-    memcpy(&four, p, 4);
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-    __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup));
-    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
-    __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
-    return _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
 /* One tile: NV vectors of 8 floats from element t0 of the bag's rows.
@@ -89,7 +77,7 @@ Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
                     lo_s = _mm256_mul_ps(code_lo, am);
                     hi_s = _mm256_mul_ps(code_hi, am);
                 }
-                x[v] = q2_nibbles(packed + ev / 2, lo_s, hi_s);
+                x[v] = qembed__nibbles8_avx2(packed + ev / 2, lo_s, hi_s);
             }
         }
         if (OP == Q2_MAX) {

@@ -252,6 +252,39 @@ static inline void qt_put(qt_buf *b, const void *src, size_t n) {
     b->len += n;
 }
 
+/* ---- layer parameters ---------------------------------------------------- */
+
+/* Parameter i of a layer; exits with status 2 if it cannot be had. */
+static inline qembed_param *qt_param_of(qembed_embedding *e, int64_t i) {
+    qembed_param *p = NULL;
+    if (qembed_embedding_param(e, i, &p) != QEMBED_OK || p == NULL) {
+        fprintf(stderr, "qembed_embedding_param(%lld): %s\n", (long long)i, qembed_last_error());
+        exit(2);
+    }
+    return p;
+}
+
+/* A parameter's info; exits with status 2 if it cannot be had. */
+static inline qembed_param_info qt_info_of(const qembed_param *p) {
+    qembed_param_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (qembed_param_info_get(p, &info) != QEMBED_OK) {
+        fprintf(stderr, "qembed_param_info_get: %s\n", qembed_last_error());
+        exit(2);
+    }
+    return info;
+}
+
+/* A layer's weight as float32 (exact); free() it. */
+static inline float *qt_weight_copy(qembed_embedding *e) {
+    qembed_param_info w = qt_info_of(qt_param_of(e, 0));
+    float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
+    int64_t i;
+    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
+    return t;
+}
+
 /* A layer for tests; exits with status 2 if it cannot be created. */
 static inline qembed_embedding *qt_make_layer(int64_t n, int64_t d, uint64_t seed, int stable, int dtype, bool sparse,
                                               double max_norm, const float *weight) {

@@ -135,41 +135,12 @@ static qembed_embedding *layer_from(const float *w, int64_t n, int64_t d, lopt o
     return e;
 }
 
-static qembed_param *param_of(qembed_embedding *e, int64_t i) {
-    qembed_param *p = NULL;
-    if (qembed_embedding_param(e, i, &p) != QEMBED_OK || p == NULL) {
-        fprintf(stderr, "qembed_embedding_param: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return p;
-}
-
-static qembed_param_info info_of(qembed_param *p) {
-    qembed_param_info info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
-    if (qembed_param_info_get(p, &info) != QEMBED_OK) {
-        fprintf(stderr, "qembed_param_info_get: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return info;
-}
-
-/* the layer's weight as float32 (exact) */
-static float *weight_copy(qembed_embedding *e) {
-    qembed_param_info w = info_of(param_of(e, 0));
-    float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
-    int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
-    return t;
-}
-
 /* the weight gradient as a dense float table (dense buffer, or the sparse rows
  * scattered); *rows_ok tells whether the sparse rows are sorted, distinct, in
  * range and not `pad` */
 static float *grad_dense(qembed_embedding *e, int64_t n, int64_t d, int64_t pad, int *rows_ok, int *has_grad) {
-    qembed_param *w = param_of(e, 0);
-    qembed_param_info info = info_of(w);
+    qembed_param *w = qt_param_of(e, 0);
+    qembed_param_info info = qt_info_of(w);
     float *g = (float *)calloc((size_t)(n * d), sizeof(float));
     if (g == NULL) exit(2);
     *rows_ok = 1;
@@ -532,7 +503,7 @@ static void test_forward_float(void) {
     }
     for (lt = 0; lt < 3; lt++) {
         qembed_embedding *lp = layer_from(table, n, d, lo(FDT[lt], PA)), *ln = layer_from(table, n, d, lo(FDT[lt], NOPAD));
-        float *W = weight_copy(lp);
+        float *W = qt_weight_copy(lp);
         int form;
         for (j = 0; j < n * d; j++)
             if (W[j] != qt_round_to(table[j], FDT[lt])) break;
@@ -687,14 +658,14 @@ static void test_max_norm(void) {
         o.max_norm = 1.5;
         a = layer_from(table, n, d, o);
         t = layer_from(table, n, d, o);
-        before = weight_copy(a);
+        before = qt_weight_copy(a);
         {
             unsigned char *out = out_buf(s.nb * d, F32);
             qembed_status st = qembed_embedding_bag_forward(a, &b, out, F32, s.nb * d);
             CHECKF(st == QEMBED_OK, "max_norm %s: %s", mode_name(m), qembed_last_error());
             CHECK(qembed_embedding_forward(t, s.i64, I64, s.count, tmp, F32, s.count * d) == QEMBED_OK);
-            wa = weight_copy(a);
-            wt = weight_copy(t);
+            wa = qt_weight_copy(a);
+            wt = qt_weight_copy(t);
             CHECKF(memcmp(wa, wt, (size_t)(n * d) * sizeof(float)) == 0,
                    "max_norm %s: the bag forward did not renormalize the rows as qembed_embedding_forward does", mode_name(m));
             CHECKF(memcmp(wa, before, (size_t)(n * d) * sizeof(float)) != 0, "max_norm %s: the test renormalized nothing",
@@ -729,7 +700,7 @@ static void test_stable(void) {
     int m;
     o.stable = 1;
     e = layer_from(table, n, d, o);
-    W = weight_copy(e);
+    W = qt_weight_copy(e);
     CHECK(memcmp(W, table, (size_t)(n * d) * sizeof(float)) == 0);
     for (m = 0; m < 3; m++) {
         const int64_t special[1] = {2};
@@ -946,7 +917,7 @@ static void test_backward(void) {
                             o.freq = freq;
                             o.sparse = sparse;
                             e = layer_from(table, n, d, o);
-                            W = weight_copy(e);
+                            W = qt_weight_copy(e);
                             b = bags_of(&s, (mc + form) % 2 ? I32 : I64, wdt, mode, bpad);
                             gp = psw_buf(s.count);
                             snprintf(what, sizeof what, "backward %s layer, %s, %s, weights %s, padding case %d, freq %d, %s",
@@ -972,7 +943,7 @@ static void test_backward(void) {
                                 CHECKF(bad == 0, "%s: %lld gradient values wrong; first: %s", what, (long long)bad, why);
                             }
                             if (mc == 1) check_psw(what, gp, &b, &r, d);
-                            W2 = weight_copy(e);
+                            W2 = qt_weight_copy(e);
                             CHECKF(memcmp(W, W2, (size_t)(n * d) * sizeof(float)) == 0, "%s: backward changed the weight", what);
                             /* a second backward accumulates (SUM without weights: exactly twice) */
                             if (mc == 0 && !freq) {
@@ -1002,7 +973,7 @@ static void test_backward(void) {
                 }
                 for (gk = 0; gk < 2; gk++) {
                     qembed_embedding *e = layer_from(table, n, d, lo(ldts[lt], PA));
-                    float *W = weight_copy(e), *got;
+                    float *W = qt_weight_copy(e), *got;
                     qembed_bags b = bags_of(&s, I64, -1, SUM, NOPAD);
                     gref r = gref_new(n, d, s.count);
                     char why[200];
@@ -1057,7 +1028,7 @@ static void test_backward_misc(void) {
             const int64_t bag = k < 3 ? 0 : k < 5 ? 1 : 2;
             for (j = 0; j < d; j++) want[idx[k] * d + j] += g[bag * d + j];
         }
-        info = info_of(param_of(e, 0));
+        info = qt_info_of(qt_param_of(e, 0));
         CHECKF(info.grad != NULL && memcmp(info.grad, want, sizeof want) == 0,
                "a bag backward after a plain backward does not add to its gradient");
         free(pg);
@@ -1094,8 +1065,8 @@ static void test_backward_misc(void) {
             b.per_sample_weights = w;
             memset(gp, PSW_SENTINEL, sizeof gp);
             CHECKF(qembed_embedding_bag_backward(e, &b, g, F32, 3 * d, gp) == QEMBED_OK, "frozen: %s", qembed_last_error());
-            CHECKF(info_of(param_of(e, 0)).grad == NULL, "a frozen weight got a dense gradient");
-            CHECK(qembed_param_sparse_grad(param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
+            CHECKF(qt_info_of(qt_param_of(e, 0)).grad == NULL, "a frozen weight got a dense gradient");
+            CHECK(qembed_param_sparse_grad(qt_param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
             ref_backward(table, n, d, &b, 3, -1, g, false, &r);
             check_psw(sp ? "frozen sparse layer" : "frozen layer", gp, &b, &r, d);
             b.per_sample_weights = NULL;
@@ -1128,8 +1099,8 @@ static void test_backward_misc(void) {
                                    : o.freq             ? "mode|max|scale_grad_by_freq"
                                                         : "mode|max|sparse"),
                    "MAX backward refusal (freq %d, sparse %d): message \"%s\"", o.freq, o.sparse, msg);
-            CHECK(info_of(param_of(e, 0)).grad == NULL);
-            CHECK(qembed_param_sparse_grad(param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
+            CHECK(qt_info_of(qt_param_of(e, 0)).grad == NULL);
+            CHECK(qembed_param_sparse_grad(qt_param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
             for (k = 0; k < (int64_t)sizeof gp; k++)
                 if (((unsigned char *)gp)[k] != PSW_SENTINEL) break;
             CHECK(k == (int64_t)sizeof gp);
@@ -1265,7 +1236,7 @@ static void test_large_threads(void) {
     float *table = wide_table(12, n * d);
     qembed_embedding *e = layer_from(table, n, d, lo(F32, 17));
     qembed_qembedding *q = NULL;
-    float *W = weight_copy(e), *R = NULL;
+    float *W = qt_weight_copy(e), *R = NULL;
     bagset s = gen_offsets(130, n, 6000, 16, true, 100, special, 1);
     int ti, mc, src;
     float *first[2][4];
@@ -1382,8 +1353,8 @@ static qt_buf snapshot(void) {
     qt_buf b = {NULL, 0, 0};
     int l;
     for (l = 0; l < VL_COUNT; l++) {
-        qembed_param *p = param_of(VL[l], 0);
-        qembed_param_info info = info_of(p);
+        qembed_param *p = qt_param_of(VL[l], 0);
+        qembed_param_info info = qt_info_of(p);
         int64_t nnz = 0;
         qt_put(&b, info.data, (size_t)info.numel * qembed_dtype_size(info.dtype));
         if (info.grad != NULL) qt_put(&b, info.grad, (size_t)info.numel * sizeof(float));

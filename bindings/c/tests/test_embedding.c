@@ -38,35 +38,6 @@ static qembed_embedding *create(const qembed_embedding_params *p, int stable) {
     return e;
 }
 
-static qembed_param *param_of(qembed_embedding *e, int64_t i) {
-    qembed_param *p = NULL;
-    if (qembed_embedding_param(e, i, &p) != QEMBED_OK || p == NULL) {
-        fprintf(stderr, "qembed_embedding_param(%lld) failed: %s\n", (long long)i, qembed_last_error());
-        exit(2);
-    }
-    return p;
-}
-
-static qembed_param_info info_of(qembed_param *p) {
-    qembed_param_info info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
-    if (qembed_param_info_get(p, &info) != QEMBED_OK) {
-        fprintf(stderr, "qembed_param_info_get failed: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return info;
-}
-
-/* the layer's weight table as float32 (n*d) */
-static float *weight_copy(qembed_embedding *e) {
-    qembed_param_info w = info_of(param_of(e, 0));
-    float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
-    int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
-    return t;
-}
-
 static void *raw_copy(const void *p, size_t bytes) {
     void *c = xmalloc(bytes);
     memcpy(c, p, bytes);
@@ -160,7 +131,7 @@ static void test_create_xavier(void) {
             p.dtype = dts[k];
             e = create(&p, 0);
             CHECK(qembed_embedding_num_params(e, &np) == QEMBED_OK && np == 1);
-            w = info_of(param_of(e, 0));
+            w = qt_info_of(qt_param_of(e, 0));
             CHECKF(w.name != NULL && strcmp(w.name, "weight") == 0, "name %s", w.name ? w.name : "(null)");
             CHECKF(w.dtype == dts[k] && w.ndim == 2 && w.shape[0] == n && w.shape[1] == d && w.numel == n * d,
                    "dtype %d ndim %d shape %lld x %lld numel %lld", w.dtype, w.ndim, (long long)w.shape[0],
@@ -189,11 +160,11 @@ static void test_create_xavier(void) {
             }
             /* same seed: the same table; another seed: another table */
             same = create(&p, 0);
-            ws = info_of(param_of(same, 0));
+            ws = qt_info_of(qt_param_of(same, 0));
             CHECK(memcmp(ws.data, w.data, (size_t)w.numel * es) == 0);
             p.seed = 43;
             other = create(&p, 0);
-            wo = info_of(param_of(other, 0));
+            wo = qt_info_of(qt_param_of(other, 0));
             for (i = 0; i < w.numel; i++)
                 if (qt_load_bits(wo.data, dts[k], i) != qt_load_bits(w.data, dts[k], i)) differ++;
             CHECKF(differ * 10 >= w.numel * 9, "seed 42 and 43 share %lld of %lld values", (long long)(w.numel - differ),
@@ -206,7 +177,7 @@ static void test_create_xavier(void) {
     {
         qembed_embedding_params p = base_params(30, 20, 0);
         qembed_embedding *a = create(&p, 0), *b = create(&p, 1);
-        qembed_param_info wa = info_of(param_of(a, 0)), wb = info_of(param_of(b, 0));
+        qembed_param_info wa = qt_info_of(qt_param_of(a, 0)), wb = qt_info_of(qt_param_of(b, 0));
         CHECK(memcmp(wa.data, wb.data, 600 * sizeof(float)) == 0); /* StableEmbedding draws the same table */
         qembed_embedding_free(a);
         qembed_embedding_free(b);
@@ -226,7 +197,7 @@ static void test_padding(void) {
         bool stable = true;
         p.padding_idx = pads[k];
         e = create(&p, 0);
-        w = weight_copy(e);
+        w = qt_weight_copy(e);
         for (r = 0; r < 10; r++) {
             int zero = 1;
             for (j = 0; j < 6; j++)
@@ -276,7 +247,7 @@ static void test_forward(void) {
         idx[8] = idx[9];
         for (k = 0; k < count; k++) idx32[k] = (int32_t)idx[k];
         e = create(&p, 0);
-        w = info_of(param_of(e, 0));
+        w = qt_info_of(qt_param_of(e, 0));
         for (ik = 0; ik < 2; ik++) {
             int ok_;
             for (ok_ = 0; ok_ < 3; ok_++) {
@@ -359,7 +330,7 @@ static void test_pretrained(void) {
     p.weight_dtype = QEMBED_DTYPE_F32;
     p.padding_idx = 4;
     e = create(&p, 0);
-    w = info_of(param_of(e, 0));
+    w = qt_info_of(qt_param_of(e, 0));
     CHECK(memcmp(w.data, src, (size_t)(n * d) * sizeof(float)) == 0);
     CHECK(w.requires_grad == true);
     src[0] += 1.0f; /* the table was copied */
@@ -372,7 +343,7 @@ static void test_pretrained(void) {
     p.weight_dtype = QEMBED_DTYPE_F16;
     p.padding_idx = QEMBED_NO_PADDING;
     e = create(&p, 0);
-    w = info_of(param_of(e, 0));
+    w = qt_info_of(qt_param_of(e, 0));
     for (i = 0; i < n * d; i++)
         if (((float *)w.data)[i] != qt_f16_to_f32(h[i])) break;
     CHECKF(i == n * d, "f16 source, element %lld", (long long)i);
@@ -383,7 +354,7 @@ static void test_pretrained(void) {
     p.weight_dtype = QEMBED_DTYPE_BF16;
     p.dtype = QEMBED_DTYPE_F16;
     e = create(&p, 0);
-    w = info_of(param_of(e, 0));
+    w = qt_info_of(qt_param_of(e, 0));
     for (i = 0; i < n * d; i++)
         if (((uint16_t *)w.data)[i] != qt_f32_to_f16(qt_bf16_to_f32(bsrc[i]))) break;
     CHECKF(i == n * d, "bf16 source into f16, element %lld", (long long)i);
@@ -392,7 +363,7 @@ static void test_pretrained(void) {
     p.weight_dtype = QEMBED_DTYPE_F32;
     p.dtype = QEMBED_DTYPE_BF16;
     e = create(&p, 0);
-    w = info_of(param_of(e, 0));
+    w = qt_info_of(qt_param_of(e, 0));
     for (i = 0; i < n * d; i++)
         if (((uint16_t *)w.data)[i] != bsrc[i]) break;
     CHECKF(i == n * d, "f32 source into bf16, element %lld", (long long)i);
@@ -411,13 +382,13 @@ static void test_pretrained(void) {
             int64_t nnz = -1;
             p.sparse = sparse;
             e = create(&p, 0);
-            w = info_of(param_of(e, 0));
+            w = qt_info_of(qt_param_of(e, 0));
             CHECK(w.requires_grad == false);
             CHECK(memcmp(w.data, src, (size_t)(n * d) * sizeof(float)) == 0);
             backward_f32(e, idx, 3, go, d);
-            w = info_of(param_of(e, 0));
+            w = qt_info_of(qt_param_of(e, 0));
             CHECKF(w.grad == NULL, "a frozen weight got a gradient buffer");
-            CHECK(qembed_param_sparse_grad(param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
+            CHECK(qembed_param_sparse_grad(qt_param_of(e, 0), &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
             CHECK(memcmp(w.data, src, (size_t)(n * d) * sizeof(float)) == 0);
             g.struct_size = sizeof g;
             CHECK(qembed_embedding_get_params(e, &g, &stable) == QEMBED_OK && g.freeze == true && g.weight == NULL);
@@ -427,14 +398,14 @@ static void test_pretrained(void) {
         p.sparse = false;
         e = create(&p, 1);
         backward_f32(e, idx, 3, go, d);
-        CHECK(info_of(param_of(e, 0)).grad == NULL);
-        CHECK(info_of(param_of(e, 1)).grad != NULL && info_of(param_of(e, 2)).grad != NULL);
+        CHECK(qt_info_of(qt_param_of(e, 0)).grad == NULL);
+        CHECK(qt_info_of(qt_param_of(e, 1)).grad != NULL && qt_info_of(qt_param_of(e, 2)).grad != NULL);
         qembed_embedding_free(e);
     }
     /* freeze without a pretrained weight: freeze applies to pretrained tables only */
     p.weight = NULL;
     e = create(&p, 0);
-    CHECK(info_of(param_of(e, 0)).requires_grad == true);
+    CHECK(qt_info_of(qt_param_of(e, 0)).requires_grad == true);
     qembed_embedding_free(e);
     free(src);
 }
@@ -473,9 +444,9 @@ static void test_max_norm(void) {
         p.max_norm = max_norm;
         p.norm_type = types[t];
         e = create(&p, 0);
-        before = weight_copy(e);
+        before = qt_weight_copy(e);
         out = forward_f32(e, idx, 12, d);
-        after = weight_copy(e);
+        after = qt_weight_copy(e);
         for (j = 0; j < 12; j++) referenced[idx[j]] = 1;
         for (r = 0; r < n; r++) {
             const double norm = pnorm(before + r * d, d, types[t]);
@@ -508,7 +479,7 @@ static void test_max_norm(void) {
             float *o2 = (float *)xmalloc(12 * (size_t)d * sizeof(float)), *after2;
             for (j = 0; j < 12; j++) i32[j] = (int32_t)idx[j];
             CHECK(qembed_embedding_forward(e2, i32, QEMBED_DTYPE_I32, 12, o2, QEMBED_DTYPE_F32, 12 * d) == QEMBED_OK);
-            after2 = weight_copy(e2);
+            after2 = qt_weight_copy(e2);
             CHECK(memcmp(after2, after, (size_t)(n * d) * sizeof(float)) == 0);
             CHECK(out == NULL || memcmp(o2, out, 12 * (size_t)d * sizeof(float)) == 0);
             free(o2);
@@ -547,7 +518,7 @@ static void test_dense_backward(void) {
         idx1[3] = 9;
         idx2[0] = 4;
         e = create(&p, 0);
-        CHECK(info_of(param_of(e, 0)).grad == NULL);
+        CHECK(qt_info_of(qt_param_of(e, 0)).grad == NULL);
         for (pass = 0; pass < 2; pass++) {
             const int64_t *idx = pass == 0 ? idx1 : idx2;
             const float *g = pass == 0 ? g1 : g2;
@@ -564,7 +535,7 @@ static void test_dense_backward(void) {
                 }
             }
             backward_f32(e, idx, count, g, d);
-            w = info_of(param_of(e, 0));
+            w = qt_info_of(qt_param_of(e, 0));
             CHECK(w.grad != NULL);
             if (w.grad == NULL) break;
             for (r = 0; r < n; r++)
@@ -588,8 +559,8 @@ static void test_dense_backward(void) {
             for (k = 0; k < count; k++) i32[k] = (int32_t)idx1[k];
             CHECK(qembed_embedding_backward(a, i32, QEMBED_DTYPE_I32, count, g1, QEMBED_DTYPE_F32, count * d) == QEMBED_OK);
             backward_f32(b, idx1, count, g1, d);
-            ga = info_of(param_of(a, 0));
-            gb = info_of(param_of(b, 0));
+            ga = qt_info_of(qt_param_of(a, 0));
+            gb = qt_info_of(qt_param_of(b, 0));
             CHECK(ga.grad != NULL && gb.grad != NULL && memcmp(ga.grad, gb.grad, (size_t)(n * d) * sizeof(float)) == 0);
             free(i32);
             qembed_embedding_free(a);
@@ -598,11 +569,11 @@ static void test_dense_backward(void) {
         /* the weight did not move */
         {
             qembed_embedding *fresh = create(&p, 0);
-            CHECK(memcmp(info_of(param_of(fresh, 0)).data, info_of(param_of(e, 0)).data, (size_t)(n * d) * 4) == 0);
+            CHECK(memcmp(qt_info_of(qt_param_of(fresh, 0)).data, qt_info_of(qt_param_of(e, 0)).data, (size_t)(n * d) * 4) == 0);
             qembed_embedding_free(fresh);
         }
         CHECK(qembed_embedding_zero_grad(e) == QEMBED_OK);
-        w = info_of(param_of(e, 0));
+        w = qt_info_of(qt_param_of(e, 0));
         for (k = 0; w.grad != NULL && k < n * d; k++)
             if (w.grad[k] != 0.0f) break;
         CHECK(w.grad == NULL || k == n * d);
@@ -624,7 +595,7 @@ static void test_dense_backward(void) {
                 for (k = 0; k < count; k++)
                     if (idx1[k] != 4)
                         for (j = 0; j < d; j++) want[idx1[k] * d + j] += qt_bf16_to_f32(b[k * d + j]);
-                w = info_of(param_of(e, 0));
+                w = qt_info_of(qt_param_of(e, 0));
                 for (k = 0; w.grad != NULL && k < n * d; k++)
                     if (w.grad[k] != want[k]) ok = 0;
                 CHECKF(ok && w.grad != NULL, "f16/bf16 grad_output");
@@ -666,14 +637,14 @@ static void test_sparse_backward(void) {
         dn = create(&p, 0);
         p.sparse = true;
         sp = create(&p, 0);
-        spw = param_of(sp, 0);
-        si = info_of(spw);
+        spw = qt_param_of(sp, 0);
+        si = qt_info_of(spw);
         CHECK(si.sparse == true && si.grad == NULL);
         CHECK(qembed_param_sparse_grad(spw, &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
         backward_f32(sp, idx1, count, g1, d);
         backward_f32(dn, idx1, count, g1, d);
-        di = info_of(param_of(dn, 0));
-        si = info_of(spw);
+        di = qt_info_of(qt_param_of(dn, 0));
+        si = qt_info_of(spw);
         CHECKF(si.grad == NULL, "a sparse layer allocated a dense gradient");
         /* size query, then the copy */
         CHECK(qembed_param_sparse_grad(spw, &nnz, NULL, 0, NULL, 0) == QEMBED_OK);
@@ -705,7 +676,7 @@ static void test_sparse_backward(void) {
         /* a second backward merges */
         backward_f32(sp, idx2, count, g2, d);
         backward_f32(dn, idx2, count, g2, d);
-        di = info_of(param_of(dn, 0));
+        di = qt_info_of(qt_param_of(dn, 0));
         CHECK(qembed_param_sparse_grad(spw, &nnz, NULL, 0, NULL, 0) == QEMBED_OK);
         CHECK(qembed_param_sparse_grad(spw, &nnz2, rows, 60, vals, n * d) == QEMBED_OK && nnz2 == nnz);
         {
@@ -737,7 +708,7 @@ static void test_sparse_backward(void) {
             CHECKF(ok, "merged sparse gradient differs from the dense one (scale_grad_by_freq %d)", freq);
         }
         /* the weight is untouched by backward */
-        CHECK(memcmp(info_of(spw).data, di.data, (size_t)(n * d) * sizeof(float)) == 0);
+        CHECK(memcmp(qt_info_of(spw).data, di.data, (size_t)(n * d) * sizeof(float)) == 0);
         CHECK(qembed_embedding_zero_grad(sp) == QEMBED_OK);
         CHECK(qembed_param_sparse_grad(spw, &nnz, NULL, 0, NULL, 0) == QEMBED_OK && nnz == 0);
         CHECK(qembed_param_sparse_grad(spw, &nnz, rows, 60, vals, n * d) == QEMBED_OK && nnz == 0);
@@ -809,9 +780,9 @@ static void test_stable_forward(void) {
         p.dtype = dts[wk];
         e = create(&p, 1);
         CHECK(qembed_embedding_num_params(e, &np) == QEMBED_OK && np == 3);
-        w = info_of(param_of(e, 0));
-        nw = info_of(param_of(e, 1));
-        nb = info_of(param_of(e, 2));
+        w = qt_info_of(qt_param_of(e, 0));
+        nw = qt_info_of(qt_param_of(e, 1));
+        nb = qt_info_of(qt_param_of(e, 2));
         CHECK(strcmp(w.name, "weight") == 0 && strcmp(nw.name, "norm.weight") == 0 && strcmp(nb.name, "norm.bias") == 0);
         CHECK(w.dtype == dts[wk] && w.ndim == 2);
         CHECK(nw.dtype == QEMBED_DTYPE_F32 && nw.ndim == 1 && nw.shape[0] == d && nw.shape[1] == 1 && nw.numel == d);
@@ -829,8 +800,8 @@ static void test_stable_forward(void) {
         for (round = 0; round < 2; round++) {
             int od;
             if (round == 1) { /* a learned affine part */
-                CHECK(qembed_param_load(param_of(e, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
-                CHECK(qembed_param_load(param_of(e, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+                CHECK(qembed_param_load(qt_param_of(e, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+                CHECK(qembed_param_load(qt_param_of(e, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
             }
             for (j = 0; j < d; j++) {
                 wd[j] = ((float *)nw.data)[j];
@@ -913,11 +884,11 @@ static void test_stable_backward(void) {
     int ok_ref = 1, ok_lib = 1;
     for (i = 0; i < d; i++) nwv[i] += 1.0f;
     e = create(&p, 1);
-    CHECK(qembed_param_load(param_of(e, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
-    CHECK(qembed_param_load(param_of(e, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+    CHECK(qembed_param_load(qt_param_of(e, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+    CHECK(qembed_param_load(qt_param_of(e, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
     backward_f32(e, idx, count, go, d);
     for (pi = 0; pi < 3; pi++) {
-        info[pi] = info_of(param_of(e, pi));
+        info[pi] = qt_info_of(qt_param_of(e, pi));
         CHECKF(info[pi].grad != NULL, "%s has no gradient", info[pi].name);
         if (info[pi].grad == NULL) return;
         lib_grad[pi] = (float *)raw_copy(info[pi].grad, (size_t)info[pi].numel * sizeof(float));
@@ -975,13 +946,13 @@ static void test_stable_backward(void) {
     /* the parameters are back to what they were */
     {
         qembed_embedding *fresh = create(&p, 1);
-        CHECK(memcmp(info[0].data, info_of(param_of(fresh, 0)).data, (size_t)(n * d) * sizeof(float)) == 0);
+        CHECK(memcmp(info[0].data, qt_info_of(qt_param_of(fresh, 0)).data, (size_t)(n * d) * sizeof(float)) == 0);
         qembed_embedding_free(fresh);
     }
     /* a second backward accumulates: twice the gradient for the same data (up to the order of the float sums) */
     backward_f32(e, idx, count, go, d);
     for (pi = 0; pi < 3; pi++) {
-        qembed_param_info again = info_of(param_of(e, pi));
+        qembed_param_info again = qt_info_of(qt_param_of(e, pi));
         int ok = 1;
         for (i = 0; i < again.numel; i++)
             if (!close_rel(again.grad[i], 2.0 * lib_grad[pi][i], 1e-6, 1e-3)) ok = 0;
@@ -989,7 +960,7 @@ static void test_stable_backward(void) {
     }
     CHECK(qembed_embedding_zero_grad(e) == QEMBED_OK);
     for (pi = 0; pi < 3; pi++) {
-        qembed_param_info z = info_of(param_of(e, pi));
+        qembed_param_info z = qt_info_of(qt_param_of(e, pi));
         for (i = 0; i < z.numel; i++)
             if (z.grad[i] != 0.0f) break;
         CHECKF(i == z.numel, "%s not zeroed", z.name);
@@ -1008,13 +979,13 @@ static void test_stable_backward(void) {
         sp = create(&p, 1);
         backward_f32(dn, idx, count, go, d);
         backward_f32(sp, idx, count, go, d);
-        dw = info_of(param_of(dn, 0));
-        CHECK(qembed_param_sparse_grad(param_of(sp, 0), &nnz, rows, 5, vals, 20) == QEMBED_OK && nnz == 4);
+        dw = qt_info_of(qt_param_of(dn, 0));
+        CHECK(qembed_param_sparse_grad(qt_param_of(sp, 0), &nnz, rows, 5, vals, 20) == QEMBED_OK && nnz == 4);
         for (i = 0; i < nnz && dw.grad != NULL; i++)
             if (memcmp(vals + i * d, dw.grad + rows[i] * d, (size_t)d * sizeof(float)) != 0) ok = 0;
         CHECKF(ok, "sparse StableEmbedding weight gradient differs from the dense one");
         for (pi = 1; pi < 3; pi++) {
-            qembed_param_info a = info_of(param_of(dn, pi)), b = info_of(param_of(sp, pi));
+            qembed_param_info a = qt_info_of(qt_param_of(dn, pi)), b = qt_info_of(qt_param_of(sp, pi));
             CHECK(!b.sparse && a.grad != NULL && b.grad != NULL &&
                   memcmp(a.grad, b.grad, (size_t)d * sizeof(float)) == 0);
         }
@@ -1044,7 +1015,7 @@ static void test_overrides(void) {
     for (stable = 0; stable < 2; stable++) {
         qembed_embedding_params p = base_params(8, 4, 1);
         qembed_embedding *e = create(&p, stable);
-        qembed_param *w = param_of(e, 0);
+        qembed_param *w = qt_param_of(e, 0);
         double v = -1.0;
         bool set = false;
         int key;
@@ -1062,7 +1033,7 @@ static void test_overrides(void) {
                 for (key = 0; key < QEMBED_OVERRIDE_COUNT; key++) {
                     v = -1.0;
                     set = true;
-                    CHECKF(qembed_param_get_override(param_of(e, pi), key, &v, &set) == QEMBED_OK && !set && v == 0.0,
+                    CHECKF(qembed_param_get_override(qt_param_of(e, pi), key, &v, &set) == QEMBED_OK && !set && v == 0.0,
                            "param %d key %d has an override", pi, key);
                 }
         }
@@ -1093,11 +1064,11 @@ static void test_overrides(void) {
         }
         /* overrides of one parameter are its own */
         if (stable) {
-            CHECK(qembed_param_get_override(param_of(e, 1), QEMBED_OVERRIDE_LR, &v, &set) == QEMBED_OK && !set);
+            CHECK(qembed_param_get_override(qt_param_of(e, 1), QEMBED_OVERRIDE_LR, &v, &set) == QEMBED_OK && !set);
         } else {
             qembed_embedding *other = create(&p, 0);
-            CHECK(qembed_param_get_override(param_of(other, 0), QEMBED_OVERRIDE_LR, &v, &set) == QEMBED_OK && !set);
-            CHECK(qembed_param_get_override(param_of(other, 0), QEMBED_OVERRIDE_OPTIM_BITS, &v, &set) == QEMBED_OK && set &&
+            CHECK(qembed_param_get_override(qt_param_of(other, 0), QEMBED_OVERRIDE_LR, &v, &set) == QEMBED_OK && !set);
+            CHECK(qembed_param_get_override(qt_param_of(other, 0), QEMBED_OVERRIDE_OPTIM_BITS, &v, &set) == QEMBED_OK && set &&
                   v == 32.0);
             qembed_embedding_free(other);
         }
@@ -1126,11 +1097,11 @@ static void test_param_load(void) {
         p.dtype = dts[wk];
         p.padding_idx = 0;
         e = create(&p, 0);
-        w = info_of(param_of(e, 0));
+        w = qt_info_of(qt_param_of(e, 0));
         for (sk = 0; sk < 3; sk++) {
             const void *s = sk == 0 ? (const void *)src : sk == 1 ? (const void *)h : (const void *)b;
             int ok = 1;
-            CHECKF(qembed_param_load(param_of(e, 0), s, dts[sk], n * d) == QEMBED_OK, "%s", qembed_last_error());
+            CHECKF(qembed_param_load(qt_param_of(e, 0), s, dts[sk], n * d) == QEMBED_OK, "%s", qembed_last_error());
             for (i = 0; i < n * d; i++) {
                 const float v = qt_load_f(s, dts[sk], i);
                 if (qt_load_bits(w.data, w.dtype, i) != qt_store_bits(v, w.dtype)) ok = 0;
@@ -1187,7 +1158,7 @@ static void test_get_params(void) {
         CHECK(g2.num_embeddings == g.num_embeddings && g2.embedding_dim == g.embedding_dim &&
               g2.padding_idx == g.padding_idx && g2.max_norm == g.max_norm && g2.norm_type == g.norm_type &&
               g2.scale_grad_by_freq == g.scale_grad_by_freq && g2.sparse == g.sparse && g2.dtype == g.dtype);
-        CHECK(memcmp(info_of(param_of(e, 0)).data, info_of(param_of(e2, 0)).data, 17 * 5 * 2) == 0);
+        CHECK(memcmp(qt_info_of(qt_param_of(e, 0)).data, qt_info_of(qt_param_of(e2, 0)).data, 17 * 5 * 2) == 0);
         qembed_embedding_free(e);
         qembed_embedding_free(e2);
     }
@@ -1216,14 +1187,14 @@ static void test_reset_parameters(void) {
         qembed_param_info w;
         p.padding_idx = 2;
         e = create(&p, stable);
-        orig = weight_copy(e);
+        orig = qt_weight_copy(e);
         backward_f32(e, idx, 3, go, d);
-        w = info_of(param_of(e, 0));
+        w = qt_info_of(qt_param_of(e, 0));
         grad_before = (float *)raw_copy(w.grad, (size_t)(n * d) * sizeof(float));
-        CHECK(qembed_param_load(param_of(e, 0), junk, QEMBED_DTYPE_F32, n * d) == QEMBED_OK);
+        CHECK(qembed_param_load(qt_param_of(e, 0), junk, QEMBED_DTYPE_F32, n * d) == QEMBED_OK);
         if (stable) {
-            CHECK(qembed_param_load(param_of(e, 1), ones, QEMBED_DTYPE_F32, d) == QEMBED_OK);
-            CHECK(qembed_param_load(param_of(e, 2), ones, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+            CHECK(qembed_param_load(qt_param_of(e, 1), ones, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+            CHECK(qembed_param_load(qt_param_of(e, 2), ones, QEMBED_DTYPE_F32, d) == QEMBED_OK);
         }
         CHECK(memcmp(w.data, orig, (size_t)(n * d) * sizeof(float)) != 0);
         /* the same seed redraws the same table */
@@ -1231,18 +1202,18 @@ static void test_reset_parameters(void) {
         CHECK(memcmp(w.data, orig, (size_t)(n * d) * sizeof(float)) == 0);
         for (j = 0; j < d; j++) CHECK(((float *)w.data)[2 * d + j] == 0.0f);
         if (stable) {
-            qembed_param_info nw = info_of(param_of(e, 1)), nb = info_of(param_of(e, 2));
+            qembed_param_info nw = qt_info_of(qt_param_of(e, 1)), nb = qt_info_of(qt_param_of(e, 2));
             for (j = 0; j < d; j++)
                 if (((float *)nw.data)[j] != 1.0f || ((float *)nb.data)[j] != 0.0f) break;
             CHECKF(j == d, "reset_parameters did not reset the LayerNorm");
         }
         /* gradients are kept */
-        CHECK(memcmp(info_of(param_of(e, 0)).grad, grad_before, (size_t)(n * d) * sizeof(float)) == 0);
+        CHECK(memcmp(qt_info_of(qt_param_of(e, 0)).grad, grad_before, (size_t)(n * d) * sizeof(float)) == 0);
         /* another seed: the table of a fresh layer with that seed, padding row zero */
         CHECK(qembed_embedding_reset_parameters(e, 6) == QEMBED_OK);
         p.seed = 6;
         fresh6 = create(&p, stable);
-        CHECK(memcmp(w.data, info_of(param_of(fresh6, 0)).data, (size_t)(n * d) * sizeof(float)) == 0);
+        CHECK(memcmp(w.data, qt_info_of(qt_param_of(fresh6, 0)).data, (size_t)(n * d) * sizeof(float)) == 0);
         CHECK(memcmp(w.data, orig, (size_t)(n * d) * sizeof(float)) != 0);
         for (j = 0; j < d; j++) CHECK(((float *)w.data)[2 * d + j] == 0.0f);
         qembed_embedding_free(fresh6);
@@ -1253,7 +1224,7 @@ static void test_reset_parameters(void) {
             p.seed = 5;
             pre = create(&p, stable);
             CHECK(qembed_embedding_reset_parameters(pre, 5) == QEMBED_OK);
-            CHECK(memcmp(info_of(param_of(pre, 0)).data, orig, (size_t)(n * d) * sizeof(float)) == 0);
+            CHECK(memcmp(qt_info_of(qt_param_of(pre, 0)).data, orig, (size_t)(n * d) * sizeof(float)) == 0);
             qembed_embedding_free(pre);
         }
         free(orig);
@@ -1288,7 +1259,7 @@ static void test_large_batches(void) {
         CHECK(qembed_set_num_threads(threads[ti]) == QEMBED_OK);
         p.padding_idx = 5;
         e = create(&p, 0);
-        w = weight_copy(e);
+        w = qt_weight_copy(e);
         out = forward_f32(e, idx, count, d);
         for (k = 0; out != NULL && k < count; k++)
             if (memcmp(out + k * d, w + idx[k] * d, (size_t)d * sizeof(float)) != 0) ok = 0;
@@ -1297,7 +1268,7 @@ static void test_large_batches(void) {
         for (k = 0; k < count; k++)
             if (idx[k] != 5)
                 for (j = 0; j < d; j++) want[idx[k] * d + j] += go[k * d + j];
-        gi = info_of(param_of(e, 0));
+        gi = qt_info_of(qt_param_of(e, 0));
         CHECKF(gi.grad != NULL && memcmp(gi.grad, want, (size_t)(n * d) * sizeof(float)) == 0,
                "%d threads: large dense backward differs from the batch-order sums", threads[ti]);
         free(out);
@@ -1312,12 +1283,12 @@ static void test_large_batches(void) {
             double worst = 0.0;
             if (gx == NULL || mx == NULL) exit(2);
             for (j = 0; j < d; j++) nwv[j] += 1.0f;
-            CHECK(qembed_param_load(param_of(s, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
-            CHECK(qembed_param_load(param_of(s, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+            CHECK(qembed_param_load(qt_param_of(s, 1), nwv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
+            CHECK(qembed_param_load(qt_param_of(s, 2), nbv, QEMBED_DTYPE_F32, d) == QEMBED_OK);
             backward_f32(s, idx, count, go, d);
-            iw = info_of(param_of(s, 0));
-            inw = info_of(param_of(s, 1));
-            inb = info_of(param_of(s, 2));
+            iw = qt_info_of(qt_param_of(s, 0));
+            inw = qt_info_of(qt_param_of(s, 1));
+            inb = qt_info_of(qt_param_of(s, 2));
             for (k = 0; k < count; k++) {
                 const float *x = (const float *)iw.data + idx[k] * d;
                 const float *g = go + k * d;
@@ -1382,9 +1353,9 @@ static void test_stable_max_norm(void) {
     p.weight = table;
     p.max_norm = 0.75;
     e = create(&p, 1);
-    before = weight_copy(e);
+    before = qt_weight_copy(e);
     out = forward_f32(e, idx, 5, d);
-    after = weight_copy(e);
+    after = qt_weight_copy(e);
     for (r = 0; r < n; r++) {
         const double norm = pnorm(before + r * d, d, 2.0);
         const int used = r == 2 || r == 9 || r == 11 || r == 0;

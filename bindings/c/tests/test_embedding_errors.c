@@ -177,15 +177,6 @@ static qembed_embedding_params good(void) {
     return p;
 }
 
-static qembed_param *param_of(qembed_embedding *e, int64_t i) {
-    qembed_param *p = NULL;
-    if (qembed_embedding_param(e, i, &p) != QEMBED_OK) {
-        fprintf(stderr, "setup: qembed_embedding_param: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return p;
-}
-
 static void setup(void) {
     qt_rng r = qt_rng_make(31);
     int i, l;
@@ -227,7 +218,7 @@ static void setup(void) {
         }
     }
     /* an extra override on one layer */
-    qembed_param_set_override(param_of(L[LD], 0), QEMBED_OVERRIDE_LR, 0.25);
+    qembed_param_set_override(qt_param_of(L[LD], 0), QEMBED_OVERRIDE_LR, 0.25);
 }
 
 /* ---- create ------------------------------------------------------------------- */
@@ -567,7 +558,7 @@ static void param_cases(void) {
         const int64_t np = l == LT ? 3 : 1;
         int64_t pi;
         for (pi = 0; pi < np; pi++) {
-            qembed_param *p = param_of(L[l], pi);
+            qembed_param *p = qt_param_of(L[l], pi);
             const int64_t numel = pi == 0 ? N * D : D;
             const int64_t cols = pi == 0 ? D : 1;
             qembed_param_info *ip = &A_.info;

@@ -16,13 +16,6 @@ static void fill(qt_rng *r, float *x, int n, float scale) {
     for (int i = 0; i < n; i++) x[i] = qt_normal(r) * scale;
 }
 
-static qembed_param_info info_of(qembed_param *p) {
-    qembed_param_info info;
-    info.struct_size = sizeof info;
-    qembed_param_info_get(p, &info);
-    return info;
-}
-
 static void check_layer(const char *what, qembed_embedding *fb, qembed_qembedding *qb, const float *rows_of_base,
                         int64_t pad, bool rslora) {
     qt_rng r = qt_rng_make(11);
@@ -42,7 +35,7 @@ static void check_layer(const char *what, qembed_embedding *fb, qembed_qembeddin
     CHECK(fabs(scaling - (rslora ? 5 / sqrt(R) : 5.0 / R)) < 1e-6);
     CHECK(qembed_lora_param(l, 0, &pa) == QEMBED_OK && qembed_lora_param(l, 1, &pb) == QEMBED_OK);
     {
-        qembed_param_info ia = info_of(pa), ib = info_of(pb);
+        qembed_param_info ia = qt_info_of(pa), ib = qt_info_of(pb);
         CHECK(strcmp(ia.name, "lora_embedding_A") == 0 && ia.shape[0] == V && ia.shape[1] == R);
         CHECK(strcmp(ib.name, "lora_embedding_B") == 0 && ib.shape[0] == R && ib.shape[1] == D);
         for (int i = 0; i < V * R; i++) CHECK(((float *)ia.data)[i] == 0.0f);   /* A starts at zero */
@@ -70,7 +63,7 @@ static void check_layer(const char *what, qembed_embedding *fb, qembed_qembeddin
     CHECKF(worst < 1e-5, "%s: forward relative error %g", what, worst);
     CHECK(qembed_lora_backward(l, ids, QEMBED_DTYPE_I64, N, g, QEMBED_DTYPE_F32, N * D) == QEMBED_OK);
     {
-        const float *ga = info_of(pa).grad, *gb = info_of(pb).grad;
+        const float *ga = qt_info_of(pa).grad, *gb = qt_info_of(pb).grad;
         double wa = 0, wb = 0;
         CHECK(ga != NULL && gb != NULL);
         for (int i = 0; i < V && ga; i++)
@@ -108,13 +101,13 @@ static void check_layer(const char *what, qembed_embedding *fb, qembed_qembeddin
         CHECK(qembed_lora_merge(l, merged, QEMBED_DTYPE_F32, V * D - 1) == QEMBED_ERR_BUFFER_TOO_SMALL);
         g[5] = NAN;
         float gbefore[R * D];
-        memcpy(gbefore, info_of(pb).grad, sizeof gbefore);
+        memcpy(gbefore, qt_info_of(pb).grad, sizeof gbefore);
         CHECK(qembed_lora_backward(l, ids, QEMBED_DTYPE_I64, N, g, QEMBED_DTYPE_F32, N * D) == QEMBED_ERR_NON_FINITE);
-        CHECK(memcmp(gbefore, info_of(pb).grad, sizeof gbefore) == 0);
+        CHECK(memcmp(gbefore, qt_info_of(pb).grad, sizeof gbefore) == 0);
         CHECK(qembed_lora_backward(l, ids, QEMBED_DTYPE_I64, N, g, QEMBED_DTYPE_F32, N * D - 1) == QEMBED_ERR_SHAPE);
         CHECK(qembed_lora_param(l, 2, &pa) == QEMBED_ERR_OUT_OF_RANGE);
         CHECK(qembed_lora_zero_grad(l) == QEMBED_OK);
-        CHECK(info_of(pb).grad[0] == 0.0f);
+        CHECK(qt_info_of(pb).grad[0] == 0.0f);
     }
     qembed_lora_free(l);
 }

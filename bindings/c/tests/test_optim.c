@@ -30,25 +30,6 @@ static qembed_embedding *make_layer(int64_t n, int64_t d, uint64_t seed, int sta
     return qt_make_layer(n, d, seed, stable, QEMBED_DTYPE_F32, sparse, 0.0, weight);
 }
 
-static qembed_param *param_of(qembed_embedding *e, int64_t i) {
-    qembed_param *p = NULL;
-    if (qembed_embedding_param(e, i, &p) != QEMBED_OK) {
-        fprintf(stderr, "qembed_embedding_param: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return p;
-}
-
-static qembed_param_info info_of(qembed_param *p) {
-    qembed_param_info info;
-    info.struct_size = sizeof info;
-    if (qembed_param_info_get(p, &info) != QEMBED_OK) {
-        fprintf(stderr, "qembed_param_info_get: %s\n", qembed_last_error());
-        exit(2);
-    }
-    return info;
-}
-
 /* a dense layer's gradient buffers, allocated by one backward of zeros over every row */
 static void ensure_grads(qembed_embedding *e) {
     qembed_embedding_params p;
@@ -72,7 +53,7 @@ static void ensure_grads(qembed_embedding *e) {
 
 /* fresh normal gradients (times scale) written into the parameter's dense gradient */
 static void fill_grad(qembed_param *p, qt_rng *r, float scale) {
-    qembed_param_info info = info_of(p);
+    qembed_param_info info = qt_info_of(p);
     int64_t i;
     if (info.grad == NULL) {
         fprintf(stderr, "fill_grad: no gradient buffer\n");
@@ -82,7 +63,7 @@ static void fill_grad(qembed_param *p, qt_rng *r, float scale) {
 }
 
 static float *data_copy(qembed_param *p) {
-    qembed_param_info info = info_of(p);
+    qembed_param_info info = qt_info_of(p);
     float *c = (float *)xmalloc((size_t)info.numel * sizeof(float));
     memcpy(c, info.data, (size_t)info.numel * sizeof(float));
     return c;
@@ -303,8 +284,8 @@ static void test_create_errors(void) {
     struct { const char *what; qembed_optimizer_params p; qembed_param **list; int64_t n; unsigned allowed;
              const char *name; } cases[16];
     int nc = 0, k;
-    ps[0] = param_of(e, 0);
-    ps[1] = param_of(e2, 0);
+    ps[0] = qt_param_of(e, 0);
+    ps[1] = qt_param_of(e2, 0);
     ps[2] = ps[0];
 #define ADD(w, pp, l, nn, al, nm)                                                                         \
     do {                                                                                                  \
@@ -422,12 +403,12 @@ static void run_32bit(int kind, double wd, int stable) {
     qt_rng rng = qt_rng_make(200 + (uint64_t)kind);
     if (wd >= 0.0) op.weight_decay = wd;
     h = hyper_of(&op);
-    for (i = 0; i < np; i++) ps[i] = param_of(e, i);
+    for (i = 0; i < np; i++) ps[i] = qt_param_of(e, i);
     o = make_opt(&op, ps, np);
     for (i = 0; i < np; i++) {
         float *c = data_copy(ps[i]);
         qembed_optimizer_state_info si = state_info(o, i);
-        r[i] = ref_make(c, info_of(ps[i]).numel);
+        r[i] = ref_make(c, qt_info_of(ps[i]).numel);
         free(c);
         CHECK(!si.initialized && si.step == 0 && si.bits == 32 && si.num_states == num_states(kind) &&
               si.numel == r[i].n && si.num_blocks == 0 && si.state_bytes == 0);
@@ -437,12 +418,12 @@ static void run_32bit(int kind, double wd, int stable) {
         qembed_status st;
         for (i = 0; i < np; i++) {
             fill_grad(ps[i], &rng, 0.5f);
-            ref_step(&r[i], &h, info_of(ps[i]).grad);
+            ref_step(&r[i], &h, qt_info_of(ps[i]).grad);
         }
         st = qembed_optimizer_step(o);
         CHECKF(st == QEMBED_OK, "%s step %lld: %s", kind_names[kind], (long long)t, qembed_last_error());
         for (i = 0; i < np; i++) {
-            qembed_param_info info = info_of(ps[i]);
+            qembed_param_info info = qt_info_of(ps[i]);
             qembed_optimizer_state_info si = state_info(o, i);
             const int ns = num_states(kind);
             float *s1 = (float *)xmalloc((size_t)info.numel * sizeof(float)), *s2 = (float *)xmalloc((size_t)info.numel * sizeof(float));
@@ -468,7 +449,7 @@ static void run_32bit(int kind, double wd, int stable) {
     /* zero_grad through the optimizer zeroes the gradients */
     CHECK(qembed_optimizer_zero_grad(o) == QEMBED_OK);
     for (i = 0; i < np; i++) {
-        qembed_param_info info = info_of(ps[i]);
+        qembed_param_info info = qt_info_of(ps[i]);
         int64_t k;
         for (k = 0; k < info.numel; k++)
             if (info.grad[k] != 0.0f) break;
@@ -501,8 +482,8 @@ static void test_override_values(void) {
         float *c;
         int t;
         qt_rng rng = qt_rng_make(300 + (uint64_t)kind);
-        ps[0] = param_of(e, 0);
-        ps[1] = param_of(f, 0);
+        ps[0] = qt_param_of(e, 0);
+        ps[1] = qt_param_of(f, 0);
         ho = h;
         ho.lr = h.lr * 3.0;
         ho.b1 = 0.5;
@@ -527,11 +508,11 @@ static void test_override_values(void) {
             double we, wf;
             fill_grad(ps[0], &rng, 1.0f);
             fill_grad(ps[1], &rng, 1.0f);
-            ref_step(&re, &ho, info_of(ps[0]).grad);
-            ref_step(&rf, &h, info_of(ps[1]).grad);
+            ref_step(&re, &ho, qt_info_of(ps[0]).grad);
+            ref_step(&rf, &h, qt_info_of(ps[1]).grad);
             CHECK(qembed_optimizer_step(o) == QEMBED_OK);
-            we = worst_rel_f((const float *)info_of(ps[0]).data, re.p, 63, PFLOOR);
-            wf = worst_rel_f((const float *)info_of(ps[1]).data, rf.p, 63, PFLOOR);
+            we = worst_rel_f((const float *)qt_info_of(ps[0]).data, re.p, 63, PFLOOR);
+            wf = worst_rel_f((const float *)qt_info_of(ps[1]).data, rf.p, 63, PFLOOR);
             CHECKF(we <= 1e-5, "%s: overridden parameter off by %g (step %d)", kind_names[kind], we, t);
             CHECKF(wf <= 1e-5, "%s: the other parameter off by %g (step %d)", kind_names[kind], wf, t);
         }
@@ -554,7 +535,7 @@ static void test_8bit_selection(void) {
     int kind;
     for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
         qembed_embedding *e = make_layer(R8, C8, 1, 0, false, NULL);
-        qembed_param *w = param_of(e, 0);
+        qembed_param *w = qt_param_of(e, 0);
         qembed_optimizer_params op = defaults(kind, 8);
         qembed_optimizer *o;
         qembed_optimizer_state_info si;
@@ -604,7 +585,7 @@ static void test_8bit_selection(void) {
     /* under min_8bit_size: 32-bit; a smaller min_8bit_size: 8-bit */
     {
         qembed_embedding *e = make_layer(10, 10, 1, 0, false, NULL);
-        qembed_param *w = param_of(e, 0);
+        qembed_param *w = qt_param_of(e, 0);
         qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
         qembed_optimizer *o;
         qt_rng rng = qt_rng_make(6);
@@ -635,7 +616,7 @@ static void test_8bit_selection(void) {
         qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
         qembed_optimizer *o;
         int i;
-        for (i = 0; i < 3; i++) ps[i] = param_of(e, i);
+        for (i = 0; i < 3; i++) ps[i] = qt_param_of(e, i);
         o = make_opt(&op, ps, 3);
         for (i = 0; i < 3; i++) CHECKF(state_info(o, i).bits == 32, "StableEmbedding param %d", i);
         qembed_optimizer_free(o);
@@ -647,7 +628,7 @@ static void test_8bit_selection(void) {
  * blockwise (256) to the nearest entry of the signed / unsigned dynamic maps */
 static void test_8bit_first_state(void) {
     qembed_embedding *e = make_layer(R8, C8, 3, 0, false, NULL);
-    qembed_param *w = param_of(e, 0);
+    qembed_param *w = qt_param_of(e, 0);
     qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
     qembed_optimizer *o;
     const int64_t numel = R8 * C8, blocks = ceil_div(numel, 256);
@@ -664,7 +645,7 @@ static void test_8bit_first_state(void) {
     o = make_opt(&op, &w, 1);
     ensure_grads(e);
     fill_grad(w, &rng, 1.0f);
-    g = info_of(w).grad;
+    g = qt_info_of(w).grad;
     CHECK(qembed_optimizer_step(o) == QEMBED_OK);
     CHECK(qembed_optimizer_state_export(o, 0, q1, numel, q2, numel, a1, blocks, a2, blocks) == QEMBED_OK);
     for (b = 0; b < blocks; b++) {
@@ -704,7 +685,7 @@ static void test_8bit_trajectory(void) {
     int kind;
     for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
         qembed_embedding *e8 = make_layer(R8, C8, 9, 0, false, NULL), *e32 = make_layer(R8, C8, 9, 0, false, NULL);
-        qembed_param *w8 = param_of(e8, 0), *w32 = param_of(e32, 0);
+        qembed_param *w8 = qt_param_of(e8, 0), *w32 = qt_param_of(e32, 0);
         qembed_optimizer_params op8 = defaults(kind, 8), op32 = defaults(kind, 32);
         qembed_optimizer *o8, *o32;
         const int64_t numel = R8 * C8;
@@ -719,7 +700,7 @@ static void test_8bit_trajectory(void) {
         ensure_grads(e8);
         ensure_grads(e32);
         for (t = 0; t < 20; t++) {
-            qembed_param_info g8 = info_of(w8), g32 = info_of(w32);
+            qembed_param_info g8 = qt_info_of(w8), g32 = qt_info_of(w32);
             for (i = 0; i < numel; i++) {
                 /* a persistent direction plus noise, so that the states matter */
                 g32.grad[i] = g8.grad[i] = 0.5f * ((i % 7) - 3.0f) / 3.0f + qt_normal(&rng);
@@ -729,7 +710,7 @@ static void test_8bit_trajectory(void) {
         }
         CHECK(state_info(o8, 0).bits == 8 && state_info(o32, 0).bits == 32);
         {
-            const float *p8 = (const float *)info_of(w8).data, *p32 = (const float *)info_of(w32).data;
+            const float *p8 = (const float *)qt_info_of(w8).data, *p32 = (const float *)qt_info_of(w32).data;
             for (i = 0; i < numel; i++) {
                 diff += fabs((double)p8[i] - p32[i]);
                 move += fabs((double)p32[i] - start[i]);
@@ -755,7 +736,7 @@ static void test_set_params(void) {
     int kind;
     for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
         qembed_embedding *ea = make_layer(R8, C8, 31, 0, false, NULL), *eb = make_layer(R8, C8, 31, 0, false, NULL);
-        qembed_param *wa = param_of(ea, 0), *wb = param_of(eb, 0);
+        qembed_param *wa = qt_param_of(ea, 0), *wb = qt_param_of(eb, 0);
         qembed_optimizer_params op = defaults(kind, 8), bad;
         qembed_optimizer *oa, *ob;
         qt_rng ra = qt_rng_make(8), rb = qt_rng_make(8);
@@ -795,7 +776,7 @@ static void test_set_params(void) {
         fill_grad(wa, &ra, 1.0f);
         fill_grad(wb, &rb, 1.0f);
         CHECK(qembed_optimizer_step(oa) == QEMBED_OK && qembed_optimizer_step(ob) == QEMBED_OK);
-        CHECKF(memcmp(info_of(wa).data, info_of(wb).data, (size_t)numel * 4) == 0,
+        CHECKF(memcmp(qt_info_of(wa).data, qt_info_of(wb).data, (size_t)numel * 4) == 0,
                "%s: a refused set_params changed the trajectory", kind_names[kind]);
         CHECK(state_info(oa, 0).step == 2);
         /* lr = 0 in place: the next step moves nothing, the state keeps its step count */
@@ -805,7 +786,7 @@ static void test_set_params(void) {
         before = data_copy(wa);
         fill_grad(wa, &ra, 1.0f);
         CHECK(qembed_optimizer_step(oa) == QEMBED_OK);
-        CHECKF(memcmp(info_of(wa).data, before, (size_t)numel * 4) == 0, "%s: lr 0 still moved the weights", kind_names[kind]);
+        CHECKF(memcmp(qt_info_of(wa).data, before, (size_t)numel * 4) == 0, "%s: lr 0 still moved the weights", kind_names[kind]);
         CHECK(state_info(oa, 0).step == 3 && state_info(oa, 0).bits == 8);
         free(before);
         qembed_optimizer_free(oa);
@@ -819,7 +800,7 @@ static void test_set_params(void) {
 
 static void test_step_all(void) {
     qembed_embedding *ea = make_layer(R8, C8, 41, 0, false, NULL), *eb = make_layer(R8, C8, 42, 0, false, NULL);
-    qembed_param *wa = param_of(ea, 0), *wb = param_of(eb, 0);
+    qembed_param *wa = qt_param_of(ea, 0), *wb = qt_param_of(eb, 0);
     qembed_optimizer_params pa = defaults(QEMBED_OPTIM_ADAM, 8), pb = defaults(QEMBED_OPTIM_LION, 32);
     qembed_optimizer *oa, *ob, *list[3], *null_list[2] = {NULL, NULL};
     qt_rng r = qt_rng_make(43);
@@ -849,22 +830,22 @@ static void test_step_all(void) {
     /* a refused update in the second optimizer: the first is not updated either */
     fill_grad(wa, &r, 0.1f);
     fill_grad(wb, &r, 0.1f);
-    ib = info_of(wb);
+    ib = qt_info_of(wb);
     ib.grad[17] = NAN;
     a0 = data_copy(wa);
     b0 = data_copy(wb);
     CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_ERR_NON_FINITE);
-    CHECK(memcmp(info_of(wa).data, a0, (size_t)numel * 4) == 0 && memcmp(info_of(wb).data, b0, (size_t)numel * 4) == 0);
+    CHECK(memcmp(qt_info_of(wa).data, a0, (size_t)numel * 4) == 0 && memcmp(qt_info_of(wb).data, b0, (size_t)numel * 4) == 0);
     CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1);
     ib.grad[17] = 0.5f;  /* Lion's sign update cannot overflow: the overflow goes in Adam's */
-    info_of(wa).grad[5] = 1e30f;  /* its square overflows Adam's second moment */
+    qt_info_of(wa).grad[5] = 1e30f;  /* its square overflows Adam's second moment */
     list[0] = ob;
     list[1] = oa;  /* the refused one last: the other is undone */
     CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_ERR_NON_FINITE);
-    CHECKF(memcmp(info_of(wb).data, b0, (size_t)numel * 4) == 0, "Lion's update stood although Adam's was refused");
-    CHECK(memcmp(info_of(wa).data, a0, (size_t)numel * 4) == 0);
+    CHECKF(memcmp(qt_info_of(wb).data, b0, (size_t)numel * 4) == 0, "Lion's update stood although Adam's was refused");
+    CHECK(memcmp(qt_info_of(wa).data, a0, (size_t)numel * 4) == 0);
     CHECK(state_info(oa, 0).step == 1 && state_info(ob, 0).step == 1);
-    info_of(wa).grad[5] = 0.25f;
+    qt_info_of(wa).grad[5] = 0.25f;
     CHECK(qembed_optimizer_step_all(list, 2) == QEMBED_OK);
     CHECK(state_info(oa, 0).step == 2 && state_info(ob, 0).step == 2);
     free(a0);
@@ -880,7 +861,7 @@ static void test_step_all(void) {
 static void test_override_isolation(void) {
     qembed_embedding *a = make_layer(R8, C8, 11, 0, false, NULL), *b = make_layer(R8, C8, 11, 0, false, NULL);
     qembed_embedding *c = make_layer(R8, C8, 11, 0, false, NULL);
-    qembed_param *pa = param_of(a, 0), *pb = param_of(b, 0), *pc = param_of(c, 0);
+    qembed_param *pa = qt_param_of(a, 0), *pb = qt_param_of(b, 0), *pc = qt_param_of(c, 0);
     qembed_param *list1[2];
     qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
     qembed_optimizer *o1, *o2;
@@ -904,7 +885,7 @@ static void test_override_isolation(void) {
     ensure_grads(c);
     rb = ref_make(start, R8 * C8);
     for (t = 0; t < 3; t++) {
-        qembed_param_info ia = info_of(pa), ib = info_of(pb), ic = info_of(pc);
+        qembed_param_info ia = qt_info_of(pa), ib = qt_info_of(pb), ic = qt_info_of(pc);
         int64_t i;
         for (i = 0; i < R8 * C8; i++) ia.grad[i] = ib.grad[i] = ic.grad[i] = qt_normal(&rng);
         ref_step(&rb, &h, ib.grad);
@@ -912,11 +893,11 @@ static void test_override_isolation(void) {
         CHECK(qembed_optimizer_step(o2) == QEMBED_OK);
     }
     /* b and c moved with lr 1e-3 and 32-bit state: the reference; they are equal to each other */
-    CHECKF(worst_rel_f((const float *)info_of(pb).data, rb.p, R8 * C8, PFLOOR) <= 1e-5, "b is off");
-    CHECK(memcmp(info_of(pb).data, info_of(pc).data, R8 * C8 * sizeof(float)) == 0);
+    CHECKF(worst_rel_f((const float *)qt_info_of(pb).data, rb.p, R8 * C8, PFLOOR) <= 1e-5, "b is off");
+    CHECK(memcmp(qt_info_of(pb).data, qt_info_of(pc).data, R8 * C8 * sizeof(float)) == 0);
     /* a moved about ten times as far */
     {
-        const float *pa_ = (const float *)info_of(pa).data, *pb_ = (const float *)info_of(pb).data;
+        const float *pa_ = (const float *)qt_info_of(pa).data, *pb_ = (const float *)qt_info_of(pb).data;
         double ma = 0.0, mb = 0.0;
         int64_t i;
         for (i = 0; i < R8 * C8; i++) {
@@ -998,8 +979,8 @@ static qembed_optimizer *two_layer_opt(int kind, int bits, uint64_t sa, uint64_t
     qembed_optimizer *o;
     *a = make_layer(R8, C8, sa, 0, false, NULL);
     *b = make_layer(R8, C8, sb, 0, false, NULL);
-    ps[0] = param_of(*a, 0);
-    ps[1] = param_of(*b, 0);
+    ps[0] = qt_param_of(*a, 0);
+    ps[1] = qt_param_of(*b, 0);
     CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
     CHECK(qembed_param_clear_override(ps[1], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
     o = make_opt(&op, ps, 2);
@@ -1032,15 +1013,15 @@ static void test_nonfinite(void) {
                 const int64_t where = k == 0 ? R8 * C8 - 1 : k == 1 ? 1234 : 0;
                 fill_grad(ps[0], &rng, 1.0f);
                 fill_grad(ps[1], &rng, 1.0f);
-                info_of(ps[1]).grad[where] = bad[k];
+                qt_info_of(ps[1]).grad[where] = bad[k];
                 qembed_clear_error();
                 st = qembed_optimizer_step(o);
                 CHECKF(st == QEMBED_ERR_NON_FINITE, "%s/%d: a %g gradient: status %d", kind_names[kind], bits,
                        (double)bad[k], (int)st);
                 CHECKF(qt_names(qembed_last_error(), "weight") || strstr(qembed_last_error(), "weight") != NULL,
                        "message \"%s\" does not name the parameter", qembed_last_error());
-                CHECK(memcmp(pa, info_of(ps[0]).data, R8 * C8 * sizeof(float)) == 0);
-                CHECK(memcmp(pb, info_of(ps[1]).data, R8 * C8 * sizeof(float)) == 0);
+                CHECK(memcmp(pa, qt_info_of(ps[0]).data, R8 * C8 * sizeof(float)) == 0);
+                CHECK(memcmp(pb, qt_info_of(ps[1]).data, R8 * C8 * sizeof(float)) == 0);
                 sa2 = save_state(o, 0);
                 sb2 = save_state(o, 1);
                 CHECKF(same_state(&sa, &sa2) && same_state(&sb, &sb2), "%s/%d: state changed by a skipped step",
@@ -1064,16 +1045,16 @@ static void test_nonfinite(void) {
     /* a NaN on the very first step: no state is created */
     {
         qembed_embedding *a = make_layer(10, 10, 1, 0, false, NULL);
-        qembed_param *p = param_of(a, 0);
+        qembed_param *p = qt_param_of(a, 0);
         qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 32);
         qembed_optimizer *o = make_opt(&op, &p, 1);
         float *before;
         ensure_grads(a);
         before = data_copy(p);
-        info_of(p).grad[5] = NAN;
+        qt_info_of(p).grad[5] = NAN;
         CHECK(qembed_optimizer_step(o) == QEMBED_ERR_NON_FINITE);
         CHECK(state_info(o, 0).initialized == false && state_info(o, 0).step == 0);
-        CHECK(memcmp(before, info_of(p).data, 100 * sizeof(float)) == 0);
+        CHECK(memcmp(before, qt_info_of(p).data, 100 * sizeof(float)) == 0);
         free(before);
         qembed_optimizer_free(o);
         qembed_embedding_free(a);
@@ -1140,7 +1121,7 @@ static void test_row_sparse_training(void) {
             for (b = 0; b < 2; b++) {
                 qembed_optimizer_params op = defaults(kind, b == 0 ? 8 : 32);
                 e[b] = make_layer(RS_V, RS_D, 5, 0, sparse != 0, NULL);
-                w[b] = param_of(e[b], 0);
+                w[b] = qt_param_of(e[b], 0);
                 CHECK(qembed_param_clear_override(w[b], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
                 if (kind == QEMBED_OPTIM_ADAM || kind == QEMBED_OPTIM_ADAMW) op.lr = 1e-2;
                 o[b] = make_opt(&op, &w[b], 1);
@@ -1158,8 +1139,8 @@ static void test_row_sparse_training(void) {
                                                     RS_ROWS * RS_D) == QEMBED_OK);
                     CHECKF(qembed_optimizer_step(o[b]) == QEMBED_OK, "%s step: %s", kind_names[kind], qembed_last_error());
                 }
-                m8 = max_move((const float *)info_of(w[0]).data, w0, n);
-                m32 = max_move((const float *)info_of(w[1]).data, w0, n);
+                m8 = max_move((const float *)qt_info_of(w[0]).data, w0, n);
+                m32 = max_move((const float *)qt_info_of(w[1]).data, w0, n);
                 if (m8 < 0 || m32 <= 0) {
                     worst = INFINITY;
                 } else if (m8 / m32 > worst) {
@@ -1184,7 +1165,7 @@ static void test_row_sparse_training(void) {
  * the smallest positive one, and the next step stays bounded. */
 static void test_import_repairs_zero_second_moment(void) {
     qembed_embedding *e = make_layer(R8, C8, 21, 0, false, NULL);
-    qembed_param *w = param_of(e, 0);
+    qembed_param *w = qt_param_of(e, 0);
     qembed_optimizer_params op = defaults(QEMBED_OPTIM_ADAM, 8);
     qembed_optimizer *o;
     qt_rng rng = qt_rng_make(5);
@@ -1195,7 +1176,7 @@ static void test_import_repairs_zero_second_moment(void) {
     ensure_grads(e);
     {
         /* gradients spanning 10^-6 .. 1, so that some v sit at the floor */
-        qembed_param_info gi = info_of(w);
+        qembed_param_info gi = qt_info_of(w);
         for (i = 0; i < gi.numel; i++) gi.grad[i] = qt_normal(&rng) * powf(10.0f, -6.0f * qt_uniform(&rng));
     }
     CHECK(qembed_optimizer_step(o) == QEMBED_OK);
@@ -1222,10 +1203,10 @@ static void test_import_repairs_zero_second_moment(void) {
         float *before = data_copy(w);
         const float *after;
         double worst = 0.0;
-        qembed_param_info gi = info_of(w);
+        qembed_param_info gi = qt_info_of(w);
         for (i = 0; i < gi.numel; i++) gi.grad[i] = 0.0f;
         CHECK(qembed_optimizer_step(o) == QEMBED_OK);
-        after = (const float *)info_of(w).data;
+        after = (const float *)qt_info_of(w).data;
         for (i = 0; i < gi.numel; i++)
             if (fabs((double)after[i] - before[i]) > worst) worst = fabs((double)after[i] - before[i]);
         CHECKF(worst <= 100.0 * op.lr, "after import, a weight moved %g (lr %g)", worst, op.lr);
@@ -1265,15 +1246,15 @@ static void test_overflow(void) {
             sb = save_state(o, 1);
             fill_grad(ps[0], &rng, 1.0f);
             fill_grad(ps[1], &rng, 1.0f);
-            info_of(ps[1]).grad[2024] = -1e30f;
+            qt_info_of(ps[1]).grad[2024] = -1e30f;
             qembed_clear_error();
             st = qembed_optimizer_step(o);
             if (squares) {
                 CHECKF(st == QEMBED_ERR_NON_FINITE, "%s/%d: a 1e30 gradient: status %d", kind_names[kind], bits, (int)st);
                 CHECKF(strstr(qembed_last_error(), "weight") != NULL && strstr(qembed_last_error(), "unchanged") != NULL,
                        "message \"%s\"", qembed_last_error());
-                CHECK(memcmp(pa, info_of(ps[0]).data, R8 * C8 * sizeof(float)) == 0);
-                CHECK(memcmp(pb, info_of(ps[1]).data, R8 * C8 * sizeof(float)) == 0);
+                CHECK(memcmp(pa, qt_info_of(ps[0]).data, R8 * C8 * sizeof(float)) == 0);
+                CHECK(memcmp(pb, qt_info_of(ps[1]).data, R8 * C8 * sizeof(float)) == 0);
                 sa2 = save_state(o, 0);
                 sb2 = save_state(o, 1);
                 CHECKF(same_state(&sa, &sa2) && same_state(&sb, &sb2), "%s/%d: a refused step changed the state",
@@ -1315,7 +1296,7 @@ static void test_export_import(void) {
     for (r = 0; r < sizeof runs / sizeof runs[0]; r++) {
         const int kind = runs[r].kind, bits = runs[r].bits;
         qembed_embedding *a = make_layer(R8, C8, 21, 0, false, NULL), *b;
-        qembed_param *pa = param_of(a, 0), *pb;
+        qembed_param *pa = qt_param_of(a, 0), *pb;
         qembed_optimizer_params op = defaults(kind, bits);
         qembed_optimizer *oa, *ob;
         qt_rng rng = qt_rng_make(88);
@@ -1335,7 +1316,7 @@ static void test_export_import(void) {
         /* a fresh optimizer over a copy of the parameter */
         copy = data_copy(pa);
         b = make_layer(R8, C8, 99, 0, false, copy);
-        pb = param_of(b, 0);
+        pb = qt_param_of(b, 0);
         if (bits == 8) CHECK(qembed_param_clear_override(pb, QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
         ob = make_opt(&op, &pb, 1);
         ensure_grads(b);
@@ -1414,13 +1395,13 @@ static void test_export_import(void) {
         }
         /* three more steps on both: the same bytes */
         for (t = 0; t < 3; t++) {
-            qembed_param_info ia = info_of(pa), ib = info_of(pb);
+            qembed_param_info ia = qt_info_of(pa), ib = qt_info_of(pb);
             int64_t i;
             for (i = 0; i < R8 * C8; i++) ia.grad[i] = ib.grad[i] = qt_normal(&rng);
             CHECK(qembed_optimizer_step(oa) == QEMBED_OK);
             CHECK(qembed_optimizer_step(ob) == QEMBED_OK);
         }
-        CHECKF(memcmp(info_of(pa).data, info_of(pb).data, R8 * C8 * sizeof(float)) == 0,
+        CHECKF(memcmp(qt_info_of(pa).data, qt_info_of(pb).data, R8 * C8 * sizeof(float)) == 0,
                "%s/%d: resumed trajectory differs", kind_names[kind], bits);
         sa = save_state(oa, 0);
         sb = save_state(ob, 0);
@@ -1476,7 +1457,7 @@ static void test_sparse(void) {
         int kind;
         for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
             qembed_embedding *e = make_layer(n, d, 31, 0, true, NULL);
-            qembed_param *w = param_of(e, 0);
+            qembed_param *w = qt_param_of(e, 0);
             qembed_optimizer_params op = defaults(kind, 32);
             qembed_optimizer *o = make_opt(&op, &w, 1);
             hyper h = hyper_of(&op);
@@ -1502,11 +1483,11 @@ static void test_sparse(void) {
                     }
                 CHECK(qembed_optimizer_step(o) == QEMBED_OK);
                 CHECK(qembed_optimizer_zero_grad(o) == QEMBED_OK);
-                wp = worst_rel_f((const float *)info_of(w).data, r.p, n * d, PFLOOR);
+                wp = worst_rel_f((const float *)qt_info_of(w).data, r.p, n * d, PFLOOR);
                 CHECKF(wp <= 1e-5, "sparse %s step %d: off by %g", kind_names[kind], t + 1, wp);
                 for (k = 0; k < n; k++)
                     if (rowstep[k] == 0)
-                        CHECKF(memcmp((const float *)info_of(w).data + k * d, start + k * d, (size_t)d * sizeof(float)) == 0,
+                        CHECKF(memcmp((const float *)qt_info_of(w).data + k * d, start + k * d, (size_t)d * sizeof(float)) == 0,
                                "sparse %s: untouched row %lld moved", kind_names[kind], (long long)k);
             }
             {
@@ -1527,7 +1508,7 @@ static void test_sparse(void) {
         int kind;
         for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
             qembed_embedding *e = make_layer(n, d, 41, 0, true, NULL);
-            qembed_param *w = param_of(e, 0);
+            qembed_param *w = qt_param_of(e, 0);
             qembed_optimizer_params op = defaults(kind, 8);
             qembed_optimizer *o;
             qembed_optimizer_state_info si;
@@ -1550,7 +1531,7 @@ static void test_sparse(void) {
                        si.state_bytes == (int64_t)ns * (numel + 4 * blocks),
                    "sparse 8-bit %s: bytes %lld", kind_names[kind], (long long)si.state_bytes);
             {
-                const float *p = (const float *)info_of(w).data;
+                const float *p = (const float *)qt_info_of(w).data;
                 for (r = 0; r < n; r++) {
                     const int touched = r == 3 || r == 7 || r == 21;
                     int64_t j, changed = 0;
@@ -1570,7 +1551,7 @@ static void test_sparse(void) {
             CHECK(qembed_optimizer_step(o) == QEMBED_OK);
             s2 = save_state(o, 0);
             {
-                const float *p = (const float *)info_of(w).data;
+                const float *p = (const float *)qt_info_of(w).data;
                 int rows_ok = 1, state_ok = 1;
                 for (r = 0; r < n; r++) {
                     const int same = memcmp(p + r * d, before + r * d, (size_t)d * sizeof(float)) == 0;
@@ -1603,7 +1584,7 @@ static void test_skip_zeros(void) {
     for (bits = 8; bits <= 32; bits += 24)
         for (kind = 0; kind < QEMBED_OPTIM_COUNT; kind++) {
             qembed_embedding *e = make_layer(R8, C8, 61, 0, false, NULL);
-            qembed_param *w = param_of(e, 0);
+            qembed_param *w = qt_param_of(e, 0);
             qembed_optimizer_params op = defaults(kind, bits);
             qembed_optimizer *o;
             hyper h = hyper_of(&op);
@@ -1618,14 +1599,14 @@ static void test_skip_zeros(void) {
             ensure_grads(e);
             for (t = 1; t <= 3; t++) {
                 fill_grad(w, &rng, 1.0f);
-                g = info_of(w).grad;
+                g = qt_info_of(w).grad;
                 for (i = t; i < R8 * C8; i += 5) g[i] = 0.0f; /* a different set each step */
                 r.step++;
                 for (i = 0; i < R8 * C8; i++)
                     if (g[i] != 0.0f) ref_elem(&h, r.step, g[i], &r.p[i], &r.s1[i], &r.s2[i]);
                 CHECK(qembed_optimizer_step(o) == QEMBED_OK);
             }
-            if (bits == 32) ok = worst_rel_f((const float *)info_of(w).data, r.p, R8 * C8, PFLOOR) <= 1e-5;
+            if (bits == 32) ok = worst_rel_f((const float *)qt_info_of(w).data, r.p, R8 * C8, PFLOOR) <= 1e-5;
             CHECKF(ok, "%s/32 skip_zeros differs from the reference", kind_names[kind]);
             /* one more step with every third gradient zero: those elements and (32-bit) their state
              * do not change */
@@ -1635,12 +1616,12 @@ static void test_skip_zeros(void) {
                 int same = 1;
                 s0 = save_state(o, 0);
                 fill_grad(w, &rng, 1.0f);
-                g = info_of(w).grad;
+                g = qt_info_of(w).grad;
                 for (i = 0; i < R8 * C8; i += 3) g[i] = 0.0f;
                 CHECK(qembed_optimizer_step(o) == QEMBED_OK);
                 s1 = save_state(o, 0);
                 for (i = 0; i < R8 * C8; i += 3) {
-                    const float *p = (const float *)info_of(w).data;
+                    const float *p = (const float *)qt_info_of(w).data;
                     if (p[i] != before[i]) same = 0;
                     if (bits == 32) {
                         if (memcmp(s0.s1 + 4 * i, s1.s1 + 4 * i, 4) != 0) same = 0;
@@ -1668,7 +1649,7 @@ static void test_max_unorm(void) {
         const int kind = kinds[k];
         const int64_t n = 20 * 17;
         qembed_embedding *e = make_layer(20, 17, 71, 0, false, NULL);
-        qembed_param *w = param_of(e, 0);
+        qembed_param *w = qt_param_of(e, 0);
         qembed_optimizer_params op = defaults(kind, 32);
         qembed_optimizer *o;
         hyper h;
@@ -1688,7 +1669,7 @@ static void test_max_unorm(void) {
             double pn = 0.0, un = 0.0, alpha, scale;
             int64_t i;
             fill_grad(w, &rng, 1.0f);
-            g = info_of(w).grad;
+            g = qt_info_of(w).grad;
             r.step++;
             for (i = 0; i < n; i++) pn += r.p[i] * r.p[i];
             pn = sqrt(pn);
@@ -1717,7 +1698,7 @@ static void test_max_unorm(void) {
             for (i = 0; i < n; i++) r.p[i] = pw[i] + alpha * scale * u[i];
             CHECK(qembed_optimizer_step(o) == QEMBED_OK);
             {
-                const double wp = worst_rel_f((const float *)info_of(w).data, r.p, n, PFLOOR);
+                const double wp = worst_rel_f((const float *)qt_info_of(w).data, r.p, n, PFLOOR);
                 CHECKF(wp <= 1e-5, "%s max_unorm step %d: off by %g (scale %g)", kind_names[kind], t, wp, scale);
             }
         }
@@ -1739,7 +1720,7 @@ static void test_keep_alive(void) {
     qembed_optimizer *o;
     qt_rng rng = qt_rng_make(800);
     int i;
-    for (i = 0; i < 3; i++) ps[i] = param_of(e, i);
+    for (i = 0; i < 3; i++) ps[i] = qt_param_of(e, i);
     CHECK(qembed_param_clear_override(ps[0], QEMBED_OVERRIDE_OPTIM_BITS) == QEMBED_OK);
     o = make_opt(&op, ps, 3);
     ensure_grads(e);
@@ -1784,11 +1765,11 @@ static void test_half_weights(void) {
             p.seed = 3;
             p.dtype = dts[k];
             CHECK(qembed_embedding_create(&p, &e) == QEMBED_OK);
-            w = param_of(e, 0);
+            w = qt_param_of(e, 0);
             op.lr = kind == QEMBED_OPTIM_LION ? 1e-2 : op.lr * 10.0; /* moves larger than one unit in the last place */
             h = hyper_of(&op);
             for (i = 0; i < n; i++) {
-                const uint16_t b = ((const uint16_t *)info_of(w).data)[i];
+                const uint16_t b = ((const uint16_t *)qt_info_of(w).data)[i];
                 start[i] = dts[k] == QEMBED_DTYPE_F16 ? qt_f16_to_f32(b) : qt_bf16_to_f32(b);
             }
             r = ref_make(start, n);
@@ -1797,14 +1778,14 @@ static void test_half_weights(void) {
             for (t = 1; t <= 5; t++) {
                 const uint16_t *data;
                 fill_grad(w, &rng, 1.0f);
-                ref_step(&r, &h, info_of(w).grad);
+                ref_step(&r, &h, qt_info_of(w).grad);
                 /* the stored parameter is rounded: the reference continues from the rounded value */
                 for (i = 0; i < n; i++) {
                     const float f = (float)r.p[i];
                     r.p[i] = dts[k] == QEMBED_DTYPE_F16 ? qt_f16_to_f32(qt_f32_to_f16(f)) : qt_bf16_to_f32(qt_f32_to_bf16(f));
                 }
                 CHECK(qembed_optimizer_step(o) == QEMBED_OK);
-                data = (const uint16_t *)info_of(w).data;
+                data = (const uint16_t *)qt_info_of(w).data;
                 for (i = 0; i < n; i++) {
                     const double got = dts[k] == QEMBED_DTYPE_F16 ? qt_f16_to_f32(data[i]) : qt_bf16_to_f32(data[i]);
                     const double tol = ulp * (fabs(r.p[i]) > 1e-3 ? fabs(r.p[i]) : 1e-3) * 1.01;

@@ -27,13 +27,6 @@ static qembed_optimizer *adamw8(qembed_param **ps, int64_t n) {
     return o;
 }
 
-static qembed_param_info info_of(const qembed_param *p) {
-    qembed_param_info info;
-    info.struct_size = sizeof info;
-    qembed_param_info_get(p, &info);
-    return info;
-}
-
 static void test_wrapped_owned_layer_agree(void) {
     enum { ROWS = 96, COLS = 130, N = ROWS * COLS, STEPS = 5 };
     int64_t shape[2] = {ROWS, COLS};
@@ -52,7 +45,7 @@ static void test_wrapped_owned_layer_agree(void) {
     qembed_embedding_param(e, 0, &lw);
     qembed_param_clear_override(lw, QEMBED_OVERRIDE_OPTIM_BITS);
     {
-        qembed_param_info wi = info_of(w), oi = info_of(o);
+        qembed_param_info wi = qt_info_of(w), oi = qt_info_of(o);
         CHECK(wi.data == mine && wi.grad == NULL && wi.numel == N && wi.shape[1] == COLS && strcmp(wi.name, "w") == 0);
         CHECK(oi.data != NULL && strcmp(oi.name, "param") == 0 && ((uintptr_t)oi.data & 63) == 0);
     }
@@ -63,16 +56,16 @@ static void test_wrapped_owned_layer_agree(void) {
         for (i = 0; i < N; i++) g[i] = qt_normal(&r) * (i % 7 == 0 ? 1e-6f : 0.01f);
         g[s] = 40.0f;
         CHECK(qembed_param_wrap_grad(w, g, N) == QEMBED_OK);
-        CHECK(info_of(w).grad == g);
+        CHECK(qt_info_of(w).grad == g);
         CHECK(qembed_param_set_grad(o, g, QEMBED_DTYPE_F32, N) == QEMBED_OK);
-        CHECK(info_of(o).grad != g);
+        CHECK(qt_info_of(o).grad != g);
         CHECK(qembed_param_set_grad(lw, g, QEMBED_DTYPE_F32, N) == QEMBED_OK);
         CHECK(qembed_optimizer_step(ow) == QEMBED_OK);
         CHECK(qembed_optimizer_step(oo) == QEMBED_OK);
         CHECK(qembed_optimizer_step(ol) == QEMBED_OK);
     }
     {
-        const float *od = (const float *)info_of(o).data, *ld = (const float *)info_of(lw).data;
+        const float *od = (const float *)qt_info_of(o).data, *ld = (const float *)qt_info_of(lw).data;
         for (i = 0; i < N; i++) {
             diff_w += qt_f32_bits(mine[i]) != qt_f32_bits(od[i]);
             diff_l += qt_f32_bits(ld[i]) != qt_f32_bits(od[i]);
@@ -141,20 +134,20 @@ static void test_errors(void) {
     g[9] = NAN;
     CHECK(qembed_param_set_grad(q, g, QEMBED_DTYPE_F32, 12) == QEMBED_ERR_NON_FINITE);
     CHECK(qt_names(qembed_last_error(), "grad"));
-    CHECK(info_of(q).grad == NULL);
+    CHECK(qt_info_of(q).grad == NULL);
     g[9] = 1.0f;
     CHECK(qembed_param_set_grad(q, g, QEMBED_DTYPE_F32, 12) == QEMBED_OK);
-    memcpy(before, info_of(q).grad, sizeof before);
+    memcpy(before, qt_info_of(q).grad, sizeof before);
     CHECK(qembed_param_wrap_grad(q, NULL, 12) == QEMBED_ERR_NULL_POINTER);
     CHECK(qembed_param_wrap_grad(q, (float *)((char *)g + 1), 12) == QEMBED_ERR_INVALID_ARGUMENT);
     CHECK(qembed_param_wrap_grad(q, g, 13) == QEMBED_ERR_SHAPE);
-    CHECK(memcmp(before, info_of(q).grad, sizeof before) == 0);
+    CHECK(memcmp(before, qt_info_of(q).grad, sizeof before) == 0);
     {
         /* the owned gradient buffer outlives clear_grad (reused, zeroed) */
-        float *owned = info_of(q).grad;
-        CHECK(qembed_param_clear_grad(q) == QEMBED_OK && info_of(q).grad == NULL);
+        float *owned = qt_info_of(q).grad;
+        CHECK(qembed_param_clear_grad(q) == QEMBED_OK && qt_info_of(q).grad == NULL);
         CHECK(owned[3] == before[3]);
-        CHECK(qembed_param_set_grad(q, g, QEMBED_DTYPE_F32, 12) == QEMBED_OK && info_of(q).grad == owned);
+        CHECK(qembed_param_set_grad(q, g, QEMBED_DTYPE_F32, 12) == QEMBED_OK && qt_info_of(q).grad == owned);
     }
     CHECK(qembed_param_clear_grad(NULL) == QEMBED_ERR_NULL_POINTER);
     qembed_param_free(q);

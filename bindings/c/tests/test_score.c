@@ -69,24 +69,6 @@ static float *score_table(uint64_t seed, int64_t rows, int64_t d) {
     return t;
 }
 
-static qembed_param_info winfo(qembed_embedding *e) {
-    qembed_param *p = NULL;
-    qembed_param_info info;
-    if (qembed_embedding_param(e, 0, &p) != QEMBED_OK) exit(2);
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
-    if (qembed_param_info_get(p, &info) != QEMBED_OK) exit(2);
-    return info;
-}
-
-static float *weight_copy(qembed_embedding *e) {
-    qembed_param_info w = winfo(e);
-    float *t = (float *)xmalloc((size_t)w.numel * sizeof(float));
-    int64_t i;
-    for (i = 0; i < w.numel; i++) t[i] = qt_load_f(w.data, w.dtype, i);
-    return t;
-}
-
 static float *q_rows(const qembed_qembedding *q, int64_t n, int64_t d) {
     int64_t *ids = (int64_t *)xmalloc((size_t)n * sizeof(int64_t)), i;
     float *R = (float *)xmalloc((size_t)(n * d) * sizeof(float));
@@ -345,7 +327,7 @@ static void test_float_tables(void) {
         for (j = 0; j < d; j++) Qv[(nq - 1) * d + j] = 0.0f; /* a zero query (cosine: every score 0) */
         for (lt = 0; lt < 3; lt++) {
             qembed_embedding *e = qt_make_layer(rows, d, 0, 0, FDT[lt], false, 0.0, table);
-            float *W = weight_copy(e);
+            float *W = qt_weight_copy(e);
             char name[64];
             snprintf(name, sizeof name, "%s layer", dn(FDT[lt]));
             check_table(name, e, NULL, W, rows, d, Qv, nq);
@@ -466,14 +448,14 @@ static void test_layers(void) {
     float *table = score_table(700, rows, d), *Qv = score_table(701, nq, d);
     qembed_embedding *s = qt_make_layer(rows, d, 0, 1, F32, false, 0.0, table);
     qembed_embedding *m = qt_make_layer(rows, d, 0, 0, F32, false, 0.5, table);
-    float *before = weight_copy(m), *after;
+    float *before = qt_weight_copy(m), *after;
     float S[4 * 30];
     int64_t ti[4 * 5];
     float ts[4 * 5];
     check_table("StableEmbedding (raw rows)", s, NULL, table, rows, d, Qv, nq);
     CHECK(qembed_embedding_score(m, Qv, F32, nq, DOT, S, nq * rows) == QEMBED_OK);
     CHECK(qembed_embedding_topk(m, Qv, F32, nq, COS, 5, ti, ts, nq * 5) == QEMBED_OK);
-    after = weight_copy(m);
+    after = qt_weight_copy(m);
     CHECKF(memcmp(before, after, (size_t)(rows * d) * sizeof(float)) == 0, "scoring renormalized a max_norm layer's rows");
     check_scores("max_norm layer (rows as stored)", S, Qv, nq, before, rows, d, DOT);
     free(before);
@@ -490,7 +472,7 @@ static void test_threads(void) {
     static const int threads[4] = {1, 2, 3, 8};
     float *table = score_table(800, rows, d), *Qv = score_table(801, nq, d), *R = NULL;
     qembed_embedding *e = qt_make_layer(rows, d, 0, 0, BF16, false, 0.0, table);
-    float *W = weight_copy(e);
+    float *W = qt_weight_copy(e);
     qembed_qembedding *q = NULL;
     float *S0[2][2], *T0s[2][2];
     int64_t *T0i[2][2];
@@ -589,12 +571,12 @@ static unsigned char *snapshot(size_t *len) {
     unsigned char *p;
     int l;
     for (l = 0; l < 3; l++) {
-        qembed_param_info w = winfo(TL[l]);
+        qembed_param_info w = qt_info_of(qt_param_of(TL[l], 0));
         total += (size_t)w.numel * qembed_dtype_size(w.dtype);
     }
     p = (unsigned char *)xmalloc(total);
     for (l = 0; l < 3; l++) {
-        qembed_param_info w = winfo(TL[l]);
+        qembed_param_info w = qt_info_of(qt_param_of(TL[l], 0));
         const size_t n = (size_t)w.numel * qembed_dtype_size(w.dtype);
         memcpy(p + off, w.data, n);
         off += n;
