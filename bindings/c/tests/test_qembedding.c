@@ -760,33 +760,23 @@ static void test_disagreement(void) {
         if (back) CHECK(lookups_equal(q, back, rows, dim));
         qembed_qembedding_free(back);
 
-        QS("nf4", "64", "float32", "65", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("shape [65, 32] for a 64x32 table", dst, FMT);
-        QS("nf4", "64", "float32", "64", "64", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("shape [64, 64] for a 64x32 table", dst, FMT);
-        QS("nf4", "128", "float32", "64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("blocksize 128 for blocksize-64 tensors", dst, FMT);
-        QS("nf4", "100", "float32", "64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("blocksize 100", dst, FMT);
-        QS("nf4", "\"64\"", "float32", "64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("blocksize as a string", dst, FMT);
-        QS("fp4", "64", "float32", "64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("quant_type fp4 under a bitsandbytes__nf4 key", dst, FMT);
-        QS("nf4", "64", "float64", "64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("dtype float64", dst, FMT);
-        QS("nf4", "64", "float32", "-64", "32", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("a negative shape", dst, FMT);
-        QS("nf4", "64", "float32", "64", "32.5", tail);
-        rewrite(src, dst, "weight", json, NULL, NULL, NULL);
-        expect_load_fails("a fractional shape", dst, FMT);
+        /* one field of the QuantState JSON wrong at a time */
+        static const struct { const char *quant_type, *blocksize, *dtype, *rows, *cols, *what; } bad_fields[] = {
+            {"nf4", "64", "float32", "65", "32", "shape [65, 32] for a 64x32 table"},
+            {"nf4", "64", "float32", "64", "64", "shape [64, 64] for a 64x32 table"},
+            {"nf4", "128", "float32", "64", "32", "blocksize 128 for blocksize-64 tensors"},
+            {"nf4", "100", "float32", "64", "32", "blocksize 100"},
+            {"nf4", "\"64\"", "float32", "64", "32", "blocksize as a string"},
+            {"fp4", "64", "float32", "64", "32", "quant_type fp4 under a bitsandbytes__nf4 key"},
+            {"nf4", "64", "float64", "64", "32", "dtype float64"},
+            {"nf4", "64", "float32", "-64", "32", "a negative shape"},
+            {"nf4", "64", "float32", "64", "32.5", "a fractional shape"},
+        };
+        for (size_t k = 0; k < sizeof bad_fields / sizeof bad_fields[0]; k++) {
+            QS(bad_fields[k].quant_type, bad_fields[k].blocksize, bad_fields[k].dtype, bad_fields[k].rows, bad_fields[k].cols, tail);
+            rewrite(src, dst, "weight", json, NULL, NULL, NULL);
+            expect_load_fails(bad_fields[k].what, dst, FMT);
+        }
         snprintf(json, sizeof json, "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\"%s}", tail);
         rewrite(src, dst, "weight", json, NULL, NULL, NULL);
         expect_load_fails("no shape", dst, FMT);
