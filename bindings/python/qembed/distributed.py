@@ -56,7 +56,7 @@ from . import io as _io
 from .functional import _FOUR_BIT_BLOCKSIZES
 from .nn import _bags
 from .nn.embedding_bag import EmbeddingBag
-from .nn.modules import Embedding, StableEmbedding, _int, _quantized_shard, _type_error, _value_error
+from .nn.modules import Embedding, Embedding4bit, Embedding8bit, StableEmbedding, _int, _quantized_shard, _type_error, _value_error
 
 __all__ = ["ShardedEmbedding", "ShardedEmbeddingBag", "row_bounds"]
 
@@ -166,8 +166,8 @@ class ShardedEmbedding:
         refuses them. A StableEmbedding's LayerNorm is not part of the
         quantized table (as in qembed.nn). The result has forward() and
         gather_weight() (the dequantized table); backward() and parameters()
-        do not apply, and save() is not implemented yet for quantized shards
-        (save the float table, load it and quantize again)."""
+        do not apply; save() and load() keep the quantized bytes (re-sharded
+        on load)."""
         if self.is_quantized:
             raise _type_error("quantize: this ShardedEmbedding is already quantized")
         if quant_type not in ("int8", "fp4", "nf4"):
@@ -178,17 +178,23 @@ class ShardedEmbedding:
         bounds = self.bounds if quant_type == "int8" else row_bounds(self.num_embeddings, self.embedding_dim,
                                                                      self.world_size, blocksize)
         rows = self._rows_for(bounds)
-        q = ShardedEmbedding.__new__(ShardedEmbedding)
-        q.num_embeddings, q.embedding_dim = self.num_embeddings, self.embedding_dim
-        q.group, q.world_size, q.rank, q.bounds = self.group, self.world_size, self.rank, bounds
-        q.stable, q._kw, q.dtype = False, {}, self.dtype
-        q.row_offset, q.rows = bounds[self.rank], bounds[self.rank + 1] - bounds[self.rank]
-        q.quant_type, q.blocksize, q.compress_statistics = quant_type, blocksize, bool(compress_statistics)
-        q.local = None
+        q = ShardedEmbedding._quantized_shell(self.num_embeddings, self.embedding_dim, self.group, self.world_size,
+                                              self.rank, bounds, quant_type, blocksize, compress_statistics, self.dtype)
         if q.rows > 0:
             code = self.local._dtype_code if self.local is not None else None
             q.local = _quantized_shard(rows, quant_type, blocksize, compress_statistics, q.row_offset,
                                        self.num_embeddings, code)
+        return q
+
+    @staticmethod
+    def _quantized_shell(V, D, group, world, rank, bounds, quant_type, blocksize, compress_statistics, dtype):
+        q = ShardedEmbedding.__new__(ShardedEmbedding)
+        q.num_embeddings, q.embedding_dim = V, D
+        q.group, q.world_size, q.rank, q.bounds = group, world, rank, bounds
+        q.stable, q._kw, q.dtype = False, {}, dtype
+        q.row_offset, q.rows = bounds[rank], bounds[rank + 1] - bounds[rank]
+        q.quant_type, q.blocksize, q.compress_statistics = quant_type, blocksize, bool(compress_statistics)
+        q.local = None
         return q
 
     def _rows_for(self, bounds):
@@ -325,10 +331,17 @@ class ShardedEmbedding:
         metadata; a StableEmbedding's LayerNorm in rank 0's file), and, from
         rank 0, an index in the shape of transformers'
         model.safetensors.index.json whose "shards" entry lists each split
-        tensor's pieces. Collective (a barrier at the end)."""
+        tensor's pieces. Collective (a barrier at the end).
+
+        A quantized table saves each rank's quantized rows under
+        bitsandbytes' names (weight, weight.SCB or weight.absmax,
+        weight.quant_map, weight.quant_state.bitsandbytes__<type>: an
+        ordinary Embedding8bit / Embedding4bit file of its rows) and the
+        quantization in the index's metadata ("quantized"); load() re-shards
+        it without dequantizing (a nested-statistics table, saved by a world
+        of one, loads only into a world of one)."""
         if self.is_quantized:
-            raise _type_error("save: checkpoints of quantized shards are not implemented yet; save the float "
-                              "ShardedEmbedding and quantize() it after loading")
+            return self._save_quantized(path)
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         name = f"shard-{self.rank:05d}-of-{self.world_size:05d}.safetensors"
@@ -360,14 +373,107 @@ class ShardedEmbedding:
             dist.barrier(group=self.group)
         return path
 
+    def _save_quantized(self, path):
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        files = [f"shard-{r:05d}-of-{self.world_size:05d}.safetensors" for r in range(self.world_size)]
+        tensors = dict(self.local.state_dict()) if self.local is not None else {}
+        dtype_name = _arrays.float_dtype_name(self.dtype)
+        meta = {"row_offset": str(self.row_offset), "rows": str(self.rows), "world_size": str(self.world_size),
+                "rank": str(self.rank), "num_embeddings": str(self.num_embeddings),
+                "embedding_dim": str(self.embedding_dim), "quant_type": self.quant_type,
+                "qembed.weight.dtype": dtype_name, "format": "pt"}
+        _io.save_file(tensors, os.path.join(path, files[self.rank]), metadata=meta)
+        if self.rank == 0:
+            pieces = [{"file": files[r], "row_offset": self.bounds[r], "rows": self.bounds[r + 1] - self.bounds[r]}
+                      for r in range(self.world_size) if self.bounds[r + 1] > self.bounds[r]]
+            n = self.num_embeddings * self.embedding_dim     # the table's bytes (per-file maps and JSON aside)
+            total = n + 4 * self.num_embeddings if self.quant_type == "int8" else -(-n // 2) + 4 * -(-n // self.blocksize)
+            index = {"metadata": {"total_size": total,
+                                  "format": "qembed.distributed.ShardedEmbedding", "world_size": self.world_size,
+                                  "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                                  "stable": False, "options": {},
+                                  "quantized": {"quant_type": self.quant_type, "blocksize": self.blocksize,
+                                                "compress_statistics": self.compress_statistics,
+                                                "dtype": dtype_name}},
+                     "weight_map": {k: pieces[0]["file"] for k in tensors},
+                     "shards": {"weight": pieces}}
+            _io.write_json(os.path.join(path, INDEX_FILE), index)
+        if self.world_size > 1:
+            dist.barrier(group=self.group)
+        return path
+
+    @classmethod
+    def _load_quantized(cls, path, index, group):
+        meta = index["metadata"]
+        qm = meta["quantized"]
+        V, D = int(meta["num_embeddings"]), int(meta["embedding_dim"])
+        qt, bs, nested, dtype_name = qm["quant_type"], int(qm["blocksize"]), bool(qm["compress_statistics"]), qm["dtype"]
+        world, rank = _world(group)
+        bounds = row_bounds(V, D, world, None if qt == "int8" else bs)
+        lo, hi = bounds[rank], bounds[rank + 1]
+        dtype = _arrays.numpy_float_dtype(dtype_name)
+        q = ShardedEmbedding._quantized_shell(V, D, group, world, rank, bounds, qt, bs, nested, dtype)
+        if hi == lo:
+            return q
+        if nested and (lo, hi) != (0, V):
+            raise _value_error(f"{path}: a table with nested statistics (compress_statistics) loads only into a "
+                               f"world of one (this rank would hold rows [{lo}, {hi}) of {V})")
+        parts, extra = [], {}
+        for piece in index["shards"]["weight"]:
+            a, b = piece["row_offset"], piece["row_offset"] + piece["rows"]
+            if b <= lo or a >= hi:
+                continue
+            s, e = max(lo, a) - a, min(hi, b) - a       # rows of this piece
+            with _io.TensorFile(os.path.join(path, piece["file"])) as t:
+                got = t.tensors()
+            if nested:
+                extra = got
+                continue
+            if qt == "int8":
+                parts.append((got["weight"][s:e], got["weight.SCB"][s:e]))
+                continue
+            if (s * D) % bs or ((e * D) % bs and a + e != V):
+                raise _value_error(f"{path}: rows [{a + s}, {a + e}) of {piece['file']} do not fall on "
+                                   f"{bs}-element blocks", C.QEMBED_ERR_FORMAT)
+            packed = got["weight"].reshape(-1)
+            parts.append((packed[s * D // 2: -(-e * D // 2)], got["weight.absmax"][s * D // bs: -(-e * D // bs)]))
+            extra = {k: v for k, v in got.items() if k in ("weight.quant_map", f"weight.quant_state.bitsandbytes__{qt}")}
+        if nested:
+            tensors = extra
+        elif qt == "int8":
+            tensors = {"weight": np.concatenate([p[0] for p in parts]), "weight.SCB": np.concatenate([p[1] for p in parts])}
+        else:
+            key = f"weight.quant_state.bitsandbytes__{qt}"
+            state = json.loads(bytes(np.asarray(extra[key])).decode())
+            state["shape"] = [hi - lo, D]
+            tensors = {"weight": np.concatenate([p[0] for p in parts]).reshape(-1, 1),
+                       "weight.absmax": np.concatenate([p[1] for p in parts]),
+                       "weight.quant_map": extra["weight.quant_map"],
+                       key: np.frombuffer(json.dumps(state).encode(), np.uint8)}
+        if qt == "int8":
+            layer = Embedding8bit(hi - lo, D, dtype=dtype_name)
+        else:
+            layer = Embedding4bit(hi - lo, D, dtype=dtype_name, quant_type=qt, blocksize=bs,
+                                  compress_statistics=nested)
+        layer.load_state_dict(tensors)
+        q.local = layer
+        return q
+
     @classmethod
     def load(cls, path, process_group=None, **kw):
         """A checkpoint saved by save() with any world size, re-sharded for
-        this group's (a world of one without an initialized group)."""
+        this group's (a world of one without an initialized group). A
+        quantized checkpoint gives the quantized table (its rows moved, not
+        requantized); its local layers are ordinary Embedding8bit /
+        Embedding4bit tables of their rows (self.row_offset says where they
+        sit)."""
         path = os.fspath(path)
         with open(os.path.join(path, INDEX_FILE)) as f:
             index = json.load(f)
         meta = index["metadata"]
+        if "quantized" in meta:
+            return cls._load_quantized(path, index, process_group)
         V, D = int(meta["num_embeddings"]), int(meta["embedding_dim"])
         world, rank = _world(process_group)
         bounds = row_bounds(V, D, world)

@@ -82,8 +82,13 @@ def bag_batches(case, world):
 
 def quantized_main(rank, world, case, out_dir):
     from qembed.distributed import ShardedEmbedding
-    emb = ShardedEmbedding(case["V"], case["D"], _weight=table(case))
-    q = emb.quantize(case["quant_type"], blocksize=case["blocksize"])
+    if case.get("load"):
+        q = ShardedEmbedding.load(case["load"])
+    else:
+        emb = ShardedEmbedding(case["V"], case["D"], _weight=table(case))
+        q = emb.quantize(case["quant_type"], blocksize=case["blocksize"])
+    if case.get("save"):
+        q.save(case["save"])
     result = {"out": q(quantized_ids(case, world)[rank]), "full": q.gather_weight(),
               "row_offset": np.int64(q.row_offset), "rows": np.int64(q.rows)}
     try:
@@ -91,7 +96,7 @@ def quantized_main(rank, world, case, out_dir):
         result["backward_refused"] = np.bool_(False)
     except TypeError:
         result["backward_refused"] = np.bool_(True)
-    if case["quant_type"] != "int8" and world > 1:
+    if case["quant_type"] != "int8" and world > 1 and not case.get("load"):
         try:
             emb.quantize(case["quant_type"], blocksize=case["blocksize"], compress_statistics=True)
             result["nested_refused"] = np.bool_(False)

@@ -147,16 +147,19 @@ QUANT_CASES = [
 ]
 
 
+def _quantized_reference(case):
+    whole = qembed.nn.Embedding.from_pretrained(worker.table(case))
+    if case["quant_type"] == "int8":
+        return qembed.nn.Embedding8bit.from_embedding(whole)
+    return qembed.nn.Embedding4bit.from_embedding(whole, quant_type=case["quant_type"], blocksize=case["blocksize"])
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("ci", range(len(QUANT_CASES)))
 def test_quantized_shards_equal_the_unsharded_quantized_layer(world, ci, tmp_path):
     case = dict(QUANT_CASES[ci], table_seed=_fresh_seed())
     ranks = run_ranks(world, case, tmp_path)
-    whole = qembed.nn.Embedding.from_pretrained(worker.table(case))
-    if case["quant_type"] == "int8":
-        ref = qembed.nn.Embedding8bit.from_embedding(whole)
-    else:
-        ref = qembed.nn.Embedding4bit.from_embedding(whole, quant_type=case["quant_type"], blocksize=case["blocksize"])
+    ref = _quantized_reference(case)
     ids = worker.quantized_ids(case, world)
     bounds = row_bounds(case["V"], case["D"], world, None if case["quant_type"] == "int8" else case["blocksize"])
     full = ref(np.arange(case["V"]))
@@ -168,6 +171,39 @@ def test_quantized_shards_equal_the_unsharded_quantized_layer(world, ci, tmp_pat
         assert bool(res["backward_refused"])
         if "nested_refused" in res:
             assert bool(res["nested_refused"])
+
+
+@pytest.mark.parametrize("saved, loaded", [(2, 1), (2, 3), (3, 2), (1, 2)])
+@pytest.mark.parametrize("ci", [1, 2])
+def test_quantized_checkpoint_reshards(ci, saved, loaded, tmp_path):
+    case = dict(QUANT_CASES[ci], table_seed=_fresh_seed(), save=str(tmp_path / "ckpt"))
+    run_ranks(saved, case, tmp_path)
+    ref = _quantized_reference(case)
+    full = ref(np.arange(case["V"]))
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["quantized"]["quant_type"] == case["quant_type"]
+    if loaded == 1:
+        back = ShardedEmbedding.load(tmp_path / "ckpt")
+        assert back.is_quantized and back.rows == case["V"]
+        np.testing.assert_array_equal(back.gather_weight(), full)
+        assert back.local.state_dict()["weight"].tobytes() == ref.state_dict()["weight"].tobytes()
+        return
+    again = run_ranks(loaded, dict(case, save=None, load=str(tmp_path / "ckpt")), tmp_path)
+    ids = worker.quantized_ids(case, loaded)
+    bounds = row_bounds(case["V"], case["D"], loaded, None if case["quant_type"] == "int8" else case["blocksize"])
+    for r, res in enumerate(again):
+        assert int(res["row_offset"]) == bounds[r]
+        np.testing.assert_array_equal(res["out"], ref(ids[r]), err_msg=f"table_seed {case['table_seed']}")
+        np.testing.assert_array_equal(res["full"], full)
+
+
+def test_nested_quantized_checkpoint_loads_into_a_world_of_one(tmp_path):
+    W = np.random.default_rng().standard_normal((600, 16)).astype(np.float32)
+    q = ShardedEmbedding(600, 16, _weight=W).quantize("fp4", blocksize=256, compress_statistics=True)
+    q.save(tmp_path / "n")
+    back = ShardedEmbedding.load(tmp_path / "n")
+    np.testing.assert_array_equal(back.gather_weight(), q.gather_weight())
+    assert back.compress_statistics and back.local.compress_statistics
 
 
 def test_row_bounds_keep_4bit_blocks_whole():
@@ -192,8 +228,6 @@ def test_quantized_world_of_one_keeps_nested_statistics():
     assert list(q.parameters()) == [] and q.weight is None
     with pytest.raises(TypeError, match="inference"):
         q.backward(ids, np.zeros((7, 9, 16), np.float32))
-    with pytest.raises(TypeError):
-        q.save("unused")
     with pytest.raises(ValueError):
         ShardedEmbedding(600, 16).quantize("nf8")
 
