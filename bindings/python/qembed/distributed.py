@@ -186,6 +186,10 @@ class ShardedEmbedding:
                                        self.num_embeddings, code)
         return q
 
+    def _index_extra(self):
+        """More entries for the checkpoint index's metadata (the bag form's)."""
+        return {}
+
     @staticmethod
     def _quantized_shell(V, D, group, world, rank, bounds, quant_type, blocksize, compress_statistics, dtype):
         q = ShardedEmbedding.__new__(ShardedEmbedding)
@@ -368,6 +372,7 @@ class ShardedEmbedding:
                      "shards": {"weight": pieces}}
             if self.stable:
                 index["weight_map"].update({"norm.weight": files[0], "norm.bias": files[0]})
+            index["metadata"].update(self._index_extra())
             _io.write_json(os.path.join(path, INDEX_FILE), index)
         if self.world_size > 1:
             dist.barrier(group=self.group)
@@ -556,7 +561,9 @@ class ShardedEmbeddingBag(ShardedEmbedding):
     units of 2^-24 of the sum of the contributions' magnitudes.
     scale_grad_by_freq counts an id within each rank's input (as each rank's
     own loss would under data parallelism), not across the group. Collective:
-    every rank calls forward and backward."""
+    every rank calls forward and backward. save() / ShardedEmbeddingBag.load()
+    as ShardedEmbedding's (any world size; the bag options go in the index).
+    No quantized form yet."""
 
     def __init__(self, num_embeddings, embedding_dim, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
                  mode="mean", sparse=False, _weight=None, include_last_offset=False, padding_idx=None, dtype=None,
@@ -610,13 +617,33 @@ class ShardedEmbeddingBag(ShardedEmbedding):
         raise _type_error("quantize: ShardedEmbeddingBag has no quantized form yet (quantize a ShardedEmbedding "
                           "and pool with its rows)")
 
-    def save(self, path):
-        raise _type_error("save: checkpoints of a ShardedEmbeddingBag are not implemented yet "
-                          "(gather_weight() gives the full table)")
+    def _index_extra(self):
+        return {"bag": {"mode": self.mode, "include_last_offset": self.include_last_offset,
+                        "scale_grad_by_freq": self.scale_grad_by_freq}}
 
     @classmethod
-    def load(cls, *args, **kw):
-        raise _type_error("load: checkpoints of a ShardedEmbeddingBag are not implemented yet")
+    def load(cls, path, process_group=None):
+        """A checkpoint saved by ShardedEmbeddingBag.save (ShardedEmbedding's
+        format; the bag options in the index's "bag" entry), re-sharded as
+        ShardedEmbedding.load does. ShardedEmbedding.load reads the same
+        checkpoint as a plain table."""
+        with open(os.path.join(os.fspath(path), INDEX_FILE)) as f:
+            meta = json.load(f)["metadata"]
+        if "bag" not in meta:
+            raise _value_error(f"{os.fspath(path)}: not a ShardedEmbeddingBag checkpoint (no \"bag\" entry in "
+                               f"its index); load it with ShardedEmbedding.load", C.QEMBED_ERR_FORMAT)
+        self = super().load(path, process_group)
+        if self.local is not None:
+            self.local.weight._clear_override("optim_bits")
+        bag = meta["bag"]
+        self.mode = bag["mode"]
+        self.include_last_offset = bool(bag["include_last_offset"])
+        self.scale_grad_by_freq = bool(bag["scale_grad_by_freq"])
+        self.sparse = bool(self._kw.get("sparse", False))
+        pad = self._kw.get("padding_idx")
+        self.padding_idx = None if pad is None else pad % self.num_embeddings
+        self.seed = 0
+        return self
 
     def _distinct(self, input, offsets, per_sample_weights):
         """Validates the bag arguments (torch's rules, the layer's mode) and

@@ -108,8 +108,11 @@ def quantized_main(rank, world, case, out_dir):
 def bag_main(rank, world, case, out_dir):
     from qembed.distributed import ShardedEmbeddingBag
     kw = {k: case[k] for k in ("mode", "padding_idx", "include_last_offset", "max_norm", "sparse") if k in case}
-    bag = ShardedEmbeddingBag(case["V"], case["D"], _weight=table(case) if case.get("weight") else None,
-                              seed=case.get("seed", 0), **kw)
+    if case.get("load"):
+        bag = ShardedEmbeddingBag.load(case["load"])
+    else:
+        bag = ShardedEmbeddingBag(case["V"], case["D"], _weight=table(case) if case.get("weight") else None,
+                                  seed=case.get("seed", 0), **kw)
     params = list(bag.parameters())
     opt = qembed.optim.SGD(params, lr=0.1, momentum=0.9) if params else None
     result = {"row_offset": np.int64(bag.row_offset), "rows": np.int64(bag.rows)}
@@ -126,6 +129,8 @@ def bag_main(rank, world, case, out_dir):
             opt.step()
             opt.zero_grad()
     result["full"] = bag.gather_weight()
+    if case.get("save"):
+        bag.save(case["save"])
     np.savez(os.path.join(out_dir, f"rank-{rank}.npz"), **result)
 
 

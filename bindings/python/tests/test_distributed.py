@@ -292,6 +292,28 @@ def test_sharded_bag_equals_the_unsharded_bag(world, ci, tmp_path):
         assert (int(res["row_offset"]), int(res["rows"])) == (bounds[r], bounds[r + 1] - bounds[r])
 
 
+@pytest.mark.parametrize("loaded", [1, 3])
+def test_bag_checkpoint_reshards(loaded, tmp_path):
+    from qembed.distributed import ShardedEmbeddingBag
+    case = dict(BAG_CASES[1], table_seed=_fresh_seed(), save=str(tmp_path / "ckpt"))    # mean, include_last_offset
+    full = run_ranks(2, case, tmp_path)[0]["full"]
+    ref = qembed.nn.EmbeddingBag.from_pretrained(full, mode="mean", include_last_offset=True)
+    if loaded == 1:
+        back = ShardedEmbeddingBag.load(tmp_path / "ckpt")
+        assert (back.mode, back.include_last_offset) == ("mean", True)
+        np.testing.assert_array_equal(back.gather_weight(), full)
+        ids, offsets, _, _ = worker.bag_batches(case, 1)[0][0]
+        np.testing.assert_array_equal(back(ids, offsets), ref(ids, offsets))
+        assert ShardedEmbedding.load(tmp_path / "ckpt").gather_weight().tobytes() == full.tobytes()
+        return
+    again = run_ranks(loaded, dict(case, save=None, load=str(tmp_path / "ckpt")), tmp_path)
+    batches = worker.bag_batches(case, loaded)
+    for r, res in enumerate(again):
+        ids, offsets, _, _ = batches[0][r]
+        np.testing.assert_array_equal(res["out0"], ref(ids, offsets))     # before any step: the saved table
+        assert int(res["row_offset"]) == row_bounds(case["V"], case["D"], loaded)[r]
+
+
 def test_bag_world_of_one_draws_the_unsharded_table():
     from qembed.distributed import ShardedEmbeddingBag
     seed = _fresh_seed()
