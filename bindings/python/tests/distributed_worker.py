@@ -57,6 +57,7 @@ def bag_batches(case, world):
     out = []
     for step in range(case["steps"]):
         per = []
+        hot = rng.integers(0, V, size=4)       # ids every rank asks for: owners get them from several ranks
         for r in range(world):
             if case.get("two_d"):
                 nb, width = int(rng.integers(0, 12)), int(rng.integers(1, 6))
@@ -69,6 +70,7 @@ def bag_batches(case, world):
                 cuts[0] = 0
                 offsets = cuts
                 nb = cuts.size - (1 if case.get("include_last_offset") else 0)
+            ids.reshape(-1)[1::2] = np.resize(hot, ids.reshape(-1)[1::2].size)
             if ids.size > 4:
                 ids.reshape(-1)[:2] = ids.reshape(-1)[2:4]       # duplicates
                 if case.get("padding_idx") is not None:
@@ -107,7 +109,7 @@ def quantized_main(rank, world, case, out_dir):
 
 def bag_main(rank, world, case, out_dir):
     from qembed.distributed import ShardedEmbeddingBag
-    kw = {k: case[k] for k in ("mode", "padding_idx", "include_last_offset", "max_norm", "sparse") if k in case}
+    kw = {k: case[k] for k in ("mode", "padding_idx", "include_last_offset", "max_norm", "sparse", "scale_grad_by_freq") if k in case}
     if case.get("load"):
         bag = ShardedEmbeddingBag.load(case["load"])
     else:
