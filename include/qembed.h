@@ -917,7 +917,9 @@ QEMBED_API qembed_status qembed_qembedding_quantize_shard(const void *weight, in
  *  whole table). Nothing is written on failure. Since 0.3. */
 QEMBED_API qembed_status qembed_qembedding_get_shard(const qembed_qembedding *q, int64_t *row_offset, int64_t *total_rows);
 
-/*! qembed_qembedding_from_embedding() : the same from a layer's current weight. Since 0.1. */
+/*! qembed_qembedding_from_embedding() : the same from a layer's current weight
+ *  (a row shard's result is an ordinary table of its rows, not a shard; use
+ *  qembed_qembedding_quantize_shard with its weight for a quantized shard). Since 0.1. */
 QEMBED_API qembed_status qembed_qembedding_from_embedding(qembed_embedding *e, int kind, int64_t blocksize,
                                                           bool compress_statistics, qembed_qembedding **out);
 

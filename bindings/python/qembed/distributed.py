@@ -684,7 +684,8 @@ class ShardedEmbeddingBag(ShardedEmbedding):
         offsets, per_sample_weights)) = grad_output (see the class: one row
         per distinct id crosses the network); returns the per-sample weights'
         gradient (float32, input's shape) when they are given, else None.
-        Collective."""
+        Collective; in mode sum either every rank passes per_sample_weights
+        or none does (their gradient needs the rows: one more exchange)."""
         uniq, inv, bags = self._distinct(input, offsets, per_sample_weights)
         need_rows = self.mode == "max" or per_sample_weights is not None
         rows = self._lookup(uniq, raw=True) if need_rows else np.zeros((uniq.size, self.embedding_dim), self.dtype)
