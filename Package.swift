@@ -81,7 +81,7 @@ let package = Package(
         // MARK: - The qembed command (installed as `qembed`)
         .executableTarget(
             name: "QembedCLI",
-            dependencies: ["QembedCore", "QembedIO", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["CQembed", "QembedCore", "QembedIO", "QembedBenchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/QembedCLI",
             swiftSettings: [.unsafeFlags(["-Ounchecked"]), .define("QEMBED_TIER_" + tier.uppercased())]
         ),

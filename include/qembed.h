@@ -37,7 +37,7 @@ extern "C" {
 /* ======================================================================== */
 
 #define QEMBED_VERSION_MAJOR 0 /* bumped by any ABI change: signature, enum value, struct layout */
-#define QEMBED_VERSION_MINOR 2 /* bumped by new functions or enum values */
+#define QEMBED_VERSION_MINOR 3 /* bumped by new functions or enum values */
 #define QEMBED_VERSION_PATCH 0
 #define QEMBED_VERSION_NUMBER \
     (QEMBED_VERSION_MAJOR * 10000 + QEMBED_VERSION_MINOR * 100 + QEMBED_VERSION_PATCH)
@@ -888,7 +888,38 @@ QEMBED_API qembed_status qembed_qembedding_quantize(const void *weight, int dtyp
                                                     int kind, int64_t blocksize, bool compress_statistics,
                                                     qembed_qembedding **out);
 
-/*! qembed_qembedding_from_embedding() : the same from a layer's current weight. Since 0.1. */
+/*! qembed_qembedding_quantize_shard() :
+ *  Quantizes one row shard of a larger table: `weight` holds rows
+ *  [row_offset, row_offset + rows) of a table of total_rows x dim, and the
+ *  result is byte for byte those rows of qembed_qembedding_quantize of the
+ *  whole table (so the shards' forward outputs tile the whole table's). The
+ *  layer is used with local ids 0 .. rows - 1 like any quantized layer;
+ *  qembed_qembedding_get_shard reports the range. INT8 scales are per row:
+ *  any row_offset works. A 4-bit shard must not split a block: row_offset x
+ *  dim must be a multiple of blocksize, and so must (row_offset + rows) x dim
+ *  unless the shard ends the table; otherwise QEMBED_ERR_INVALID_ARGUMENT.
+ *  compress_statistics is refused (QEMBED_ERR_INVALID_ARGUMENT) for a shard
+ *  that is not the whole table: the nested statistics' offset is the mean of
+ *  every block's absmax, which a shard cannot know, so its nested bytes would
+ *  differ from the whole table's. Other errors as qembed_qembedding_quantize;
+ *  QEMBED_ERR_OUT_OF_RANGE when row_offset < 0 or the rows do not fit in
+ *  total_rows; QEMBED_ERR_INVALID_ARGUMENT when total_rows < 1,
+ *  QEMBED_ERR_SHAPE when total_rows x dim overflows. *out is NULL on failure.
+ *  qembed_qembedding_save writes a shard's rows as an ordinary table (the
+ *  range is not recorded in the file). Since 0.3. */
+QEMBED_API qembed_status qembed_qembedding_quantize_shard(const void *weight, int dtype, int64_t rows, int64_t dim,
+                                                          int kind, int64_t blocksize, bool compress_statistics,
+                                                          int64_t row_offset, int64_t total_rows,
+                                                          qembed_qembedding **out);
+
+/*! qembed_qembedding_get_shard() : the rows this quantized layer holds:
+ *  *row_offset and *total_rows (0 and num_embeddings for a layer that is a
+ *  whole table). Nothing is written on failure. Since 0.3. */
+QEMBED_API qembed_status qembed_qembedding_get_shard(const qembed_qembedding *q, int64_t *row_offset, int64_t *total_rows);
+
+/*! qembed_qembedding_from_embedding() : the same from a layer's current weight
+ *  (a row shard's result is an ordinary table of its rows, not a shard; use
+ *  qembed_qembedding_quantize_shard with its weight for a quantized shard). Since 0.1. */
 QEMBED_API qembed_status qembed_qembedding_from_embedding(qembed_embedding *e, int kind, int64_t blocksize,
                                                           bool compress_statistics, qembed_qembedding **out);
 

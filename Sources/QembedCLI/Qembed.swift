@@ -1,4 +1,5 @@
 import ArgumentParser
+import CQembed
 import QembedCore
 import QembedIO
 #if canImport(Glibc)
@@ -166,8 +167,9 @@ func checkOutputDirectory(_ path: String) throws {
 /// `qembed --version`: the version and the CPU tier this command was built
 /// for (the command carries its own copy of the core; the installed one is
 /// the baseline build, which runs on every x86-64-v2 CPU).
+/// The version comes from include/qembed.h's macros, as qembed_version() does.
 #if QEMBED_TIER_BASELINE
-let qembedVersion = "0.2.0 (cpu tier: baseline, x86-64-v2)"
+let qembedVersion = "\(QEMBED_VERSION_MAJOR).\(QEMBED_VERSION_MINOR).\(QEMBED_VERSION_PATCH) (cpu tier: baseline, x86-64-v2)"
 #else
-let qembedVersion = "0.2.0 (cpu tier: native, built for its build machine)"
+let qembedVersion = "\(QEMBED_VERSION_MAJOR).\(QEMBED_VERSION_MINOR).\(QEMBED_VERSION_PATCH) (cpu tier: native, built for its build machine)"
 #endif

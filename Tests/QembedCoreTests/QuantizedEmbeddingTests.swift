@@ -34,6 +34,41 @@ final class QuantizedEmbeddingTests: XCTestCase {
         }
     }
 
+    /// Row shards quantize to the whole table's bytes: their lookups tile the
+    /// whole table's; split blocks and partial nested statistics are refused.
+    func testShardsTileTheWholeTable() throws {
+        var rng = Rng(UInt64(time(nil)))
+        for (kind, dim, bs) in [(QuantizedEmbedding.Kind.int8, 7, 64), (.fp4, 24, 64), (.nf4, 100, 32), (.nf4, 7, 1024)] {
+            let step = kind == .int8 ? 1 : bs / gcd(dim, bs)
+            let rows = step * 7 + 1
+            let w: [Float] = (0..<(rows * dim)).map { i in rng.uniform() * powf(10, Float((i / dim) % 7) - 3) - 0.3 }
+            let whole = try lookup(try QuantizedEmbedding.quantize(w, dtype: .f32, rows: rows, dim: dim, kind: kind, blocksize: bs),
+                                   (0..<rows).map(Int64.init))
+            var tiled = [Float]()
+            for (lo, hi) in [(0, step * 2), (step * 2, step * 5), (step * 5, rows)] {
+                let q = try w.withUnsafeBytes { b in
+                    try QuantizedEmbedding.quantize(b.baseAddress! + lo * dim * 4, dtype: .f32, rows: hi - lo, dim: dim, kind: kind,
+                                                    blocksize: bs, shard: RowShard(rowOffset: lo, totalRows: rows, rows: hi - lo))
+                }
+                XCTAssertEqual(q.shard, try RowShard(rowOffset: lo, totalRows: rows, rows: hi - lo))
+                tiled += try lookup(q, (0..<(hi - lo)).map(Int64.init))
+            }
+            XCTAssertEqual(tiled.map(\.bitPattern), whole.map(\.bitPattern), "\(kind) dim \(dim) bs \(bs)")
+        }
+        let w = [Float](repeating: 1, count: 300 * 24)
+        XCTAssertThrowsError(try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 32, dim: 24, kind: .nf4, blocksize: 256,
+                                                             shard: RowShard(rowOffset: 8, totalRows: 300, rows: 32)))
+        XCTAssertThrowsError(try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 8, dim: 24, kind: .nf4, blocksize: 256,
+                                                             shard: RowShard(rowOffset: 32, totalRows: 300, rows: 8)))
+        XCTAssertThrowsError(try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 32, dim: 24, kind: .nf4, blocksize: 64,
+                                                             compressStatistics: true,
+                                                             shard: RowShard(rowOffset: 0, totalRows: 300, rows: 32)))
+        XCTAssertNoThrow(try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 5, dim: 24, kind: .int8,
+                                                         shard: RowShard(rowOffset: 7, totalRows: 300, rows: 5)))
+    }
+
+    private func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+
     /// upstream test_embedding_error: uniform [0,1) weights.
     func testErrorBounds() throws {
         var rng = Rng(2)

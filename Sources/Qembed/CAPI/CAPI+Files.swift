@@ -223,6 +223,39 @@ public func qembed_qembedding_quantize(_ weight: UnsafeRawPointer!, _ dtype: CIn
 }
 
 @c @implementation
+public func qembed_qembedding_quantize_shard(_ weight: UnsafeRawPointer!, _ dtype: CInt, _ rows: Int64, _ dim: Int64, _ kind: CInt,
+                                             _ blocksize: Int64, _ compress_statistics: Bool, _ row_offset: Int64,
+                                             _ total_rows: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
+    out?.pointee = nil
+    return capi { () throws(QembedError) in
+        let o = try need(out, "out")
+        let w = try need(weight, "weight")
+        let d = try DType.float(dtype, argument: "dtype")
+        let r = try count(rows, "rows"), c = try count(dim, "dim")
+        let k = try qkind(kind)
+        _ = try bytes(try checkedMul(r, c, "rows x dim"), d.size, "weight")
+        guard total_rows >= 1 else { throw .invalid("total_rows must be >= 1, got \(total_rows)") }
+        guard total_rows <= Int64(Int.max / 16) else { throw .shape("total_rows = \(total_rows) is too large") }
+        let shard = try RowShard(rowOffset: Int(clamping: row_offset), totalRows: Int(total_rows), rows: r)
+        let bs = k == .int8 ? 64 : Int(clamping: blocksize)
+        o.pointee = retained(try QuantizedEmbedding.quantize(w, dtype: d, rows: r, dim: c, kind: k, blocksize: bs,
+                                                             compressStatistics: k != .int8 && compress_statistics,
+                                                             shard: shard))
+    }
+}
+
+@c @implementation
+public func qembed_qembedding_get_shard(_ q: OpaquePointer!, _ row_offset: UnsafeMutablePointer<Int64>!,
+                                        _ total_rows: UnsafeMutablePointer<Int64>!) -> qembed_status {
+    capi { () throws(QembedError) in
+        let l = try qembedding(q)
+        let o = try need(row_offset, "row_offset"), t = try need(total_rows, "total_rows")
+        o.pointee = Int64(l.shard?.rowOffset ?? 0)
+        t.pointee = Int64(l.shard?.totalRows ?? l.numEmbeddings)
+    }
+}
+
+@c @implementation
 public func qembed_qembedding_from_embedding(_ e: OpaquePointer!, _ kind: CInt, _ blocksize: Int64, _ compress_statistics: Bool,
                                              _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
     out?.pointee = nil

@@ -27,6 +27,8 @@ public final class QuantizedEmbedding: @unchecked Sendable {
     public let nestedCode: UnsafePointer<Float>?
     public let nestedBlocksize: Int
     public let offset: Float
+    /// The rows of a larger table this one holds (nil: a whole table).
+    public let shard: RowShard?
     private let keepAlive: [AnyObject]
 
     public var nested: Bool { qabsmax != nil }
@@ -43,28 +45,37 @@ public final class QuantizedEmbedding: @unchecked Sendable {
 
     public init(kind: Kind, rows: Int, dim: Int, dtype: DType, blocksize: Int, q: UnsafeRawPointer, scales: UnsafePointer<Float>?,
          qabsmax: UnsafePointer<UInt8>? = nil, nestedAbsmax: UnsafePointer<Float>? = nil, nestedCode: UnsafePointer<Float>? = nil,
-         nestedBlocksize: Int = 256, offset: Float = 0, keepAlive: [AnyObject]) {
+         nestedBlocksize: Int = 256, offset: Float = 0, shard: RowShard? = nil, keepAlive: [AnyObject]) {
         self.kind = kind; numEmbeddings = rows; embeddingDim = dim; self.dtype = dtype; self.blocksize = blocksize
         self.q = q; self.scales = scales; self.qabsmax = qabsmax; self.nestedAbsmax = nestedAbsmax; self.nestedCode = nestedCode
-        self.nestedBlocksize = nestedBlocksize; self.offset = offset; self.keepAlive = keepAlive
+        self.nestedBlocksize = nestedBlocksize; self.offset = offset; self.shard = shard; self.keepAlive = keepAlive
     }
 
     // MARK: Quantize
 
     /// Quantizes a rows x dim float table (f32, f16 or bf16) directly (no
-    /// detour through float16, so values above 65504 survive).
+    /// detour through float16, so values above 65504 survive). With `shard`,
+    /// `w` holds rows [shard.rowOffset, shard.rowOffset + rows) of a table of
+    /// shard.totalRows rows and the result is byte for byte those rows of the
+    /// whole table's quantization: int8 scales are per row (any offset); a
+    /// 4-bit shard must start and end on a block boundary (row x dim a
+    /// multiple of blocksize; the end may be the table's end), and nested
+    /// statistics are refused for a part of a table (their offset is the mean
+    /// of every absmax of the whole table, which a shard does not see).
     public static func quantize(_ w: UnsafeRawPointer, dtype: DType, rows: Int, dim: Int, kind: Kind,
-                                blocksize: Int = 64, compressStatistics: Bool = false) throws(QembedError) -> QuantizedEmbedding {
+                                blocksize: Int = 64, compressStatistics: Bool = false,
+                                shard: RowShard? = nil) throws(QembedError) -> QuantizedEmbedding {
         guard dtype.isFloat else { throw .unsupported("weight dtype \(dtype.name) is not a float type") }
         guard rows >= 1, dim >= 1 else { throw .invalid("num_embeddings and embedding_dim must be >= 1, got \(rows) x \(dim)") }
         let n = try checkedMul(rows, dim, "num_embeddings x embedding_dim")
         _ = try checkedMul(n, 4, "table bytes")
+        if let shard { try checkShard(shard, rows: rows, dim: dim, kind: kind, blocksize: blocksize, compressStatistics: compressStatistics) }
         if kind == .int8 {
             let qb = try AlignedBuffer(byteCount: n, zeroed: false), sb = try AlignedBuffer(byteCount: rows * 4, zeroed: false)
             try Int8Rowwise.quantize(w, dtype: dtype, rows: rows, cols: dim, threshold: 0,
                                      out: qb.raw.assumingMemoryBound(to: Int8.self), rowStats: sb.floats())
             return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: dim, q: qb.raw,
-                                      scales: sb.floats(), keepAlive: [qb, sb])
+                                      scales: sb.floats(), shard: shard, keepAlive: [qb, sb])
         }
         try FourBit.checkBlocksize(Int64(blocksize))
         let blocks = ceilDiv(n, blocksize)
@@ -74,7 +85,7 @@ public final class QuantizedEmbedding: @unchecked Sendable {
                              packed: qb.raw.assumingMemoryBound(to: UInt8.self), absmax: ab.floats())
         if !compressStatistics {
             return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: blocksize, q: qb.raw,
-                                      scales: ab.floats(), keepAlive: [qb, ab])
+                                      scales: ab.floats(), shard: shard, keepAlive: [qb, ab])
         }
         let qa = try AlignedBuffer(byteCount: blocks, zeroed: false)
         let na = try AlignedBuffer(byteCount: ceilDiv(blocks, 256) * 4, zeroed: false)
@@ -82,7 +93,30 @@ public final class QuantizedEmbedding: @unchecked Sendable {
                                              qabsmax: qa.raw.assumingMemoryBound(to: UInt8.self), nestedAbsmax: na.floats())
         return QuantizedEmbedding(kind: kind, rows: rows, dim: dim, dtype: dtype, blocksize: blocksize, q: qb.raw, scales: nil,
                                   qabsmax: UnsafePointer(qa.raw.assumingMemoryBound(to: UInt8.self)), nestedAbsmax: na.floats(),
-                                  nestedCode: QuantMap.signedDynamicPointer, offset: offset, keepAlive: [qb, qa, na])
+                                  nestedCode: QuantMap.signedDynamicPointer, offset: offset, shard: shard, keepAlive: [qb, qa, na])
+    }
+
+    /// Refuses a shard whose quantization would differ from the same rows of
+    /// the whole table's (see quantize).
+    static func checkShard(_ s: RowShard, rows: Int, dim: Int, kind: Kind, blocksize: Int,
+                           compressStatistics: Bool) throws(QembedError) {
+        _ = try checkedMul(s.totalRows, dim, "total_rows x dim")
+        guard kind != .int8 else { return }
+        try FourBit.checkBlocksize(Int64(blocksize))
+        let start = s.rowOffset * dim, end = (s.rowOffset + rows) * dim
+        guard start % blocksize == 0 else {
+            throw .invalid("row_offset x dim = \(s.rowOffset) x \(dim) = \(start) is not a multiple of blocksize \(blocksize): "
+                           + "a 4-bit shard must start on a block boundary (a block would straddle two shards)")
+        }
+        guard end % blocksize == 0 || s.rowOffset + rows == s.totalRows else {
+            throw .invalid("(row_offset + rows) x dim = \(end) is not a multiple of blocksize \(blocksize) and the shard "
+                           + "does not end the table (total_rows \(s.totalRows)): a 4-bit block would straddle two shards")
+        }
+        guard !compressStatistics || rows == s.totalRows else {
+            throw .invalid("compress_statistics: nested statistics of a shard of \(rows) of \(s.totalRows) rows would differ "
+                           + "from the whole table's (their offset is the mean of every block's absmax); quantize "
+                           + "shards without them, or the whole table")
+        }
     }
 
     /// From an Embedding layer's current weight.

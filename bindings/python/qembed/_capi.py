@@ -469,6 +469,11 @@ qembed_embedding_save = _fn("qembed_embedding_save", status, handle, c_char_p)
 # qembed_status qembed_qembedding_quantize(const void *weight, int dtype, int64_t rows, int64_t dim, int kind, int64_t blocksize, bool compress_statistics, qembed_qembedding **out);
 qembed_qembedding_quantize = _fn("qembed_qembedding_quantize", status, c_void_p, c_int, c_int64, c_int64, c_int,
                                  c_int64, c_bool, POINTER(handle))
+# qembed_status qembed_qembedding_quantize_shard(const void *weight, int dtype, int64_t rows, int64_t dim, int kind, int64_t blocksize, bool compress_statistics, int64_t row_offset, int64_t total_rows, qembed_qembedding **out);
+qembed_qembedding_quantize_shard = _fn("qembed_qembedding_quantize_shard", status, c_void_p, c_int, c_int64, c_int64,
+                                       c_int, c_int64, c_bool, c_int64, c_int64, POINTER(handle))
+# qembed_status qembed_qembedding_get_shard(const qembed_qembedding *q, int64_t *row_offset, int64_t *total_rows);
+qembed_qembedding_get_shard = _fn("qembed_qembedding_get_shard", status, handle, P_i64, P_i64)
 # qembed_status qembed_qembedding_from_embedding(qembed_embedding *e, int kind, int64_t blocksize, bool compress_statistics, qembed_qembedding **out);
 qembed_qembedding_from_embedding = _fn("qembed_qembedding_from_embedding", status, handle, c_int, c_int64, c_bool,
                                        POINTER(handle))

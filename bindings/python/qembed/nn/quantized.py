@@ -74,6 +74,9 @@ class _QuantizedEmbedding(OwnsHandle, QuantizedTableOps):
         self._dtype_name = FLOAT_NAMES[info.dtype]
         self.dtype = _arrays.numpy_float_dtype(self._dtype_name)
         self._info = info
+        off, total = ctypes.c_int64(), ctypes.c_int64()
+        C._check(C.qembed_qembedding_get_shard(handle.ptr, ctypes.byref(off), ctypes.byref(total)))
+        self.row_offset, self.total_rows = off.value, total.value
         if self._four_bit:
             self.quant_type = _QUANT_OF_KIND[info.kind]
             self.blocksize = info.blocksize
@@ -194,6 +197,49 @@ class _QuantizedEmbedding(OwnsHandle, QuantizedTableOps):
         return []
 
 
+def _quantize_layer(layer, kind, blocksize, compress_statistics):
+    """A qembed_qembedding handle of a (Stable)Embedding's current weight; a
+    row shard's table is a shard too (qembed_qembedding_quantize_shard:
+    byte for byte those rows of the whole table's quantization)."""
+    if layer.total_rows != layer.num_embeddings:
+        return _quantize_rows(layer.weight.data, kind, blocksize, compress_statistics, layer.row_offset, layer.total_rows,
+                              layer._dtype_code)
+    out = out_handle()
+    C._check(C.qembed_qembedding_from_embedding(layer._h(), kind, blocksize, compress_statistics, ctypes.byref(out)))
+    return out.value
+
+
+def _quantize_rows(weight, kind, blocksize, compress_statistics, row_offset, total_rows, code=None):
+    """A qembed_qembedding handle of rows [row_offset, row_offset + len(weight))
+    of a table of total_rows rows (qembed_qembedding_quantize_shard). `code`:
+    the dtype code of a layer's own storage (bfloat16 tables are kept as bits)."""
+    if code is None:
+        w, code = _arrays.float_array(weight, "weight")
+    else:
+        w = np.ascontiguousarray(weight)
+    if w.ndim != 2:
+        raise _value_error(f"weight: expected a 2-D table, got shape {w.shape}", C.QEMBED_ERR_SHAPE)
+    out = out_handle()
+    C._check(C.qembed_qembedding_quantize_shard(w.ctypes.data, code, w.shape[0], w.shape[1], kind, blocksize,
+                                                bool(compress_statistics), row_offset, total_rows, ctypes.byref(out)))
+    return out.value
+
+
+def _quantized_shard(weight, quant_type, blocksize, compress_statistics, row_offset, total_rows, code=None):
+    """Embedding8bit (quant_type "int8"), EmbeddingFP4 or EmbeddingNF4 over
+    rows [row_offset, row_offset + len(weight)) of a table of total_rows rows."""
+    if quant_type == "int8":
+        cls, kind, blocksize = Embedding8bit, C.QEMBED_QEMB_INT8, 0
+    elif quant_type in _KIND_OF_QUANT:
+        cls, kind = (EmbeddingFP4 if quant_type == "fp4" else EmbeddingNF4), _KIND_OF_QUANT[quant_type]
+    else:
+        raise _value_error(f"quant_type must be 'int8', 'fp4' or 'nf4', got {quant_type!r}")
+    ptr = _quantize_rows(weight, kind, _int(blocksize, "blocksize"), compress_statistics, row_offset, total_rows, code)
+    self = cls.__new__(cls)
+    self._handle = None
+    return self._adopt(cls._new_handle(ptr))
+
+
 def _kind_name(kind):
     return {C.QEMBED_QEMB_INT8: "int8", C.QEMBED_QEMB_FP4: "fp4", C.QEMBED_QEMB_NF4: "nf4"}.get(kind, str(kind))
 
@@ -216,12 +262,11 @@ class Embedding8bit(_QuantizedEmbedding):
     @classmethod
     def from_embedding(cls, layer):
         """The int8 table of a (Stable)Embedding's current weight (a
-        StableEmbedding's LayerNorm is not part of it)."""
-        out = out_handle()
-        C._check(C.qembed_qembedding_from_embedding(layer._h(), C.QEMBED_QEMB_INT8, 0, False, ctypes.byref(out)))
+        StableEmbedding's LayerNorm is not part of it). A row shard gives a
+        shard (row_offset / total_rows), those rows of the whole table's."""
         self = cls.__new__(cls)
         self._handle = None
-        return self._adopt(cls._new_handle(out.value))
+        return self._adopt(cls._new_handle(_quantize_layer(layer, C.QEMBED_QEMB_INT8, 0, False)))
 
     def __repr__(self):
         return f"Embedding8bit({self.num_embeddings}, {self.embedding_dim})"
@@ -268,19 +313,22 @@ class Embedding4bit(_QuantizedEmbedding):
     def from_embedding(cls, layer, quant_type=None, blocksize=64, compress_statistics=False):
         """The 4-bit table of a (Stable)Embedding's current weight (a
         StableEmbedding's LayerNorm is not part of it). quant_type defaults
-        to the class's (EmbeddingNF4: "nf4", EmbeddingFP4 and Embedding4bit: "fp4")."""
+        to the class's (EmbeddingNF4: "nf4", EmbeddingFP4 and Embedding4bit: "fp4").
+        A row shard gives a shard, byte for byte those rows of the whole
+        table's quantization: its first row (and its end, unless it ends the
+        table) must fall on a block boundary (row x embedding_dim a multiple
+        of blocksize), and compress_statistics is refused for a part of a
+        table (the nested offset is the mean of the whole table's absmax)."""
         quant_type = quant_type or getattr(cls, "_fixed_quant_type", None) or "fp4"
         fixed = getattr(cls, "_fixed_quant_type", None)
         if fixed is not None and quant_type != fixed:
             raise _value_error(f"{cls.__name__} is {fixed}, got quant_type={quant_type!r}")
         if quant_type not in _KIND_OF_QUANT:
             raise _value_error(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
-        out = out_handle()
-        C._check(C.qembed_qembedding_from_embedding(layer._h(), _KIND_OF_QUANT[quant_type], _int(blocksize, "blocksize"),
-                                                    bool(compress_statistics), ctypes.byref(out)))
+        ptr = _quantize_layer(layer, _KIND_OF_QUANT[quant_type], _int(blocksize, "blocksize"), bool(compress_statistics))
         self = cls.__new__(cls)
         self._handle = None
-        return self._adopt(cls._new_handle(out.value))
+        return self._adopt(cls._new_handle(ptr))
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.num_embeddings}, {self.embedding_dim}, quant_type={self.quant_type!r}, "
