@@ -60,6 +60,10 @@ struct ShardedCheckpoint {
               let W = meta["world_size"]?.index, W > 0 else {
             throw bad("not a qembed.distributed checkpoint index (metadata.num_embeddings / embedding_dim / world_size missing)")
         }
+        if let q = meta["quantized"], let qt = q["quant_type"]?.string {
+            throw CLIError(message: "\(indexPath): a quantized checkpoint (\(qt)); consolidate joins float tables. Load it in one process " +
+                                    "(qembed.distributed.ShardedEmbedding.load) and save its layer, or consolidate the float checkpoint and run qembed quantize")
+        }
         numEmbeddings = V; embeddingDim = D; worldSize = W
         if case .bool(let s)? = meta["stable"] { stable = s }
         if let o = meta["options"] { options = o.serialized }

@@ -31,7 +31,8 @@
       DIR/stable   StableEmbedding 300 x 16 BF16 over 4 ranks, the last one
                    empty, LayerNorm in rank 0's file; DIR/stable_*.npy;
       DIR/gap      the index of ckpt with one piece dropped (rows missing);
-      DIR/escape   a piece whose file name leaves the folder.
+      DIR/escape   a piece whose file name leaves the folder;
+      DIR/quantized the index of ckpt marked as a quantized checkpoint.
 
   python3 cli_inputs.py joined OUT DIR/NAME
       OUT (qembed consolidate) holds exactly the table, dtype and (stable)
@@ -287,6 +288,7 @@ def shards(d):
     np.save(d + "/stable_norm_weight.npy", ln[0])
     np.save(d + "/stable_norm_bias.npy", ln[1])
     for name, edit in (("gap", lambda ix: ix["shards"]["weight"].pop(1)),
+                       ("quantized", lambda ix: ix["metadata"].update(quantized={"quant_type": "nf4", "blocksize": 64})),
                        ("escape", lambda ix: ix["shards"]["weight"][0].update(file="../table.npy"))):
         shutil.copytree(d + "/ckpt", d + "/" + name)
         ix = json.loads(json.dumps(index))

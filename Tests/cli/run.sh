@@ -345,8 +345,11 @@ has "$work/err" "--force" "the refusal names --force"
 expect 1 "a checkpoint with a missing piece" consolidate "$work/shards/gap" -o "$work/shards/gap.safetensors"
 has "$work/err" "expected 352" "the message names the missing rows"
 expect 1 "a piece whose file name leaves the checkpoint folder" consolidate "$work/shards/escape" -o "$work/shards/escape.safetensors"
+expect 1 "a quantized checkpoint" consolidate "$work/shards/quantized" -o "$work/shards/quantized.safetensors"
+has "$work/err" "quantized checkpoint (nf4)" "the refusal says the checkpoint is quantized"
 expect 1 "a folder with no index" consolidate "$work/shards" -o "$work/shards/none.safetensors"
-if ls "$work/shards"/gap.safetensors "$work/shards"/escape.safetensors "$work/shards"/none.safetensors > /dev/null 2>&1; then
+if ls "$work/shards"/gap.safetensors "$work/shards"/escape.safetensors "$work/shards"/quantized.safetensors \
+    "$work/shards"/none.safetensors > /dev/null 2>&1; then
     fail "a failed consolidate left an output file"
 else
     ok "no failed consolidate wrote an output file"
