@@ -36,11 +36,21 @@ int qembed__bag256_supported(const qembed__bag_rows *r) {
     return r->kind == QEMBED__BAG_F32 || r->kind == QEMBED__BAG_I8 || r->kind == QEMBED__BAG_4BIT;
 }
 
+/* a = a (op) x for one vector of a row: the sum, the weighted sum, or the
+ * maximum (the first row reduced is stored). */
+Q2_INLINE __m256 q2_op(const int OP, __m256 a, __m256 x, __m256 wk, int first) {
+    if (OP == Q2_MAX) return first ? x : _mm256_blendv_ps(a, x, _mm256_cmp_ps(x, a, _CMP_GT_OQ));
+    if (OP == Q2_ADD_WEIGHTED) return _mm256_add_ps(a, _mm256_mul_ps(x, wk));
+    return _mm256_add_ps(a, x);
+}
+
 /* One tile: NV vectors of 8 floats from element t0 of the bag's rows.
- * Returns the rows reduced. */
-Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, const int NV, const void *idx, int is64,
-                       long lo, long hi, long pf, long pf_end, long pad, const float *w, long t0, int prefetch,
-                       float *acc) {
+ * Returns the rows reduced. Each vector is reduced as soon as it is
+ * loaded, so that only the NV accumulators stay live across a row (16 YMM
+ * registers in all). */
+Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, const int NV, const int IS64,
+                       const void *idx, long lo, long hi, long pf, long pf_end, long pad, const float *w, long t0,
+                       int prefetch, float *acc) {
     __m256 a[8];
     for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();
     __m256 code_lo = _mm256_setzero_ps(), code_hi = code_lo;
@@ -51,46 +61,35 @@ Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     const int nlg = nbs > 0 && (nbs & (nbs - 1)) == 0 ? __builtin_ctzl((unsigned long)nbs) : -1;
     long n = 0;
     for (long k = lo; k < hi; k++) {
-        if (prefetch && k + pf < pf_end) qembed__bag_prefetch_row(r, KIND, qembed__bag_index(idx, is64, k + pf));
-        long i = qembed__bag_index(idx, is64, k);
+        if (prefetch && k + pf < pf_end) qembed__bag_prefetch_row(r, KIND, qembed__bag_index(idx, IS64, k + pf));
+        long i = qembed__bag_index(idx, IS64, k);
         if (i == pad) continue;
-        __m256 x[8];
+        const __m256 wk = OP == Q2_ADD_WEIGHTED ? _mm256_set1_ps(w[k]) : _mm256_setzero_ps();
+        const int first = n == 0;
         if (KIND == QEMBED__BAG_F32) {
             const float *row = (const float *)r->data + i * dim + t0;
-            for (int v = 0; v < NV; v++) x[v] = _mm256_loadu_ps(row + 8 * v);
+            for (int v = 0; v < NV; v++) a[v] = q2_op(OP, a[v], _mm256_loadu_ps(row + 8 * v), wk, first);
         } else if (KIND == QEMBED__BAG_I8) {
             const int8_t *row = (const int8_t *)r->data + i * dim + t0;
-            __m256 s = _mm256_set1_ps(r->scales[i] / 127.0f);
+            const __m256 s = _mm256_set1_ps(r->scales[i] / 127.0f);
             for (int v = 0; v < NV; v++) {
                 __m128i q = _mm_loadl_epi64((const __m128i *)(row + 8 * v));
-                x[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s);
+                a[v] = q2_op(OP, a[v], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s), wk, first);
             }
         } else {
-            const uint8_t *packed = (const uint8_t *)r->data;
-            long e = i * dim + t0, b = -1;
-            __m256 lo_s = code_lo, hi_s = code_hi;  /* code[j] * absmax: each value rounded once, as the rule */
-            for (int v = 0; v < NV; v++) {
-                long ev = e + 8 * v;
-                if ((ev >> lg) != b) {
-                    b = ev >> lg;
-                    __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, b, nlg));
-                    lo_s = _mm256_mul_ps(code_lo, am);
-                    hi_s = _mm256_mul_ps(code_hi, am);
+            const unsigned long e = (unsigned long)(i * dim + t0), b = e >> lg;
+            const uint8_t *packed = (const uint8_t *)r->data + e / 2;
+            if (b == ((e + 8 * NV - 1) >> lg)) {  /* the tile's values share one absmax: the common case */
+                const __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, (long)b, nlg));
+                const __m256 lo_s = _mm256_mul_ps(code_lo, am), hi_s = _mm256_mul_ps(code_hi, am);  /* code[j] * absmax, rounded once */
+                for (int v = 0; v < NV; v++) a[v] = q2_op(OP, a[v], qembed__nibbles8_avx2(packed + 4 * v, lo_s, hi_s), wk, first);
+            } else {  /* a vector of 8 never straddles a block (blocksize >= 8, a power of two) */
+                for (int v = 0; v < NV; v++) {
+                    const __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, (long)((e + 8 * (unsigned long)v) >> lg), nlg));
+                    const __m256 x = qembed__nibbles8_avx2(packed + 4 * v, _mm256_mul_ps(code_lo, am), _mm256_mul_ps(code_hi, am));
+                    a[v] = q2_op(OP, a[v], x, wk, first);
                 }
-                x[v] = qembed__nibbles8_avx2(packed + ev / 2, lo_s, hi_s);
             }
-        }
-        if (OP == Q2_MAX) {
-            if (n == 0) {
-                for (int v = 0; v < NV; v++) a[v] = x[v];
-            } else {
-                for (int v = 0; v < NV; v++) a[v] = _mm256_blendv_ps(a[v], x[v], _mm256_cmp_ps(x[v], a[v], _CMP_GT_OQ));
-            }
-        } else if (OP == Q2_ADD_WEIGHTED) {
-            __m256 wk = _mm256_set1_ps(w[k]);
-            for (int v = 0; v < NV; v++) a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(x[v], wk));
-        } else {
-            for (int v = 0; v < NV; v++) a[v] = _mm256_add_ps(a[v], x[v]);
         }
         n++;
     }
@@ -99,7 +98,9 @@ Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     return n;
 }
 
-#define Q2_CALL(KIND, OP, NV) q2_tile(r, KIND, OP, NV, idx, is64, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc)
+#define Q2_CALL(KIND, OP, NV)                                                                       \
+    (is64 ? q2_tile(r, KIND, OP, NV, 1, idx, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc)           \
+          : q2_tile(r, KIND, OP, NV, 0, idx, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc))
 #define Q2_WIDTHS(KIND, OP)                      \
     switch (nv) {                                \
     case 8: return Q2_CALL(KIND, OP, 8);         \

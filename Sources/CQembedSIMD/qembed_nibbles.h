@@ -10,17 +10,20 @@
 
 /* 8 values of a 16-entry float table held as two registers (entries 0-7
  * and 8-15), picked by the 8 nibbles of 4 bytes, high nibble of each byte
- * first: both registers are permuted by the nibble, and its bit 3 (moved to
- * the sign bit) chooses one. */
+ * first. The 4 bytes are broadcast to every lane; one variable right shift
+ * brings lane j's nibble to bits 0-3 (vpermps reads only bits 0-2, so the
+ * bits above need no mask), one variable left shift brings its bit 3 to the
+ * sign bit, which chooses the register in vblendvps: 5 vector operations
+ * per 8 values, 2 of them cross-lane permutes. */
 static inline __attribute__((always_inline, target("avx2"))) __m256 qembed__nibbles8_avx2(const uint8_t *p, __m256 lo,
                                                                                          __m256 hi) {
     int32_t four;
     memcpy(&four, p, 4);
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-    __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup));
-    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
-    __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
-    return _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    const __m256i b = _mm256_set1_epi32(four);
+    const __m256i idx = _mm256_srlv_epi32(b, _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24));
+    const __m256i sel = _mm256_sllv_epi32(b, _mm256_setr_epi32(24, 28, 16, 20, 8, 12, 0, 4));
+    const __m256 vl = _mm256_permutevar8x32_ps(lo, idx), vh = _mm256_permutevar8x32_ps(hi, idx);
+    return _mm256_blendv_ps(vl, vh, _mm256_castsi256_ps(sel));
 }
 
 #endif

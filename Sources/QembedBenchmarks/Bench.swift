@@ -25,6 +25,26 @@ enum Bench {
         return best
     }
 
+    /// b's time over a's, as the median of `reps` back-to-back pairs (a then
+    /// b), with each one's best time: on a shared or throttling host the
+    /// pairs see the same conditions, where two best-of-N runs minutes apart
+    /// need not.
+    static func pairedRatio(reps: Int = 9, _ a: () throws -> Void, _ b: () throws -> Void) rethrows -> (a: Double, b: Double, ratio: Double) {
+        try a(); try b()
+        var ta = Double.infinity, tb = Double.infinity, ratios: [Double] = []
+        for _ in 0..<reps {
+            let t0 = now()
+            try a()
+            let t1 = now()
+            try b()
+            let t2 = now()
+            ta = min(ta, t1 - t0); tb = min(tb, t2 - t1)
+            ratios.append((t2 - t1) / (t1 - t0))
+        }
+        ratios.sort()
+        return (ta, tb, ratios[ratios.count / 2])
+    }
+
     /// Parallel memcpy of `bytes` bytes on the configured threads: the bandwidth probe.
     static func memcpyGBs(bytes: Int) -> Double {
         let src = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)

@@ -30,8 +30,9 @@ enum QuantizedBench {
                     // LoRA (r = 8) over the same table and rows, A trained (nonzero).
                     let lora = try LoraEmbedding(base: .quantized(q), r: 8, alpha: 16, useRslora: false, seed: 1)
                     LoraEmbedding.fillNormal(lora.aT.data.floats(), lora.aT.numel, seed: 2)
-                    let tl = try Bench.time { try lora.forward(ind, out: UnsafeMutableRawPointer(out), outDtype: .f32) }
-                    Bench.report("nf4 + LoRA r=8: \(Bench.fmt(tl / t, 2))x the nf4 lookup's time", seconds: tl,
+                    let (_, tl, ratio) = try Bench.pairedRatio({ try q.forward(ind, out: out, outDtype: .f32) },
+                                                               { try lora.forward(ind, out: UnsafeMutableRawPointer(out), outDtype: .f32) })
+                    Bench.report("nf4 + LoRA r=8: \(Bench.fmt(ratio, 2))x the nf4 lookup's time (median of 9 pairs)", seconds: tl,
                                  elements: count, bytes: count * dim * 4, unit: "M rows/s")
                 }
             }

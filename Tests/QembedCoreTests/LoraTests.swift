@@ -2,14 +2,30 @@ import XCTest
 import CQembedSIMD
 @testable import QembedCore
 
-/// The AVX-512 LoRA lookup (qembed_lora.h: base row and update in registers,
-/// each row stored once) against the portable tiled path, bit for bit, over
-/// float, int8 and 4-bit bases, ranks 1-8, int32 and int64 ids.
+/// The AVX-512 and AVX2 LoRA lookups (qembed_lora.h: base row and update
+/// in registers, each row stored once) against the portable tiled path, bit
+/// for bit, over float, int8 and 4-bit bases, ranks 1-8, int32 and int64
+/// ids, rows shorter and longer than the AVX2 kernel's 256-column slice.
 final class LoraTests: XCTestCase {
     func testFusedLookupEqualsThePortablePath() throws {
         guard qembed__avx512_enabled() != 0 else { throw XCTSkip("no AVX-512 here (or QEMBED_CPU forces a lower tier)") }
         defer { qembed__avx512_set_enabled(1) }
-        for dim in [64, 48] {
+        try checkFused(on: { qembed__avx512_set_enabled(1) }, off: { qembed__avx512_set_enabled(0) })
+    }
+
+    func testAVX2FusedLookupEqualsThePortablePath() throws {
+        qembed__avx512_set_enabled(0)
+        defer { qembed__avx512_set_enabled(1); qembed__avx2_set_enabled(1) }
+        guard qembed__avx2_enabled() != 0 else { throw XCTSkip("no AVX2 here (or QEMBED_CPU=baseline)") }
+        var probe = qembed__bag_rows(kind: Int32(QEMBED__BAG_F32), dim: 64, data: UnsafeRawPointer(bitPattern: 64)!, scales: nil)
+        let z = [Float](repeating: 0, count: 8 * 64), ids: [Int64] = [0]
+        var out = [Float](repeating: 0, count: 64)
+        XCTAssertEqual(qembed__lora256_forward(&probe, ids, 1, 0, z, 8, z, 1, &out), 1, "the AVX2 kernel takes float rows of 64 (no FMA?)")
+        try checkFused(on: { qembed__avx2_set_enabled(1) }, off: { qembed__avx2_set_enabled(0) })
+    }
+
+    func checkFused(on: () -> Void, off: () -> Void) throws {
+        for dim in [64, 48, 528] {
             var rng = Rng(UInt64(dim))
             let rows = 157
             var w: [Float] = []
@@ -40,9 +56,9 @@ final class LoraTests: XCTestCase {
                             return out
                         }
                         let fast = try run()
-                        qembed__avx512_set_enabled(0)
+                        off()
                         let slow = try run()
-                        qembed__avx512_set_enabled(1)
+                        on()
                         XCTAssertEqual(fast.map(\.bitPattern), slow.map(\.bitPattern), "\(name) dim \(dim) r \(r) i64 \(is64)")
                     }
                 }

@@ -1,4 +1,4 @@
-/* AVX-512 LoRA lookup: each output row is the base table's row (float32,
+/* AVX-512 and AVX2 LoRA lookups: each output row is the base table's row (float32,
  * int8 or 4-bit, as qembed_bag.h reads them) plus the low-rank update, both
  * in registers, stored once. Internal to the core, not API.
  *
@@ -14,6 +14,12 @@ struct qembed__bag_rows;
  * a multiple of 16. at: A^T (rows x r), bt: B^T (r x dim). Returns 0,
  * writing nothing, when it has no form for the rows or the CPU; 1 when done. */
 int qembed__lora512_forward(const struct qembed__bag_rows *rows, const void *idx, int is64, long n, const float *at,
+                            long r, const float *bt, float scaling, float *out);
+
+/* The same rule and result with AVX2 and FMA (qembed_lora_avx2.c), for CPUs
+ * without AVX-512: rows as qembed__bag256_supported takes them, r <= 8, dim
+ * a multiple of 16. Returns 0, writing nothing, otherwise. */
+int qembed__lora256_forward(const struct qembed__bag_rows *rows, const void *idx, int is64, long n, const float *at,
                             long r, const float *bt, float scaling, float *out);
 
 #endif

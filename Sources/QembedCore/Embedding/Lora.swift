@@ -148,21 +148,33 @@ public final class LoraEmbedding: @unchecked Sendable {
         if let scratch { storeFloats(scratch.floats(), total, out, outDtype) }
     }
 
-    /// The AVX-512 kernel (qembed_lora.h): rows[k] = base row + update with
-    /// both in registers, each row stored once; false (nothing written) when
-    /// it has no form for this base, rank or CPU. Call under the lock.
+    /// The AVX-512 kernel, or else the AVX2 one (qembed_lora.h): rows[k] =
+    /// base row + update, each row stored once, equal bit for bit to the
+    /// base's lookup followed by addDeltaSmallRank; false (nothing written)
+    /// when neither has a form for this base, rank or CPU. Call under the lock.
     private func fusedForward(_ indices: Indices, _ rows: UnsafeMutablePointer<Float>) -> Bool {
         let dim = embeddingDim
-        guard r <= 8, dim % 16 == 0, qembed__avx512_enabled() != 0 else { return false }
+        guard r <= 8, dim % 16 == 0 else { return false }
         let at = UnsafePointer(aT.data.floats()), bt = UnsafePointer(bT.data.floats())
         let rank = r, s = scaling
         func run(_ src: any BagRowSource) -> Bool {
-            guard var k = src.bagKernelRows, qembed__bag512_supported(&k) != 0 else { return false }
+            guard var k = src.bagKernelRows else { return false }
+            let kernel: (UnsafePointer<qembed__bag_rows>?, UnsafeRawPointer?, Int32, Int, UnsafePointer<Float>?, Int,
+                         UnsafePointer<Float>?, Float, UnsafeMutablePointer<Float>?) -> Int32
+            if qembed__avx512_enabled() != 0 && qembed__bag512_supported(&k) != 0 {
+                kernel = qembed__lora512_forward
+            } else if qembed__bag256_supported(&k) != 0 {
+                kernel = qembed__lora256_forward
+            } else {
+                return false
+            }
+            // Probe with no ids: 0 when the kernel has no form for these rows (or no FMA).
+            if kernel(&k, indices.base, indices.is64 ? 1 : 0, 0, at, rank, bt, s, rows) == 0 { return false }
             let width = indices.is64 ? 8 : 4
             Parallel.forEachChunk(indices.count, grain: max(2, 16384 / dim)) { range in
                 var kk = k
-                _ = qembed__lora512_forward(&kk, indices.base + range.lowerBound * width, indices.is64 ? 1 : 0, range.count,
-                                            at, rank, bt, s, rows + range.lowerBound * dim)
+                _ = kernel(&kk, indices.base + range.lowerBound * width, indices.is64 ? 1 : 0, range.count,
+                           at, rank, bt, s, rows + range.lowerBound * dim)
             }
             return true
         }
