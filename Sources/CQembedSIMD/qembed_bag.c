@@ -11,8 +11,12 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#ifdef QEMBED_AVX512_EMULATE  /* tools/avx512_check.c: SIMDe's portable AVX-512 */
+#include "qembed_avx512_emulate.h"
+#else
 #include <cpuid.h>
 #include <immintrin.h>
+#endif
 
 #ifdef __clang__
 #pragma clang fp contract(off)
@@ -31,6 +35,9 @@ static int qb_cpu(void) {
     int c = __atomic_load_n(&qb_cpu_cached, __ATOMIC_RELAXED);
     if (c >= 0) return c;
     c = 0;
+#ifdef QEMBED_AVX512_EMULATE
+    c = 1;
+#else
     unsigned a, b, cx, d;
     if (__get_cpuid(1, &a, &b, &cx, &d) && (cx & (1u << 27))) {  /* OSXSAVE */
         unsigned lo, hi;
@@ -40,6 +47,7 @@ static int qb_cpu(void) {
             c = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
         }
     }
+#endif
     const char *env = getenv("QEMBED_CPU");
     if (env && (strcmp(env, "baseline") == 0 || strcmp(env, "avx2") == 0)) c = 0;
     __atomic_store_n(&qb_cpu_cached, c, __ATOMIC_RELAXED);

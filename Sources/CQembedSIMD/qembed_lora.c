@@ -9,7 +9,11 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#ifdef QEMBED_AVX512_EMULATE  /* tools/avx512_check.c: SIMDe's portable AVX-512 */
+#include "qembed_avx512_emulate.h"
+#else
 #include <immintrin.h>
+#endif
 
 #ifdef __clang__
 #pragma clang fp contract(off)

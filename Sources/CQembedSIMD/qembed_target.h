@@ -3,7 +3,10 @@
  * run only where qembed__avx512_enabled() says. Private to CQembedSIMD. */
 #ifndef QEMBED_TARGET_H
 #define QEMBED_TARGET_H
-#if defined(__clang__) && __clang_major__ >= 18
+#if defined(QEMBED_AVX512_EMULATE)
+/* tools/avx512_check.c: the kernels compiled against SIMDe's portable AVX-512 */
+#define QEMBED__AVX512_TARGET
+#elif defined(__clang__) && __clang_major__ >= 18
 #define QEMBED__AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,evex512")))
 #else
 #define QEMBED__AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
