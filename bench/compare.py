@@ -50,9 +50,31 @@ def best(fn, reps=3, warmup=3):
     return t
 
 
-def row(name, t, nbytes, memcpy, ref=None, vs="bitsandbytes"):
+def paired(ref, fn, reps=15, warmup=3):
+    """(best ref time, best fn time, median of ref/fn over back-to-back pairs):
+    on a shared host both sides of a pair see the same conditions, where two
+    best-of-N series taken apart need not."""
+    for _ in range(warmup):
+        ref()
+        fn()
+    tr, tf, ratios = float("inf"), float("inf"), []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ref()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        tr, tf = min(tr, t1 - t0), min(tf, t2 - t1)
+        ratios.append((t1 - t0) / (t2 - t1))
+    ratios.sort()
+    return tr, tf, ratios[len(ratios) // 2]
+
+
+def row(name, t, nbytes, memcpy, ref=None, vs="bitsandbytes", ratio=None):
     gbs = nbytes / t / 1e9
-    extra = f"   {ref / t:6.1f}x vs {vs}" if ref else ""
+    if ratio is None and ref:
+        ratio = ref / t
+    extra = f"   {ratio:6.2f}x vs {vs}" if ratio else ""
     print(f"  {name:52s} {t * 1e3:9.2f} ms {gbs:7.1f} GB/s {100 * gbs / memcpy:5.0f}% of memcpy{extra}")
 
 
@@ -208,25 +230,29 @@ def bags(args, memcpy):
     anchors = {}
     if torch is not None:
         tw, ti, to = torch.from_numpy(w), torch.from_numpy(idx), torch.from_numpy(off)
-        anchors["f32"] = ("torch F.embedding_bag", best(lambda: torch.nn.functional.embedding_bag(ti, tw, to, mode="sum")))
+        anchors["f32"] = ("torch F.embedding_bag", lambda: torch.nn.functional.embedding_bag(ti, tw, to, mode="sum"))
         try:
             p8 = torch.ops.quantized.embedding_bag_byte_prepack(tw)
-            anchors["int8"] = ("FBGEMM embedding_bag_byte_rowwise_offsets",
-                               best(lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to, mode=0)))
             p4 = torch.ops.quantized.embedding_bag_4bit_prepack(tw)
+            anchors["int8"] = ("FBGEMM embedding_bag_byte_rowwise_offsets",
+                               lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to, mode=0))
             anchors["nf4"] = ("FBGEMM embedding_bag_4bit_rowwise_offsets",
-                              best(lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to, mode=0)))
+                              lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to, mode=0))
         except Exception as e:  # torch built without FBGEMM
             print(f"  FBGEMM quantized bags unavailable: {type(e).__name__}: {e}")
+    print("  (each qembed row against its reference: best times, and the median ratio of 15 back-to-back pairs)")
     tables = [("f32", bag, dim * 4), ("int8", nn.Embedding8bit.from_embedding(bag), dim + 4),
               ("nf4", nn.EmbeddingNF4.from_embedding(bag), dim // 2 + 4 * (dim // 64))]
     for name, layer, row_bytes in tables:
         run = (lambda: layer(idx, off)) if name == "f32" else (lambda: layer.bag(idx, off, mode="sum"))
-        t = best(run)
         ref = anchors.get(name)
+        nbytes = nb * per * row_bytes
         if ref:
-            row(ref[0], ref[1], nb * per * row_bytes, memcpy)
-        row(f"qembed {name} bag sum", t, nb * per * row_bytes, memcpy, ref[1] if ref else None, ref[0] if ref else None)
+            tr, t, ratio = paired(ref[1], run)
+            row(ref[0], tr, nbytes, memcpy)
+            row(f"qembed {name} bag sum", t, nbytes, memcpy, vs=ref[0], ratio=ratio)
+        else:
+            row(f"qembed {name} bag sum", best(run), nbytes, memcpy)
 
     rows, dim = (8192, 384) if args.quick else (30522, 384)
     print(f"\nscoring: queries against every row of {rows}x{dim} (a tied LM head; GB/s of table)")

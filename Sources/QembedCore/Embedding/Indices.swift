@@ -34,7 +34,19 @@ public struct Indices {
     }
 
     /// Throws `.outOfRange` naming the first index outside [0, rows).
+    /// One branch-free pass (a maximum over the values read as unsigned,
+    /// which vectorizes and catches negative values too), then a search for
+    /// the first bad one only when there is one.
     public func validate(rows: Int) throws(QembedError) {
+        var top: UInt64 = 0  // the largest value read as unsigned: a negative one is above any row count
+        if is64 {
+            let p = base.assumingMemoryBound(to: Int64.self)
+            for k in 0..<count { top = max(top, UInt64(bitPattern: p[k])) }
+        } else {
+            let p = base.assumingMemoryBound(to: Int32.self)
+            for k in 0..<count { top = max(top, UInt64(bitPattern: Int64(p[k]))) }
+        }
+        guard count > 0 && top >= UInt64(max(rows, 0)) else { return }
         for k in 0..<count {
             let i = self[k]
             if i < 0 || i >= rows {
