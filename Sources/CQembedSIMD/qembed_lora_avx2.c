@@ -36,6 +36,15 @@ static int ql2_fma_cpu(void) {
     return c;
 }
 
+/* *lo_s, *hi_s = code * absmax of 4-bit block b, each product rounded once. */
+QL2_INLINE void ql2_block(const qembed__bag_rows *r, long b, int nlg, __m256 code_lo, __m256 code_hi, long *block,
+                          __m256 *lo_s, __m256 *hi_s) {
+    *block = b;
+    const __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, b, nlg));
+    *lo_s = _mm256_mul_ps(code_lo, am);
+    *hi_s = _mm256_mul_ps(code_hi, am);
+}
+
 /* One id's outputs dst[d .. d + 8 * NG): base + update. The NG updates are
  * NG independent chains (x = p0 * b0, then x = fma(p_j, b_j, x) for j = 1
  * ... 7) advanced together, j outermost, so the FMA latency is hidden in
@@ -58,6 +67,17 @@ QL2_INLINE void ql2_tile(const qembed__bag_rows *r, const int KIND, const int NG
         const __m256 pj = _mm256_broadcast_ss(pp);
         for (int g = 0; g < NG; g++) x[g] = _mm256_fmadd_ps(pj, _mm256_load_ps(bl + 64 * g + 8 * j), x[g]);
     }
+    if (KIND == QEMBED__BAG_4BIT) {
+        const unsigned long e = (unsigned long)(e0 + d);
+        if ((e >> lg) == ((e + 8 * NG - 1) >> lg)) {  /* the tile in one block: the common case */
+            if ((long)(e >> lg) != *block) ql2_block(r, (long)(e >> lg), nlg, code_lo, code_hi, block, lo_s, hi_s);
+            const __m256 lo = *lo_s, hi = *hi_s;
+            for (int g = 0; g < NG; g++)
+                _mm256_storeu_ps(dst + d + 8 * g,
+                                 _mm256_add_ps(qembed__nibbles8_avx2((const uint8_t *)row + (e + 8 * g) / 2, lo, hi), x[g]));
+            return;
+        }
+    }
     for (int g = 0; g < NG; g++) {
         const long c = d + 8 * g;
         __m256 base;
@@ -68,12 +88,7 @@ QL2_INLINE void ql2_tile(const qembed__bag_rows *r, const int KIND, const int NG
             base = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s8);
         } else {  /* a group of 8 never straddles a block (blocksize >= 8, a power of two) */
             const unsigned long e = (unsigned long)(e0 + c);
-            if ((long)(e >> lg) != *block) {
-                *block = (long)(e >> lg);
-                const __m256 am = _mm256_set1_ps(qembed__bag_absmax(r, *block, nlg));
-                *lo_s = _mm256_mul_ps(code_lo, am);
-                *hi_s = _mm256_mul_ps(code_hi, am);
-            }
+            if ((long)(e >> lg) != *block) ql2_block(r, (long)(e >> lg), nlg, code_lo, code_hi, block, lo_s, hi_s);
             base = qembed__nibbles8_avx2((const uint8_t *)row + e / 2, *lo_s, *hi_s);
         }
         _mm256_storeu_ps(dst + c, _mm256_add_ps(base, x[g]));
