@@ -148,29 +148,79 @@ enum DenseStep32 {
             }
             return
         }
-        // max_unorm: scale = min(1, max_unorm * ||p|| / ||update||) over the whole tensor.
+        // max_unorm: scale = min(1, max_unorm * ||p|| / ||update||) over the whole tensor. Three
+        // parallel, vectorized passes: ||p||; the update (state stored, update and the parameter
+        // before it kept) with ||u||; p = p' + alpha * scale * u. The norms are summed in float64
+        // over fixed chunks of unormChunk values (8 lanes each, then the chunks in order), so the
+        // result does not depend on the thread count.
+        let chunks = ceilDiv(n, unormChunk)
+        let partial = UnsafeMutablePointer<Double>.allocate(capacity: max(1, chunks))
+        defer { partial.deallocate() }
+        Parallel.forEachChunk(chunks, grain: 1) { cr in
+            for ch in cr {
+                let lo = ch * unormChunk, hi = min(n, lo + unormChunk)
+                var acc = SIMD8<Double>(), i = lo
+                while i + 8 <= hi { let v = SIMD8<Double>(E.load8(data, i)); acc += v * v; i += 8 }
+                var t = acc.sum()
+                while i < hi { let v = Double(E.load(data, i)); t += v * v; i += 1 }
+                partial[ch] = t
+            }
+        }
         var pn = 0.0
-        for i in 0..<n { let v = Double(E.load(data, i)); pn += v * v }
+        for ch in 0..<chunks { pn += partial[ch] }
         let paramNorm = pn.squareRoot()
         let upd = try AlignedBuffer(byteCount: n * 4, zeroed: false), pf = try AlignedBuffer(byteCount: n * 4, zeroed: false)
         let u = upd.floats(), pv = pf.floats()
-        var un = 0.0, dummy: Float = 0
-        for i in 0..<n {
-            var pi = E.load(data, i)
-            if c.skipZeros && g[i] == 0 { u[i] = 0; pv[i] = pi; continue }
-            var pvv = SIMD2(repeating: pi), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? dummy)
-            u[i] = R.update32(k, SIMD2(repeating: g[i]), &pvv, &a, &b)[0]
-            s1[i] = a[0]
-            s2?[i] = b[0]
-            pi = pvv[0]
-            pv[i] = pi
-            un += Double(u[i]) * Double(u[i])
+        let skipZeros = c.skipZeros
+        Parallel.forEachChunk(chunks, grain: 1) { cr in
+            for ch in cr {
+                let lo = ch * unormChunk, hi = min(n, lo + unormChunk)
+                var acc = SIMD8<Double>(), i = lo
+                while i + 8 <= hi {
+                    let gv = load8(g + i)
+                    let p0 = E.load8(data, i), a0 = load8(s1 + i), b0 = s2.map { load8($0 + i) } ?? SIMD8()
+                    var pvv = p0, a = a0, b = b0
+                    var uv = R.update32(k, gv, &pvv, &a, &b)
+                    if skipZeros {
+                        let z = gv .== 0
+                        uv.replace(with: 0, where: z)
+                        pvv.replace(with: p0, where: z); a.replace(with: a0, where: z); b.replace(with: b0, where: z)
+                    }
+                    store8(uv, u + i); store8(pvv, pv + i); store8(a, s1 + i)
+                    if let s2 { store8(b, s2 + i) }
+                    let ud = SIMD8<Double>(uv)
+                    acc += ud * ud
+                    i += 8
+                }
+                var t = acc.sum()
+                while i < hi {
+                    let p0 = E.load(data, i)
+                    if skipZeros && g[i] == 0 { u[i] = 0; pv[i] = p0; i += 1; continue }
+                    var pvv = SIMD2(repeating: p0), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? 0)
+                    u[i] = R.update32(k, SIMD2(repeating: g[i]), &pvv, &a, &b)[0]
+                    s1[i] = a[0]
+                    s2?[i] = b[0]
+                    pv[i] = pvv[0]
+                    t += Double(u[i]) * Double(u[i])
+                    i += 1
+                }
+                partial[ch] = t
+            }
         }
+        var un = 0.0
+        for ch in 0..<chunks { un += partial[ch] }
         let unorm = un.squareRoot()
         let scale = unorm > c.maxUnorm * paramNorm ? c.maxUnorm * paramNorm / unorm : 1
         let a = Float(Double(R.alpha32(k)) * scale)
-        for i in 0..<n { E.store(pv[i] + a * u[i], data, i) }
+        Parallel.forEachChunk(n, grain: 1 << 14) { rg in
+            var i = rg.lowerBound
+            while i + 8 <= rg.upperBound { E.store8(load8(pv + i) + a * load8(u + i), data, i); i += 8 }
+            while i < rg.upperBound { E.store(pv[i] + a * u[i], data, i); i += 1 }
+        }
     }
+
+    /// Values per float64 partial sum of the max_unorm norms (fixed: the sums do not depend on the threads).
+    static let unormChunk = 1 << 14
 }
 
 /// 8-bit steps: dense over all blocks, or sparse over the touched rows' blocks.
