@@ -7,9 +7,9 @@
 log=${1:?usage: sh tools/test_summary.sh LOG}
 echo
 echo "== summary =="
-grep -E '^[A-Za-z_-]+: [0-9]+ passed, [0-9]+ failed$|^[0-9]+ passed, [0-9]+ failed$|Executed [0-9]+ tests?, with .*failures?|Test run with [0-9]+ tests?|^=+ .*(passed|failed|error).* =+$|^[0-9]+ (passed|failed)' "$log" \
+grep -E '^[A-Za-z0-9_-]+: [0-9]+ passed, [0-9]+ failed$|^[0-9]+ passed, [0-9]+ failed$|Executed [0-9]+ tests?, with .*failures?|Test run with [0-9]+ tests?|^=+ .*(passed|failed|error).* =+$|^[0-9]+ (passed|failed)' "$log" \
     | sed 's/^[[:space:]]*/  /' || echo "  (no summary lines found)"
-if grep -Eq '^error: |Executed [0-9]+ tests?, with (.* and )?[1-9][0-9]* failures?|Test run with .* failed|^[A-Za-z_-]*:? ?[0-9]+ passed, [1-9][0-9]* failed$' "$log"; then
+if grep -Eq '^error: |Executed [0-9]+ tests?, with (.* and )?[1-9][0-9]* failures?|Test run with .* failed|^[A-Za-z0-9_-]*:? ?[0-9]+ passed, [1-9][0-9]* failed$' "$log"; then
     echo "== a suite reported failures =="
     exit 1
 fi
