@@ -333,11 +333,10 @@ def optimizers(args, memcpy):
         sched.step()
     row("qembed Adam8bit, lr changed before every step", best(scheduled_step, reps=5), numel * 16, memcpy)
     # max_unorm (32-bit state): the update scaled by min(1, max_unorm * ||p|| / ||u||) needs the
-    # norms of the whole tensor, so three passes (bytes: p read; the step plus u and p' written;
-    # u and p' read, p written).
+    # norms of the whole tensor first: a read-only pass (p, g, m, v) and then the step (44 bytes).
     unorm = optim.Adam(layer32.parameters(), args=optim.optimizer.MockArgs(
         {"optim_bits": 32, "min_8bit_size": 4096, "max_unorm": 0.5, "skip_zeros": False}))
-    row("qembed Adam (32-bit), max_unorm=0.5", best(lambda: unorm.step(), reps=5), numel * 48, memcpy)
+    row("qembed Adam (32-bit), max_unorm=0.5", best(lambda: unorm.step(), reps=5), numel * 44, memcpy)
     to = torch.optim.Adam([tp], foreach=True)
     row("torch Adam foreach (32-bit)", best(lambda: to.step(), reps=2), numel * 28, memcpy)
     if bnb is not None:

@@ -125,7 +125,7 @@ enum StepKernels {
     }
 }
 
-/// Dense 32-bit step: one pass (two with max_unorm, which needs the update norm).
+/// Dense 32-bit step: one pass (two with max_unorm, which needs the norms first).
 enum DenseStep32 {
     static func run(_ k: UpdateScalars, _ c: OptimizerConfig, _ p: Parameter, _ s: OptimizerState) throws(QembedError) {
         try withRule(c.kind) { (r) throws(QembedError) in
@@ -140,83 +140,66 @@ enum DenseStep32 {
         let s1 = s.state1.floats(), s2 = s.state2?.floats()
         let data = p.data.raw.assumingMemoryBound(to: E.Storage.self)
         let usesUnorm = c.maxUnorm > 0 && c.kind != .lion && c.kind != .adagrad
-        if !usesUnorm {
-            Parallel.forEachChunk(n, grain: 1 << 14) { rg in
-                let o = rg.lowerBound
-                StepKernels.run32(r, e, k, alpha: R.alpha32(k), skipZeros: c.skipZeros, p: data + o, g: g + o,
-                                  s1: s1 + o, s2: s2.map { $0 + o }, count: rg.count)
-            }
-            return
+        var alpha = R.alpha32(k)
+        if usesUnorm {
+            // max_unorm: scale = min(1, max_unorm * ||p|| / ||update||) over the whole tensor:
+            // a read-only pass computes both norms (p before the step, the update as the step
+            // would make it), then the ordinary step runs with alpha * scale, so no update or
+            // parameter copy goes through memory.
+            let (paramNorm, unorm) = norms(r, e, k, skipZeros: c.skipZeros, p: data, g: g, s1: s1, s2: s2, count: n)
+            let scale = unorm > c.maxUnorm * paramNorm ? c.maxUnorm * paramNorm / unorm : 1
+            alpha = Float(Double(alpha) * scale)
         }
-        // max_unorm: scale = min(1, max_unorm * ||p|| / ||update||) over the whole tensor. Three
-        // parallel, vectorized passes: ||p||; the update (state stored, update and the parameter
-        // before it kept) with ||u||; p = p' + alpha * scale * u. The norms are summed in float64
-        // over fixed chunks of unormChunk values (8 lanes each, then the chunks in order), so the
-        // result does not depend on the thread count.
+        Parallel.forEachChunk(n, grain: 1 << 14) { rg in
+            let o = rg.lowerBound
+            StepKernels.run32(r, e, k, alpha: alpha, skipZeros: c.skipZeros, p: data + o, g: g + o,
+                              s1: s1 + o, s2: s2.map { $0 + o }, count: rg.count)
+        }
+    }
+
+    /// (||p||, ||u||) for max_unorm, u the update StepKernels.run32 would
+    /// make (0 where skip_zeros skips), nothing written. Summed in float64
+    /// over fixed chunks of unormChunk values (8 lanes each, then the chunks
+    /// in order), so the result does not depend on the thread count.
+    static func norms<R: UpdateRule, E: FloatElement>(_ r: R.Type, _ e: E.Type, _ k: UpdateScalars, skipZeros: Bool,
+                                                      p data: UnsafeMutablePointer<E.Storage>, g: UnsafePointer<Float>,
+                                                      s1: UnsafeMutablePointer<Float>, s2: UnsafeMutablePointer<Float>?,
+                                                      count n: Int) -> (Double, Double) {
         let chunks = ceilDiv(n, unormChunk)
-        let partial = UnsafeMutablePointer<Double>.allocate(capacity: max(1, chunks))
+        let partial = UnsafeMutablePointer<Double>.allocate(capacity: 2 * max(1, chunks))
         defer { partial.deallocate() }
         Parallel.forEachChunk(chunks, grain: 1) { cr in
             for ch in cr {
                 let lo = ch * unormChunk, hi = min(n, lo + unormChunk)
-                var acc = SIMD8<Double>(), i = lo
-                while i + 8 <= hi { let v = SIMD8<Double>(E.load8(data, i)); acc += v * v; i += 8 }
-                var t = acc.sum()
-                while i < hi { let v = Double(E.load(data, i)); t += v * v; i += 1 }
-                partial[ch] = t
-            }
-        }
-        var pn = 0.0
-        for ch in 0..<chunks { pn += partial[ch] }
-        let paramNorm = pn.squareRoot()
-        let upd = try AlignedBuffer(byteCount: n * 4, zeroed: false), pf = try AlignedBuffer(byteCount: n * 4, zeroed: false)
-        let u = upd.floats(), pv = pf.floats()
-        let skipZeros = c.skipZeros
-        Parallel.forEachChunk(chunks, grain: 1) { cr in
-            for ch in cr {
-                let lo = ch * unormChunk, hi = min(n, lo + unormChunk)
-                var acc = SIMD8<Double>(), i = lo
+                var accP = SIMD8<Double>(), accU = SIMD8<Double>(), i = lo
                 while i + 8 <= hi {
-                    let gv = load8(g + i)
-                    let p0 = E.load8(data, i), a0 = load8(s1 + i), b0 = s2.map { load8($0 + i) } ?? SIMD8()
-                    var pvv = p0, a = a0, b = b0
+                    let gv = load8(g + i), p0 = E.load8(data, i)
+                    var pvv = p0, a = load8(s1 + i), b = s2.map { load8($0 + i) } ?? SIMD8()
                     var uv = R.update32(k, gv, &pvv, &a, &b)
-                    if skipZeros {
-                        let z = gv .== 0
-                        uv.replace(with: 0, where: z)
-                        pvv.replace(with: p0, where: z); a.replace(with: a0, where: z); b.replace(with: b0, where: z)
-                    }
-                    store8(uv, u + i); store8(pvv, pv + i); store8(a, s1 + i)
-                    if let s2 { store8(b, s2 + i) }
-                    let ud = SIMD8<Double>(uv)
-                    acc += ud * ud
+                    if skipZeros { uv.replace(with: 0, where: gv .== 0) }
+                    let pd = SIMD8<Double>(p0), ud = SIMD8<Double>(uv)
+                    accP += pd * pd
+                    accU += ud * ud
                     i += 8
                 }
-                var t = acc.sum()
+                var tp = accP.sum(), tu = accU.sum()
                 while i < hi {
                     let p0 = E.load(data, i)
-                    if skipZeros && g[i] == 0 { u[i] = 0; pv[i] = p0; i += 1; continue }
-                    var pvv = SIMD2(repeating: p0), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? 0)
-                    u[i] = R.update32(k, SIMD2(repeating: g[i]), &pvv, &a, &b)[0]
-                    s1[i] = a[0]
-                    s2?[i] = b[0]
-                    pv[i] = pvv[0]
-                    t += Double(u[i]) * Double(u[i])
+                    tp += Double(p0) * Double(p0)
+                    if !(skipZeros && g[i] == 0) {
+                        var pvv = SIMD2(repeating: p0), a = SIMD2(repeating: s1[i]), b = SIMD2(repeating: s2?[i] ?? 0)
+                        let u = Double(R.update32(k, SIMD2(repeating: g[i]), &pvv, &a, &b)[0])
+                        tu += u * u
+                    }
                     i += 1
                 }
-                partial[ch] = t
+                partial[2 * ch] = tp
+                partial[2 * ch + 1] = tu
             }
         }
-        var un = 0.0
-        for ch in 0..<chunks { un += partial[ch] }
-        let unorm = un.squareRoot()
-        let scale = unorm > c.maxUnorm * paramNorm ? c.maxUnorm * paramNorm / unorm : 1
-        let a = Float(Double(R.alpha32(k)) * scale)
-        Parallel.forEachChunk(n, grain: 1 << 14) { rg in
-            var i = rg.lowerBound
-            while i + 8 <= rg.upperBound { E.store8(load8(pv + i) + a * load8(u + i), data, i); i += 8 }
-            while i < rg.upperBound { E.store(pv[i] + a * u[i], data, i); i += 1 }
-        }
+        var pn = 0.0, un = 0.0
+        for ch in 0..<chunks { pn += partial[2 * ch]; un += partial[2 * ch + 1] }
+        return (pn.squareRoot(), un.squareRoot())
     }
 
     /// Values per float64 partial sum of the max_unorm norms (fixed: the sums do not depend on the threads).
