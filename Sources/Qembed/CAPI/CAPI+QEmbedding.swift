@@ -17,20 +17,37 @@ private func qkind(_ raw: CInt) throws(QembedError) -> QuantizedEmbedding.Kind {
 
 private func retained(_ q: QuantizedEmbedding) -> OpaquePointer { OpaquePointer(Unmanaged.passRetained(q).toOpaque()) }
 
+/// The arguments qembed_qembedding_quantize and _quantize_shard share,
+/// checked in the header's order.
+private struct QuantizeArgs {
+    let out: UnsafeMutablePointer<OpaquePointer?>, weight: UnsafeRawPointer, dtype: DType
+    let rows: Int, dim: Int, kind: QuantizedEmbedding.Kind, blocksize: Int, compress: Bool
+
+    init(_ weight: UnsafeRawPointer?, _ dtype: CInt, _ rows: Int64, _ dim: Int64, _ kind: CInt, _ blocksize: Int64,
+         _ compress_statistics: Bool, _ out: UnsafeMutablePointer<OpaquePointer?>?) throws(QembedError) {
+        self.out = try need(out, "out")
+        self.weight = try need(weight, "weight")
+        self.dtype = try DType.float(dtype, argument: "dtype")
+        self.rows = try count(rows, "rows")
+        self.dim = try count(dim, "dim")
+        self.kind = try qkind(kind)
+        _ = try bytes(try checkedMul(self.rows, self.dim, "rows x dim"), self.dtype.size, "weight")
+        self.blocksize = self.kind == .int8 ? 64 : Int(clamping: blocksize)
+        compress = self.kind != .int8 && compress_statistics
+    }
+
+    func quantize(shard: RowShard? = nil) throws(QembedError) {
+        out.pointee = retained(try QuantizedEmbedding.quantize(weight, dtype: dtype, rows: rows, dim: dim, kind: kind,
+                                                               blocksize: blocksize, compressStatistics: compress, shard: shard))
+    }
+}
+
 @c @implementation
 public func qembed_qembedding_quantize(_ weight: UnsafeRawPointer!, _ dtype: CInt, _ rows: Int64, _ dim: Int64, _ kind: CInt,
                                        _ blocksize: Int64, _ compress_statistics: Bool, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
     out?.pointee = nil
     return capi { () throws(QembedError) in
-        let o = try need(out, "out")
-        let w = try need(weight, "weight")
-        let d = try DType.float(dtype, argument: "dtype")
-        let r = try count(rows, "rows"), c = try count(dim, "dim")
-        let k = try qkind(kind)
-        _ = try bytes(try checkedMul(r, c, "rows x dim"), d.size, "weight")
-        let bs = k == .int8 ? 64 : Int(clamping: blocksize)
-        o.pointee = retained(try QuantizedEmbedding.quantize(w, dtype: d, rows: r, dim: c, kind: k, blocksize: bs,
-                                                             compressStatistics: k != .int8 && compress_statistics))
+        try QuantizeArgs(weight, dtype, rows, dim, kind, blocksize, compress_statistics, out).quantize()
     }
 }
 
@@ -40,19 +57,10 @@ public func qembed_qembedding_quantize_shard(_ weight: UnsafeRawPointer!, _ dtyp
                                              _ total_rows: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> qembed_status {
     out?.pointee = nil
     return capi { () throws(QembedError) in
-        let o = try need(out, "out")
-        let w = try need(weight, "weight")
-        let d = try DType.float(dtype, argument: "dtype")
-        let r = try count(rows, "rows"), c = try count(dim, "dim")
-        let k = try qkind(kind)
-        _ = try bytes(try checkedMul(r, c, "rows x dim"), d.size, "weight")
+        let a = try QuantizeArgs(weight, dtype, rows, dim, kind, blocksize, compress_statistics, out)
         guard total_rows >= 1 else { throw .invalid("total_rows must be >= 1, got \(total_rows)") }
         guard total_rows <= Int64(Int.max / 16) else { throw .shape("total_rows = \(total_rows) is too large") }
-        let shard = try RowShard(rowOffset: Int(clamping: row_offset), totalRows: Int(total_rows), rows: r)
-        let bs = k == .int8 ? 64 : Int(clamping: blocksize)
-        o.pointee = retained(try QuantizedEmbedding.quantize(w, dtype: d, rows: r, dim: c, kind: k, blocksize: bs,
-                                                             compressStatistics: k != .int8 && compress_statistics,
-                                                             shard: shard))
+        try a.quantize(shard: try RowShard(rowOffset: Int(clamping: row_offset), totalRows: Int(total_rows), rows: a.rows))
     }
 }
 
