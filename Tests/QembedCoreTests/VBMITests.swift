@@ -63,14 +63,16 @@ final class VBMITests: XCTestCase {
     /// Every 8-bit rule, dense and sparse, with and without weight decay and
     /// skip_zeros, on rows of 97 (blocks that end mid-vector), gradients over
     /// six orders of magnitude, exact zeros, and one row of subnormal
-    /// gradients (a subnormal absmax: the fused Adam kernel's fallback).
+    /// gradients (a subnormal absmax: the fused Adam kernel's fallback), for
+    /// float32, float16 and bfloat16 parameters (the kernels work on widened
+    /// copies of the latter two).
     func testEightBitStepsEqualThePortablePath() throws {
         for kind in OptimizerKind.allCases {
-            for sparse in [false, true] {
+            for (sparse, dtype) in [(false, DType.f32), (true, .f32), (false, .f16), (true, .bf16), (false, .bf16)] {
                 for (wd, skip) in [(0.0, false), (0.01, true)] {
                     let (s0, s1) = try both { () throws -> [UInt8] in
                         let dim = 97
-                        let e = try Embedding(EmbeddingConfig(numEmbeddings: 300, embeddingDim: dim, sparse: sparse), seed: 5)
+                        let e = try Embedding(EmbeddingConfig(numEmbeddings: 300, embeddingDim: dim, sparse: sparse, dtype: dtype), seed: 5)
                         e.weight.clearOverride(.optimBits)
                         var c = OptimizerConfig.defaults(kind, optimBits: 8)
                         c.min8bitSize = 1
@@ -96,7 +98,7 @@ final class VBMITests: XCTestCase {
                     }
                     let differ = (0..<min(s0.count, s1.count)).filter { s0[$0] != s1[$0] }
                     XCTAssertTrue(s0.count == s1.count && differ.isEmpty,
-                                  "\(kind.name) sparse=\(sparse) wd=\(wd) skip_zeros=\(skip): \(differ.count) of \(s0.count) bytes "
+                                  "\(kind.name) \(dtype) sparse=\(sparse) wd=\(wd) skip_zeros=\(skip): \(differ.count) of \(s0.count) bytes "
                                   + "of weights, states and absmax differ, first at \(differ.first ?? -1)")
                 }
             }

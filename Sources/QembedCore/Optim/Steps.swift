@@ -229,28 +229,34 @@ enum EightBitStep {
         let q1 = s.state1.raw.assumingMemoryBound(to: UInt8.self)
         let q2 = s.state2.map { $0.raw.assumingMemoryBound(to: UInt8.self) }
         let a1 = s.absmax1!.floats(), a2 = s.absmax2?.floats()
-        let fused = R.self == AdamRule.self && E.self == F32.self ? FusedAdam8.kernel(k, skipZeros: c.skipZeros) : nil
-        let fused1 = E.self == F32.self ? FusedStep1.kernel(r, k, skipZeros: c.skipZeros) : nil
+        // The fused AVX-512 blocks work on float32 parameters; float16 and
+        // bfloat16 blocks are widened into scratch and stored back.
+        let fused = R.self == AdamRule.self ? FusedAdam8.kernel(k, skipZeros: c.skipZeros) : nil
+        let fused1 = FusedStep1.kernel(r, k, skipZeros: c.skipZeros)
+        let bs = OptimizerState.blocksize
         Parallel.forEachChunk(blocks, grain: 64) { rg in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * OptimizerState.blocksize)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 3 * bs)
             defer { scratch.deallocate() }
             if var fk = fused1 {
-                let pf = UnsafeMutableRawPointer(data).assumingMemoryBound(to: Float.self)
                 for w in rg {
                     let (b, g) = item(w)
                     let range = s.range(ofBlock: b)
-                    FusedStep1.block(&fk, p: pf + range.lowerBound, g: g, q1: q1 + range.lowerBound, a1: a1 + b,
-                                     count: range.count, scratch: scratch)
+                    let lo = range.lowerBound
+                    withFloat32Parameters(e, data + lo, range.count, scratch: scratch + 2 * bs) { pf in
+                        FusedStep1.block(&fk, p: pf, g: g, q1: q1 + lo, a1: a1 + b, count: range.count, scratch: scratch)
+                    }
                 }
                 return
             }
             if var fk = fused, let q2, let a2 {
-                let pf = UnsafeMutableRawPointer(data).assumingMemoryBound(to: Float.self)
                 for w in rg {
                     let (b, g) = item(w)
                     let range = s.range(ofBlock: b)
-                    FusedAdam8.block(&fk, p: pf + range.lowerBound, g: g, q1: q1 + range.lowerBound, a1: a1 + b,
-                                     q2: q2 + range.lowerBound, a2: a2 + b, count: range.count, scratch: scratch)
+                    let lo = range.lowerBound
+                    withFloat32Parameters(e, data + lo, range.count, scratch: scratch + 2 * bs) { pf in
+                        FusedAdam8.block(&fk, p: pf, g: g, q1: q1 + lo, a1: a1 + b, q2: q2 + lo, a2: a2 + b,
+                                         count: range.count, scratch: scratch)
+                    }
                 }
                 return
             }
@@ -273,8 +279,8 @@ enum EightBitStep {
     }
 }
 
-/// The fused AVX-512 Adam/AdamW block of float32 parameters
-/// (qembed__vbmi_adam8_block): dequantize, update, requantize and floor in
+/// The fused AVX-512 Adam/AdamW block on float32 parameter values
+/// (qembed__vbmi_adam8_block; float16/bfloat16 parameters widened around it): dequantize, update, requantize and floor in
 /// one call with the tables in registers, equal to StepKernels.block8 bit for
 /// bit (OptimizerTests and the parity suite compare them).
 enum FusedAdam8 {
@@ -306,7 +312,7 @@ enum FusedAdam8 {
 }
 
 /// The fused AVX-512 block of the one-state rules (Momentum, Lion, RMSprop,
-/// Adagrad) for float32 parameters (qembed__vbmi_step1_block), equal to
+/// Adagrad) on float32 parameter values (qembed__vbmi_step1_block), equal to
 /// StepKernels.block8 bit for bit (VBMITests compare them).
 enum FusedStep1 {
     static func kernel<R: UpdateRule>(_ r: R.Type, _ k: UpdateScalars, skipZeros: Bool) -> qembed__step1? {

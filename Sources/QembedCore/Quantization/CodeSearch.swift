@@ -181,25 +181,8 @@ public struct CodeSearch: @unchecked Sendable {
     @inline(__always)
     func quantizeVBMI<E: FloatElement>(_ e: E.Type, _ table: OpaquePointer, _ src: UnsafePointer<E.Storage>, _ count: Int,
                                        reciprocal: Float, _ out: UnsafeMutablePointer<UInt8>) -> Int {
-        if E.self == F32.self {
-            qembed__vbmi_quantize(table, UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), count, reciprocal, out)
-            return count
-        }
-        return withUnsafeTemporaryAllocation(of: Float.self, capacity: 64) { buf in
-            let b = buf.baseAddress!
-            var i = 0
-            while i < count {
-                let n = Swift.min(64, count - i)
-                if n == 64 {
-                    for l in stride(from: 0, to: 64, by: 8) { F32.store8(E.load8(src, i + l), b, l) }
-                } else {
-                    for l in 0..<n { b[l] = E.load(src, i + l) }
-                }
-                qembed__vbmi_quantize(table, b, n, reciprocal, out + i)
-                i += n
-            }
-            return count
-        }
+        withFloat32Chunks(e, src, count, chunk: 64) { b, i, n in qembed__vbmi_quantize(table, b, n, reciprocal, out + i) }
+        return count
     }
 
     /// Stores the low bytes of 8 indices (a lane loop: it compiles to two

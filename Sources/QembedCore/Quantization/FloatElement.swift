@@ -72,3 +72,50 @@ public func withFloatElement<R>(_ dtype: DType, _ body: (any FloatElement.Type) 
     default: throw .unsupported("dtype \(dtype.name) is not a float type (use f32, f16 or bf16)")
     }
 }
+
+/// Feeds `count` elements of `src` to a float32-only kernel: `body(floats,
+/// offset, n)` sees elements offset ..< offset + n. float32 input goes
+/// through in one call; float16 and bfloat16 are widened `chunk` (a
+/// multiple of 8) at a time into a stack buffer, exactly as E.load does, so
+/// the kernel's results equal the generic path's.
+@inline(__always)
+func withFloat32Chunks<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int, chunk: Int,
+                                        _ body: (UnsafePointer<Float>, Int, Int) -> Void) {
+    if E.self == F32.self {
+        body(UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), 0, count)
+        return
+    }
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { buf in
+        let b = buf.baseAddress!
+        var i = 0
+        while i < count {
+            let n = Swift.min(chunk, count - i)
+            var l = 0
+            while l + 8 <= n { F32.store8(E.load8(src, i + l), b, l); l += 8 }
+            while l < n { b[l] = E.load(src, i + l); l += 1 }
+            body(b, i, n)
+            i += n
+        }
+    }
+}
+
+/// Runs `body` on float32 values of count parameter elements: in place for
+/// float32; for float16/bfloat16 on a widened copy in `scratch` (>= count
+/// floats), stored back rounded to nearest even afterwards. A value `body`
+/// leaves alone comes back unchanged (the widening is exact).
+@inline(__always)
+func withFloat32Parameters<E: FloatElement>(_ e: E.Type, _ p: UnsafeMutablePointer<E.Storage>, _ count: Int,
+                                            scratch: UnsafeMutablePointer<Float>,
+                                            _ body: (UnsafeMutablePointer<Float>) -> Void) {
+    if E.self == F32.self {
+        body(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self))
+        return
+    }
+    var l = 0
+    while l + 8 <= count { F32.store8(E.load8(p, l), scratch, l); l += 8 }
+    while l < count { scratch[l] = E.load(p, l); l += 1 }
+    body(scratch)
+    l = 0
+    while l + 8 <= count { E.store8(F32.load8(scratch, l), p, l); l += 8 }
+    while l < count { E.store(scratch[l], p, l); l += 1 }
+}

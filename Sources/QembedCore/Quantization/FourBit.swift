@@ -85,9 +85,11 @@ public enum FourBit {
     static func quantizeBlock<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, _ count: Int,
                                                _ scale: BlockScale, _ lv: Levels, _ out: UnsafeMutablePointer<UInt8>) {
         var i = 0
-        if E.self == F32.self, !scale.divides, VBMI.enabled {
-            qembed__vbmi_quantize_4bit(lv.kernelMids, lv.kernelOrder, UnsafeRawPointer(src).assumingMemoryBound(to: Float.self),
-                                       count, scale.reciprocal, out)
+        if !scale.divides, VBMI.enabled {
+            // Chunks of 256 (even: the pairs of nibbles stay whole).
+            withFloat32Chunks(e, src, count, chunk: 256) { b, o, n in
+                qembed__vbmi_quantize_4bit(lv.kernelMids, lv.kernelOrder, b, n, scale.reciprocal, out + o / 2)
+            }
             return
         }
         if !scale.divides {
