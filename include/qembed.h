@@ -59,7 +59,13 @@ QEMBED_API const char *qembed_version(void);
 
 /* Every function that can fail returns a qembed_status. On failure nothing
  * was written to any output or object, and qembed_last_error() holds a
- * message naming the argument and the problem. */
+ * message naming the argument and the problem. One documented exception:
+ * the quantize kernels (qembed_quantize_blockwise, qembed_quantize_4bit,
+ * qembed_int8_vectorwise_quant) read their input once, so when they meet a
+ * NaN/Inf (QEMBED_ERR_NON_FINITE) their caller-provided outputs may already
+ * hold some blocks: the outputs' contents are then unspecified (as zstd's
+ * dst on error), nothing outside them is written, and every other error is
+ * still found before anything is written. */
 typedef enum qembed_status {
     QEMBED_OK = 0,
     QEMBED_ERR_INVALID_ARGUMENT = 1,  /* a value outside its documented domain */
@@ -237,7 +243,8 @@ QEMBED_API qembed_status qembed_blockwise_absmax_count(int64_t n, int64_t blocks
  *  @param absmax     out: absmax_len floats, one per block.
  *  @param absmax_len capacity of absmax; must be >= ceil(n / blocksize).
  *  @return QEMBED_OK; QEMBED_ERR_NULL_POINTER, _INVALID_ARGUMENT, _UNSUPPORTED
- *  (dtype), _BUFFER_TOO_SMALL, or _NON_FINITE (NaN/Inf in A; nothing written).
+ *  (dtype), _BUFFER_TOO_SMALL, or _NON_FINITE (NaN/Inf in A, the first one
+ *  named; out and absmax unspecified, see "Status codes and errors").
  *  Since 0.1. */
 QEMBED_API qembed_status qembed_quantize_blockwise(const void *A, int dtype, int64_t n,
                                                    const float *code, int64_t blocksize,
@@ -306,6 +313,8 @@ QEMBED_API qembed_status qembed_4bit_packed_bytes(int64_t n, int64_t *bytes);
 
 /*! qembed_quantize_4bit() :
  *  bitsandbytes.functional.quantize_4bit with the exact nearest rule.
+ *  On QEMBED_ERR_NON_FINITE (the first NaN/Inf named) packed and absmax are
+ *  unspecified, as for qembed_quantize_blockwise.
  *  @param A          n finite elements of dtype F32, F16 or BF16.
  *  @param blocksize  one of 32, 64, 128, 256, 512, 1024, 2048, 4096.
  *  @param quant_type QEMBED_QUANT_FP4 or QEMBED_QUANT_NF4.
@@ -341,6 +350,8 @@ QEMBED_API qembed_status qembed_dequantize_4bit(const uint8_t *packed, int64_t p
  *  A / row_stats * 127 is used. With threshold > 0, elements with
  *  |x| >= threshold are outliers: they are left out of row_stats, and every
  *  column holding one is zeroed in `out` and listed in outlier_cols.
+ *  On QEMBED_ERR_NON_FINITE (the first NaN/Inf named) out and row_stats are
+ *  unspecified when threshold == 0 (one pass over A), untouched otherwise.
  *  @param A             rows*cols finite elements of F32, F16 or BF16.
  *  @param threshold     >= 0 and finite; 0 disables outliers.
  *  @param out           out: rows*cols int8.

@@ -165,23 +165,30 @@ final class ReferenceParityTests: XCTestCase {
         }
     }
 
-    func testNonFiniteIsRejectedAndNothingWritten() throws {
+    /// NaN/Inf anywhere is refused with QEMBED_ERR_NON_FINITE naming the
+    /// first one (the outputs are unspecified then: the kernels stream once).
+    func testNonFiniteIsRejectedNamingTheFirst() throws {
         for bad: Float in [.nan, .infinity, -.infinity] {
             var rng = Rng(4)
-            var x = rng.floats(300, scale: 1)
-            x[217] = bad
-            var q = [UInt8](repeating: 7, count: 300)
-            var am = [Float](repeating: 9, count: 5)
-            XCTAssertThrowsError(try Blockwise8.quantize(x, dtype: .f32, n: 300, search: .signedDynamic, blocksize: 64, out: &q, absmax: &am)) {
-                let e = $0 as! QembedError
-                XCTAssertEqual(e.status, .nonFinite)
-                XCTAssertTrue(e.message.contains("A[217]"), e.message)
+            var x = rng.floats(30_000, scale: 1)
+            x[21_700] = bad
+            x[29_000] = .nan
+            func check(_ f: () throws -> Void) {
+                XCTAssertThrowsError(try f()) {
+                    let e = $0 as! QembedError
+                    XCTAssertEqual(e.status, .nonFinite)
+                    XCTAssertTrue(e.message.contains("A[21700]"), e.message)
+                }
             }
-            XCTAssertEqual(q, [UInt8](repeating: 7, count: 300))
-            XCTAssertEqual(am, [Float](repeating: 9, count: 5))
-            var packed = [UInt8](repeating: 7, count: 150)
-            XCTAssertThrowsError(try FourBit.quantize(x, dtype: .f32, n: 300, blocksize: 64, type: .nf4, packed: &packed, absmax: &am))
-            XCTAssertEqual(packed, [UInt8](repeating: 7, count: 150))
+            var q = [UInt8](repeating: 7, count: x.count)
+            var am = [Float](repeating: 9, count: x.count / 64 + 1)
+            check { try Blockwise8.quantize(x, dtype: .f32, n: x.count, search: .signedDynamic, blocksize: 64, out: &q, absmax: &am) }
+            var packed = [UInt8](repeating: 7, count: x.count / 2)
+            check { try FourBit.quantize(x, dtype: .f32, n: x.count, blocksize: 64, type: .nf4, packed: &packed, absmax: &am) }
+            var i8 = [Int8](repeating: 7, count: x.count)
+            for threshold: Float in [0, 2] {
+                check { try Int8Rowwise.quantize(x, dtype: .f32, rows: 300, cols: 100, threshold: threshold, out: &i8, rowStats: &am) }
+            }
         }
     }
 }

@@ -28,25 +28,35 @@ public enum Absmax {
         }
     }
 
-    /// The skeleton every blockwise quantizer shares: validate and compute
-    /// all absmax values first (so nothing is written on failure), then run
-    /// `block(b, start, count, scale)` for every block in parallel, then
-    /// publish the absmax values.
+    /// The skeleton every blockwise quantizer shares, one pass over the
+    /// input: for each block (in parallel), its absmax, a finiteness check,
+    /// then `block(b, start, count, scale)` while the block is still in cache.
+    /// Throws `.nonFinite` naming the first non-finite element; blocks before
+    /// the one that held it may have been written (the quantize kernels
+    /// document their outputs as unspecified then: a validation pass first
+    /// would read the whole input from memory twice).
     @inline(__always)
     public static func quantizeBlocks<E: FloatElement>(_ e: E.Type, _ src: UnsafePointer<E.Storage>, n: Int, blocksize: Int,
                                                       absmax: UnsafeMutablePointer<Float>,
                                                       _ block: (Int, Int, Int, BlockScale) -> Void) throws(QembedError) {
         let nblocks = ceilDiv(n, blocksize)
-        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: nblocks)
-        defer { tmp.deallocate() }
-        try blocks(e, src, n: n, blocksize: blocksize, absmax: tmp)
+        let bad = Atomic<Bool>(false)
         Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
             for b in range {
-                let lo = b * blocksize
-                block(b, lo, min(blocksize, n - lo), BlockScale(absmax: tmp[b]))
+                let lo = b * blocksize, count = min(blocksize, n - lo)
+                let m = maxMagnitudeBits(e, src + lo, count)
+                if m >= E.nonFiniteBits || bad.load(ordering: .relaxed) {
+                    bad.store(true, ordering: .relaxed)
+                    return
+                }
+                let a = E.float(fromMagnitudeBits: m)
+                absmax[b] = a
+                block(b, lo, count, BlockScale(absmax: a))
             }
         }
-        absmax.update(from: tmp, count: nblocks)
+        if bad.load(ordering: .relaxed) {
+            throw firstNonFinite(e, src, n: n, argument: "A")
+        }
     }
 
     /// The error naming the first non-finite element of `src`.

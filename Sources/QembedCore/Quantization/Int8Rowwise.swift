@@ -6,7 +6,9 @@ public enum Int8Rowwise {
     /// Quantizes a rows x cols matrix. With threshold > 0, columns holding an
     /// element with |x| >= threshold are outlier columns: their elements are
     /// left out of row_stats and zeroed in `out`. Returns the outlier columns
-    /// (ascending). Nothing is written when it throws.
+    /// (ascending). Throws `.nonFinite` naming the first NaN/Inf; without a
+    /// threshold, rows before it may have been written by then (one pass:
+    /// each row's maximum, then its codes while it is in cache).
     @discardableResult
     public static func quantize(_ A: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, threshold: Float,
                                 out: UnsafeMutablePointer<Int8>, rowStats: UnsafeMutablePointer<Float>) throws(QembedError) -> [Int32] {
@@ -18,60 +20,84 @@ public enum Int8Rowwise {
     static func quantize<E: FloatElement>(_ e: E.Type, _ A: UnsafeRawPointer, rows: Int, cols: Int, threshold: Float,
                                           out: UnsafeMutablePointer<Int8>, rowStats: UnsafeMutablePointer<Float>) throws(QembedError) -> [Int32] {
         let src = A.assumingMemoryBound(to: E.Storage.self)
+        if threshold <= 0 {
+            try Absmax.quantizeBlocks(e, src, n: rows * cols, blocksize: cols, absmax: rowStats) { r, lo, _, _ in
+                quantizeRow(e, src + lo, cols, rowStats[r], out + lo)
+            }
+            return []
+        }
         let stats = UnsafeMutablePointer<Float>.allocate(capacity: rows)
         defer { stats.deallocate() }
         // Pass 1: finiteness and plain row maxima (blocks of one row).
         try Absmax.blocks(e, src, n: rows * cols, blocksize: cols, absmax: stats)
-        var outlierCols: [Int32] = []
         var isOutlier = [Bool](repeating: false, count: cols)
-        if threshold > 0 {
+        for r in 0..<rows where stats[r] >= threshold {
+            for c in 0..<cols where abs(E.load(src, r * cols + c)) >= threshold { isOutlier[c] = true }
+        }
+        let outlierCols = (0..<cols).filter { isOutlier[$0] }.map { Int32($0) }
+        if !outlierCols.isEmpty {
+            // Row maxima over the non-outlier elements (outliers count as zero).
             for r in 0..<rows where stats[r] >= threshold {
-                for c in 0..<cols where abs(E.load(src, r * cols + c)) >= threshold { isOutlier[c] = true }
-            }
-            outlierCols = (0..<cols).filter { isOutlier[$0] }.map { Int32($0) }
-            if !outlierCols.isEmpty {
-                // Row maxima over the non-outlier elements (outliers count as zero).
-                for r in 0..<rows where stats[r] >= threshold {
-                    var m: Float = 0
-                    for c in 0..<cols {
-                        let v = abs(E.load(src, r * cols + c))
-                        if v < threshold { m = max(m, v) }
-                    }
-                    stats[r] = m
+                var m: Float = 0
+                for c in 0..<cols {
+                    let v = abs(E.load(src, r * cols + c))
+                    if v < threshold { m = max(m, v) }
                 }
+                stats[r] = m
             }
         }
         let hasOutliers = !outlierCols.isEmpty
         isOutlier.withUnsafeBufferPointer { mask in
             Parallel.forEachChunk(rows, grain: max(1, 16384 / max(cols, 1))) { range in
                 for r in range {
-                    let row = src + r * cols
                     let o = out + r * cols
-                    let st = stats[r]
-                    // bitsandbytes writes 127.0 / row_stats, which torch evaluates as
-                    // reciprocal(row_stats) * 127 (two float32 roundings): the same here,
-                    // so results match to the bit. When 1/row_stats overflows (a row of
-                    // subnormals) or (1/row_stats)*127 does (max |x| below ~3.7e-37),
-                    // x / row_stats * 127 is used instead (zeros stay zero).
-                    let recip: Float = st == 0 ? 0 : 1 / st
-                    let scale = recip * 127
-                    if scale.isFinite {
-                        for c in 0..<cols {
-                            let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
-                            o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
-                        }
-                    } else {
-                        for c in 0..<cols {
-                            let v = (E.load(row, c) / st * 127).rounded(.toNearestOrEven)
-                            o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
-                        }
-                    }
+                    quantizeRow(e, src + r * cols, cols, stats[r], o)
                     if hasOutliers { for c in 0..<cols where mask[c] { o[c] = 0 } }
                 }
             }
         }
         rowStats.update(from: stats, count: rows)
         return outlierCols
+    }
+
+    /// One row's codes: round(x * scale) clamped to [-127, 127].
+    /// bitsandbytes writes 127.0 / row_stats, which torch evaluates as
+    /// reciprocal(row_stats) * 127 (two float32 roundings): the same here,
+    /// so results match to the bit. When 1/row_stats overflows (a row of
+    /// subnormals) or (1/row_stats)*127 does (max |x| below ~3.7e-37),
+    /// x / row_stats * 127 is used instead (zeros stay zero).
+    @inline(__always)
+    static func quantizeRow<E: FloatElement>(_ e: E.Type, _ row: UnsafePointer<E.Storage>, _ cols: Int, _ st: Float,
+                                             _ o: UnsafeMutablePointer<Int8>) {
+        let recip: Float = st == 0 ? 0 : 1 / st
+        let scale = recip * 127
+        var c = 0
+        if scale.isFinite {
+            // Clamping first changes nothing (+-127 are integers); adding
+            // 1.5 * 2^23 then rounds to the nearest integer, ties to even,
+            // leaving it as the low byte of the bit pattern.
+            let sv = SIMD8<Float>(repeating: scale), magic = SIMD8<Float>(repeating: 12_582_912)
+            let hi = SIMD8<Float>(repeating: 127), lo = -hi
+            let bytes = UnsafeMutableRawPointer(o).assumingMemoryBound(to: UInt8.self)
+            while c + 8 <= cols {
+                var v = E.load8(row, c) * sv
+                v.replace(with: hi, where: v .> hi)
+                v.replace(with: lo, where: v .< lo)
+                CodeSearch.storeBytes(unsafeBitCast(v + magic, to: SIMD8<UInt32>.self), bytes + c)
+                c += 8
+            }
+            while c < cols {
+                let v = (E.load(row, c) * scale).rounded(.toNearestOrEven)
+                o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                c += 1
+            }
+        } else {
+            while c < cols {
+                let v = (E.load(row, c) / st * 127).rounded(.toNearestOrEven)
+                o[c] = Int8(Swift.max(-127, Swift.min(127, v)))
+                c += 1
+            }
+        }
     }
 
     /// out = (A * row_stats[r]) * (1/127) in float32, stored as `dtype`.

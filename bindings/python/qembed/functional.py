@@ -328,6 +328,10 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize=4096, nest
     quantized (offset = their mean; blocks of `blocksize`; signed dynamic map).
     `absmax`, when given, is a float32 array of ceil(n/blocksize) entries that
     receives the absmax values (not allowed with nested=True).
+
+    A NaN/Inf in A raises ValueError naming the first one. The input is read
+    once, so an `out`/`absmax` you passed may hold some blocks by then (its
+    contents are unspecified); bad arguments raise before anything is written.
     """
     blocksize = int(blocksize)
     if blocksize <= 0:
@@ -416,7 +420,9 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics=
     the high nibble). Returns (packed, quant_state); packed has shape
     ((n + 1) // 2, 1) and dtype uint8 (or `quant_storage`, a view of the same
     bytes). blocksize defaults to 64; compress_statistics quantizes the absmax
-    values (offset = mean, blocks of 256, signed dynamic map)."""
+    values (offset = mean, blocks of 256, signed dynamic map). A NaN/Inf
+    raises ValueError naming the first one; `out`/`absmax` passed in are
+    unspecified then (one pass over A, as quantize_blockwise)."""
     blocksize = _four_bit_blocksize(blocksize)
     qt = _quant_type(quant_type)
     a, dcode, dname = float_input(A)

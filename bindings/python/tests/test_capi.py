@@ -459,6 +459,8 @@ def test_quantize_blockwise_bad_arguments(data):
     inf_code = np.linspace(-1, 1, 256).astype(np.float32)
     inf_code[200] = np.inf
     expect(q(A, F32, n, fptr(inf_code), bs, u8ptr(out), fptr(am), 5), INVALID, "code[200]")
+    unchanged(out, am)
+    # NaN/Inf is found while streaming: named, but out/absmax are unspecified (qembed.h).
     for bad in (np.nan, np.inf, -np.inf):
         x = data.copy()
         x[211] = bad
@@ -470,7 +472,6 @@ def test_quantize_blockwise_bad_arguments(data):
     bf = (data.view(np.uint32) >> 16).astype(np.uint16)
     bf[250] = 0x7FC0  # bf16 NaN
     expect(q(bf.ctypes.data, C.QEMBED_DTYPE_BF16, n, None, bs, u8ptr(out), fptr(am), 5), NON_FINITE, "A[250]")
-    unchanged(out, am)
     # And it works with the same buffers.
     assert q(A, F32, n, None, bs, u8ptr(out), fptr(am), 5) == OK
 
@@ -560,10 +561,11 @@ def test_quantize_4bit_bad_arguments(data):
     expect(q(A, C.QEMBED_DTYPE_I64, n, bs, NF4, u8ptr(packed), 150, fptr(am), 5), UNSUPPORTED, "dtype")
     expect(q(A, F32, n, bs, NF4, u8ptr(packed), 149, fptr(am), 5), TOO_SMALL, "packed")
     expect(q(A, F32, n, bs, NF4, u8ptr(packed), 150, fptr(am), 4), TOO_SMALL, "absmax")
+    unchanged(packed, am)
     x = data.copy()
     x[299] = -np.inf
-    expect(q(x.ctypes.data, F32, n, bs, NF4, u8ptr(packed), 150, fptr(am), 5), NON_FINITE, "A[299]")
-    unchanged(packed, am)
+    x[100] = np.nan
+    expect(q(x.ctypes.data, F32, n, bs, NF4, u8ptr(packed), 150, fptr(am), 5), NON_FINITE, "A[100]")
     assert q(A, F32, n, bs, NF4, u8ptr(packed), 150, fptr(am), 5) == OK
 
 
@@ -619,11 +621,16 @@ def test_int8_bad_arguments():
         expect(q(a, F32, rows, cols, t, i8ptr(out), fptr(rs), ocp, byref(cnt)), INVALID, "threshold")
     expect(q(a, 42, rows, cols, 0.0, i8ptr(out), fptr(rs), None, None), UNSUPPORTED, "dtype")
     expect(q(a, C.QEMBED_DTYPE_I8, rows, cols, 0.0, i8ptr(out), fptr(rs), None, None), UNSUPPORTED, "dtype")
+    unchanged(out, rs)
     bad = A.copy()
     bad[4, 7] = np.nan
-    expect(q(bad.ctypes.data, F32, rows, cols, 0.0, i8ptr(out), fptr(rs), None, None), NON_FINITE,
+    # With outliers on, the column scan runs first: nothing is written.
+    expect(q(bad.ctypes.data, F32, rows, cols, 2.0, i8ptr(out), fptr(rs), ocp, byref(cnt)), NON_FINITE,
            f"[{4 * cols + 7}]")
     unchanged(out, rs)
+    # Without, one pass: named, out/row_stats unspecified (qembed.h).
+    expect(q(bad.ctypes.data, F32, rows, cols, 0.0, i8ptr(out), fptr(rs), None, None), NON_FINITE,
+           f"[{4 * cols + 7}]")
     assert np.all(oc == -99) and cnt.value == -99
 
     dq = C.qembed_int8_vectorwise_dequant

@@ -779,13 +779,21 @@ def test_non_finite_input_names_the_element(bad, short):
         assert "123" in str(e.value), str(e.value)
 
 
-def test_non_finite_does_not_touch_out():
-    x = np.ones(100, dtype=np.float32)
-    x[99] = np.nan
-    out = np.full(100, 0xAB, dtype=np.uint8)
-    am = np.full(2, 3.25, dtype=np.float32)
-    with pytest.raises(ValueError):
+def test_non_finite_is_named_and_argument_errors_leave_out_alone():
+    # NaN/Inf is found while the kernel streams the input: the error names
+    # the first one, and out= is unspecified afterwards (qembed.h). Argument
+    # errors are found before anything is written.
+    x = np.ones(1000, dtype=np.float32)
+    x[640] = np.inf
+    x[999] = np.nan
+    out = np.full(1000, 0xAB, dtype=np.uint8)
+    am = np.full(16, 3.25, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"A\[640\]"):
         F.quantize_blockwise(x, out=out, absmax=am, blocksize=64)
+    out[:] = 0xAB
+    am[:] = 3.25
+    with pytest.raises(ValueError):
+        F.quantize_blockwise(x, out=out, absmax=am, blocksize=0)
     assert np.all(out == 0xAB) and np.all(am == 3.25)
 
 
