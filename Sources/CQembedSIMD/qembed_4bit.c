@@ -112,26 +112,58 @@ QE_AVX2 void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long 
     }
 }
 
-QE_AVX2 void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
-                                       const float *q, float lanes[8]) {
-    const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8);
-    __m256 acc = _mm256_setzero_ps();
-    long b0 = e0 / bs, j = 0;
-    while (j < n) {
-        long b = (e0 + j) / bs;
-        long run_end = (b + 1) * bs - e0;
-        if (run_end > n) run_end = n;
-        const __m256 a = _mm256_set1_ps(absmax[b - b0]);
-        for (; j < run_end; j += 8)
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q + j), qe_decode8(packed + ((e0 + j) >> 1), lo, hi, a)));
-    }
-    _mm256_storeu_ps(lanes, acc);
+/* The sum of an 8-lane accumulator in the order Scoring.laneSum defines:
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
+static inline __attribute__((always_inline)) QE_AVX2 float qe_lane_sum(__m256 a) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(q) + _mm_cvtss_f32(_mm_shuffle_ps(q, q, 1));
 }
 
+/* One vector of row k: acc += q * (code[nibble] * absmax), absmax of the
+ * vector's block (a vector never straddles two: bs >= 8, a power of two). */
+#define QE_DOT_STEP(acc, e)                                                                                 \
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_mul_ps(qembed__nibbles8_avx2(packed + ((e) >> 1), lo, hi), \
+                                                             _mm256_broadcast_ss(absmax + ((e) >> lg) - b0))))
+
+QE_AVX2 void qembed__4bit_rows_dot_avx2(const uint8_t *packed, long r0, long n, long dim, int lg, const float *absmax,
+                                        const float *code, const float *q, float *out) {
+    const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8);
+    const long b0 = (r0 * dim) >> lg;
+    long r = 0;
+    /* Four rows at a time: four independent chains hide the add latency;
+     * each row's own sum keeps the one-row order. */
+    for (; r + 4 <= n; r += 4) {
+        const long e0 = (r0 + r) * dim;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (long j = 0; j < dim; j += 8) {
+            const __m256 x = _mm256_loadu_ps(q + j);
+            QE_DOT_STEP(a0, e0 + j);
+            QE_DOT_STEP(a1, e0 + dim + j);
+            QE_DOT_STEP(a2, e0 + 2 * dim + j);
+            QE_DOT_STEP(a3, e0 + 3 * dim + j);
+        }
+        out[r] = qe_lane_sum(a0);
+        out[r + 1] = qe_lane_sum(a1);
+        out[r + 2] = qe_lane_sum(a2);
+        out[r + 3] = qe_lane_sum(a3);
+    }
+    for (; r < n; r++) {
+        const long e0 = (r0 + r) * dim;
+        __m256 a0 = _mm256_setzero_ps();
+        for (long j = 0; j < dim; j += 8) {
+            const __m256 x = _mm256_loadu_ps(q + j);
+            QE_DOT_STEP(a0, e0 + j);
+        }
+        out[r] = qe_lane_sum(a0);
+    }
+}
+#undef QE_DOT_STEP
+
 #else
-void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
-                               const float *q, float lanes[8]) {
-    (void)packed; (void)e0; (void)n; (void)bs; (void)absmax; (void)code; (void)q; (void)lanes;
+void qembed__4bit_rows_dot_avx2(const uint8_t *packed, long r0, long n, long dim, int lg, const float *absmax,
+                                const float *code, const float *q, float *out) {
+    (void)packed; (void)r0; (void)n; (void)dim; (void)lg; (void)absmax; (void)code; (void)q; (void)out;
     abort();
 }
 void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,

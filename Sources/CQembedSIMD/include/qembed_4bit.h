@@ -28,11 +28,13 @@ void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, floa
 void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
                            float w, int op, float *dst);
 
-/* lanes[l] = the sum over j = l, l + 8, ... < n (in that order, from +0) of
- * q[j] * v[j], v the row's values as above; products and sums rounded once
- * each. Needs e0, n and bs multiples of 8 (every run whole bytes, lanes
- * aligned with j mod 8). */
-void qembed__4bit_row_dot_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
-                               const float *q, float lanes[8]);
+/* out[r] = <q, row r0 + r> for r < n, rows of dim values (a multiple of 8)
+ * in blocks of 1 << lg >= 8 values, absmax[k] the scale of block
+ * (r0 * dim >> lg) + k. The scoring order (Scoring.swift): lane l sums
+ * q[j] * v[j] for j = l, l + 8, ... in that order from +0 (v = code[nibble]
+ * * absmax; every product and sum rounded once), then the lanes as
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). Four rows at a time. */
+void qembed__4bit_rows_dot_avx2(const uint8_t *packed, long r0, long n, long dim, int lg, const float *absmax,
+                                const float *code, const float *q, float *out);
 
 #endif

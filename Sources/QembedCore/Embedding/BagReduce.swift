@@ -15,9 +15,10 @@ protocol BagRowSource {
     /// acc[j] = row(i)[j] (first) or the larger of the two (earlier wins ties).
     func maximum(_ i: Int, first: Bool, _ acc: UnsafeMutablePointer<Float>)
     func prefetch(_ i: Int)
-    /// <q, row(i)> in the scoring order (Scoring.swift) straight from the
-    /// table, when this source has a fused kernel for it here; else nil.
-    func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float?
+    /// out[r] = <q, row(r0 + r)> for r < n in the scoring order
+    /// (Scoring.swift) straight from the table, when this source has a fused
+    /// kernel for it here (true); else false and nothing written.
+    func dots(_ r0: Int, _ n: Int, _ q: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Bool
     /// The rows as the AVX-512 bag kernel reads them (qembed_bag.h), when it
     /// has a form for them; else nil.
     var bagKernelRows: qembed__bag_rows? { get }
@@ -27,7 +28,7 @@ protocol BagRowSource {
 }
 
 extension BagRowSource {
-    @inline(__always) func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float? { nil }
+    @inline(__always) func dots(_ r0: Int, _ n: Int, _ q: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Bool { false }
     var bagKernelRows: qembed__bag_rows? { nil }
     var floatRows: UnsafePointer<Float>? { nil }
 }
@@ -198,24 +199,21 @@ struct FourBitRows: BagRowSource {
 
     @inline(__always) func load(_ i: Int, _ dst: UnsafeMutablePointer<Float>) { run(i, Int32(QEMBED__4BIT_STORE), 1, dst) }
 
-    @inline(__always) func dot(_ i: Int, _ q: UnsafePointer<Float>) -> Float? {
+    @inline(__always) func dots(_ r0: Int, _ n: Int, _ q: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Bool {
         let bs = table.blocksize
-        guard dim % 8 == 0, bs % 8 == 0, qembed__avx2_enabled() != 0 else { return nil }
-        let start = i * dim, b0 = start / bs
-        var lanes = SIMD8<Float>()
-        withUnsafeMutableBytes(of: &lanes) { lb in
-            let l = lb.baseAddress!.assumingMemoryBound(to: Float.self)
-            if let s = table.scales {
-                qembed__4bit_row_dot_avx2(packed, start, dim, bs, s + b0, code, q, l)
-            } else {
-                let nb = (start + dim - 1) / bs - b0 + 1
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { t in
-                    for b in 0..<nb { t[b] = table.absmax(b0 + b) }
-                    qembed__4bit_row_dot_avx2(packed, start, dim, bs, t.baseAddress!, code, q, l)
-                }
+        guard dim % 8 == 0, bs >= 8, bs & (bs - 1) == 0, n >= 1, qembed__avx2_enabled() != 0 else { return false }
+        let lg = bs.trailingZeroBitCount, b0 = r0 * dim >> lg
+        if let s = table.scales {
+            qembed__4bit_rows_dot_avx2(packed, r0, n, dim, Int32(lg), s + b0, code, q, out)
+        } else {
+            // nested statistics: the rows' block scales decoded first
+            let nb = (((r0 + n) * dim - 1) >> lg) - b0 + 1
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { t in
+                for b in 0..<nb { t[b] = table.absmax(b0 + b) }
+                qembed__4bit_rows_dot_avx2(packed, r0, n, dim, Int32(lg), t.baseAddress!, code, q, out)
             }
         }
-        return Scoring.laneSum(lanes)
+        return true
     }
 
     @inline(__always) func add(_ i: Int, _ w: Float, _ acc: UnsafeMutablePointer<Float>) {

@@ -161,9 +161,7 @@ extension Scoring {
                     }
                     // One query over a source with a fused kernel: the same
                     // sums straight from the table, no tile.
-                    if q.nq4 == 1 && metric == .dot, let first = rows.dot(r0, q.ptr) {
-                        s[0] = first
-                        for r in 1..<max(n, 1) { s[r] = rows.dot(r0 + r, q.ptr)! }
+                    if q.nq4 == 1 && metric == .dot, rows.dots(r0, n, q.ptr, s) {
                         body(part, r0, n, n, s)
                         continue
                     }
