@@ -210,7 +210,7 @@ final class BagTests: XCTestCase {
     }
 
     func checkScores() throws {
-        for (rows, dim) in [(203, 70), (64, 8), (31, 3), (45, 384)] {
+        for (rows, dim) in [(203, 70), (64, 8), (31, 3), (45, 384), (1100, 16)] {  // 1100 x 16: several tiles, rows narrower than a block
             let (e, qs) = try tables(rows: rows, dim: dim, seed: UInt64(rows))
             var rng = Rng(11)
             for nq in [1, 5, 8] {

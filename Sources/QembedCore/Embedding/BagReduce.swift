@@ -202,7 +202,7 @@ struct FourBitRows: BagRowSource {
     @inline(__always) func dots(_ r0: Int, _ n: Int, _ q: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Bool {
         let bs = table.blocksize
         guard dim % 8 == 0, bs >= 8, bs & (bs - 1) == 0, n >= 1, qembed__avx2_enabled() != 0 else { return false }
-        let lg = bs.trailingZeroBitCount, b0 = r0 * dim >> lg
+        let lg = bs.trailingZeroBitCount, b0 = (r0 * dim) >> lg  // (Swift: >> binds tighter than *)
         if let s = table.scales {
             qembed__4bit_rows_dot_avx2(packed, r0, n, dim, Int32(lg), s + b0, code, q, out)
         } else {
