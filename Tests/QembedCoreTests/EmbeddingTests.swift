@@ -22,6 +22,29 @@ final class EmbeddingTests: XCTestCase {
         try idx.withUnsafeBytes { try e.backward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), gradOutput: g, gradDtype: .f32) }
     }
 
+    /// Wide rows into outputs at every 4-byte offset from a cache line (the
+    /// copy loop of qembed__copy_row, taken for rows of >= 2 KiB into an
+    /// unaligned destination), f32 and bf16, with a row length that leaves a tail.
+    func testWideRowsIntoUnalignedOutputs() throws {
+        for (dtype, dim) in [(DType.f32, 1000), (.f32, 1024), (.bf16, 1040)] {
+            let e = try make(40, dim, dtype: dtype, seed: 3)
+            let idx: [Int64] = [39, 0, 17, 17, 5, 38]
+            let rowBytes = dim * dtype.size
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: idx.count * rowBytes + 128, alignment: 64)
+            defer { raw.deallocate() }
+            for offset in stride(from: 0, through: 64, by: 4) {
+                raw.initializeMemory(as: UInt8.self, repeating: 0xA5, count: idx.count * rowBytes + 128)
+                try idx.withUnsafeBytes { try e.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: raw + offset, outDtype: dtype) }
+                for (k, i) in idx.enumerated() {
+                    XCTAssertEqual(memcmp(raw + offset + k * rowBytes, e.weight.data.raw + Int(i) * rowBytes, rowBytes), 0,
+                                   "\(dtype) dim \(dim) offset \(offset) row \(k)")
+                }
+                let before = UnsafeRawBufferPointer(start: raw, count: offset), after = UnsafeRawBufferPointer(start: raw + offset + idx.count * rowBytes, count: 128 - offset)
+                XCTAssertTrue(before.allSatisfy { $0 == 0xA5 } && after.allSatisfy { $0 == 0xA5 }, "wrote outside the output at offset \(offset)")
+            }
+        }
+    }
+
     func testXavierBoundsDeterminismAndPadding() throws {
         let e = try make(1000, 64, padding: -3, seed: 7)
         let w = weights(e)

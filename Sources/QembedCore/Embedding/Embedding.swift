@@ -211,7 +211,7 @@ public final class Embedding: @unchecked Sendable {
             Parallel.forEachChunk(indices.count, grain: max(1, 16384 / rowBytes)) { range in
                 for k in range {
                     if k + prefetchDistance < range.upperBound && rowBytes <= prefetchMaxRowBytes { qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes) }
-                    memcpy(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
+                    qembed__copy_row(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
                 }
             }
         } else {
