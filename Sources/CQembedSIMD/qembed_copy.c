@@ -28,3 +28,32 @@ __attribute__((no_builtin("memcpy"))) void qembed__copy_row(void *dst, const voi
     }
     if (i < bytes) memcpy(d + i, s + i, (size_t)(bytes - i));
 }
+
+typedef float qe_f32x8 __attribute__((ext_vector_type(8)));
+
+__attribute__((no_builtin("memcpy"))) void qembed__stream_store(void *dst, const void *src, long bytes) {
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    long head = (long)(-(uintptr_t)d & 63);
+    if (head > bytes) head = bytes;
+    memcpy(d, s, (size_t)head);
+    d += head;
+    s += head;
+    bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+        qe_f32x8 a, b;
+        __builtin_memcpy(&a, s, 32);
+        __builtin_memcpy(&b, s + 32, 32);
+        __builtin_nontemporal_store(a, (qe_f32x8 *)d);
+        __builtin_nontemporal_store(b, (qe_f32x8 *)(d + 32));
+    }
+    if (bytes > 0) memcpy(d, s, (size_t)bytes);
+}
+
+void qembed__stream_fence(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_sfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}

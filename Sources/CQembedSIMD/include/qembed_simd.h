@@ -5,6 +5,8 @@
 #ifndef QEMBED_SIMD_H
 #define QEMBED_SIMD_H
 
+#include <stdint.h>
+
 typedef float qembed__f32x8 __attribute__((ext_vector_type(8)));
 
 static inline __attribute__((always_inline)) qembed__f32x8 qembed__sqrt8(qembed__f32x8 x) {
@@ -53,6 +55,19 @@ static inline __attribute__((always_inline)) void qembed__prefetch(const void *p
  * of 4 KiB took 155-165 ms against 48-65 ms aligned, and 50-58 ms with the
  * 16-byte vector loop used here for rows of >= 2 KiB into such a dst. */
 void qembed__copy_row(void *dst, const void *src, long bytes);
+
+/* memcpy(dst, src, bytes) with non-temporal stores for the whole 64-byte
+ * lines of dst (ordinary stores for a partial first and last line): large
+ * outputs written around the caches skip the read-for-ownership of every
+ * line, which on Zen 3 made a 64M-element dequantize into float32 run in
+ * 10-12 ms instead of 18-24 ms (2 threads). Call qembed__stream_fence()
+ * before another thread may read dst. */
+void qembed__stream_store(void *dst, const void *src, long bytes);
+/* out[k] = code[q[k]] * absmax for k < n (float32, rounded once): the 8-bit
+ * dequantize, eight lookups per AVX2 multiply. Needs qembed__avx2_enabled(). */
+void qembed__8bit_run_avx2(const uint8_t *q, long n, const float *code, float absmax, float *out);
+/* Orders this thread's non-temporal stores before its later stores (sfence). */
+void qembed__stream_fence(void);
 
 /* The AVX-512 VBMI register-table kernels (run-time dispatched). */
 #include "qembed_vbmi.h"

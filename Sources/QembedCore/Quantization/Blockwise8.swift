@@ -48,21 +48,30 @@ public enum Blockwise8 {
         // Work in chunks of whole blocks (or of 64K elements inside one huge block).
         let chunk = blocksize >= 65536 ? 65536 : max(1, 65536 / blocksize) * blocksize
         let nchunks = ceilDiv(n, chunk)
+        let streaming = StreamedOutput.streams(bytes: n * MemoryLayout<E.Storage>.stride)
         if n >= 4096, VBMI.enabled, let table = qembed__vbmi_dequant_new(code) {
             defer { qembed__vbmi_dequant_free(table) }
-            dequantizeVBMI(e, table, A, n: n, absmax: absmax, blocksize: blocksize, chunk: chunk, dst)
+            dequantizeVBMI(e, table, A, n: n, absmax: absmax, blocksize: blocksize, chunk: chunk, streaming: streaming, dst)
             return
         }
+        let avx2 = E.self == F32.self && qembed__avx2_enabled() != 0
         Parallel.forEachChunk(nchunks, grain: 1) { range in
             for c in range {
-                var i = c * chunk
-                let end = min(n, i + chunk)
-                while i < end {
-                    let b = i / blocksize
-                    let stop = min(end, (b + 1) * blocksize)
-                    let a = absmax[b]
-                    for j in i..<stop { E.store(code[Int(A[j])] * a, dst, j) }
-                    i = stop
+                StreamedOutput.write(dst, c * chunk ..< min(n, (c + 1) * chunk), streaming: streaming) { from, count, o in
+                    var i = from
+                    let end = from + count
+                    while i < end {
+                        let b = i / blocksize
+                        let stop = min(end, (b + 1) * blocksize)
+                        let a = absmax[b]
+                        if avx2 {
+                            let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
+                            qembed__8bit_run_avx2(A + i, stop - i, code, a, d)
+                        } else {
+                            for j in i..<stop { E.store(code[Int(A[j])] * a, o, j - from) }
+                        }
+                        i = stop
+                    }
                 }
             }
         }
@@ -70,32 +79,34 @@ public enum Blockwise8 {
 
     /// `dequantize` through the VBMI byte-plane kernel (equal to the loop above).
     static func dequantizeVBMI<E: FloatElement>(_ e: E.Type, _ table: OpaquePointer, _ A: UnsafePointer<UInt8>, n: Int,
-                                                absmax: UnsafePointer<Float>, blocksize: Int, chunk: Int,
+                                                absmax: UnsafePointer<Float>, blocksize: Int, chunk: Int, streaming: Bool,
                                                 _ dst: UnsafeMutablePointer<E.Storage>) {
         Parallel.forEachChunk(ceilDiv(n, chunk), grain: 1) { range in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buf in
                 let b = buf.baseAddress!
                 for c in range {
-                    var i = c * chunk
-                    let end = min(n, i + chunk)
-                    while i < end {
-                        let stop = min(end, (i / blocksize + 1) * blocksize)
-                        let a = absmax[i / blocksize]
-                        if E.self == F32.self {
-                            let d = UnsafeMutableRawPointer(dst + i).assumingMemoryBound(to: Float.self)
-                            qembed__vbmi_dequantize(table, A + i, stop - i, a, d)
-                        } else {
-                            var j = i
-                            while j < stop {
-                                let m = min(256, stop - j)
-                                qembed__vbmi_dequantize(table, A + j, m, a, b)
-                                var l = 0
-                                while l + 8 <= m { E.store8(F32.load8(b, l), dst, j + l); l += 8 }
-                                while l < m { E.store(b[l], dst, j + l); l += 1 }
-                                j += m
+                    StreamedOutput.write(dst, c * chunk ..< min(n, (c + 1) * chunk), streaming: streaming) { from, count, o in
+                        var i = from
+                        let end = from + count
+                        while i < end {
+                            let stop = min(end, (i / blocksize + 1) * blocksize)
+                            let a = absmax[i / blocksize]
+                            if E.self == F32.self {
+                                let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
+                                qembed__vbmi_dequantize(table, A + i, stop - i, a, d)
+                            } else {
+                                var j = i
+                                while j < stop {
+                                    let m = min(256, stop - j)
+                                    qembed__vbmi_dequantize(table, A + j, m, a, b)
+                                    var l = 0
+                                    while l + 8 <= m { E.store8(F32.load8(b, l), o, j - from + l); l += 8 }
+                                    while l < m { E.store(b[l], o, j - from + l); l += 1 }
+                                    j += m
+                                }
                             }
+                            i = stop
                         }
-                        i = stop
                     }
                 }
             }

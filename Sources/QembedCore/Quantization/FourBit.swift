@@ -135,12 +135,29 @@ public enum FourBit {
                                             blocksize: Int, code: [Float], out: UnsafeMutableRawPointer) {
         let dst = out.assumingMemoryBound(to: E.Storage.self)
         let nblocks = ceilDiv(n, blocksize)
+        let streaming = StreamedOutput.streams(bytes: n * MemoryLayout<E.Storage>.stride)
+        let avx2 = E.self == F32.self && qembed__avx2_enabled() != 0
         code.withUnsafeBufferPointer { cb in
             let c = cb.baseAddress!
             Parallel.forEachChunk(nblocks, grain: max(1, 16384 / blocksize)) { range in
-                for b in range {
-                    let lo = b * blocksize
-                    dequantizeRun(e, packed, from: lo, count: min(blocksize, n - lo), absmax: absmax[b], code: c, dst: dst)
+                let elements = range.lowerBound * blocksize ..< min(n, range.upperBound * blocksize)
+                StreamedOutput.write(dst, elements, streaming: streaming) { from, count, o in
+                    // Pieces and blocks start at even elements (every blocksize is even).
+                    var i = from
+                    let end = from + count
+                    while i < end {
+                        let b = i / blocksize
+                        let stop = min(end, (b + 1) * blocksize)
+                        if avx2 && stop - i >= 8 {
+                            let pairs = (stop - i) / 2
+                            let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
+                            qembed__4bit_run_avx2(packed + i / 2, pairs, c, absmax[b], 0, Int32(QEMBED__4BIT_STORE), d)
+                            if (stop - i) & 1 == 1 { E.store(c[Int(packed[stop / 2] >> 4)] * absmax[b], o, stop - 1 - from) }
+                        } else {
+                            dequantizeRun(e, packed, from: i, count: stop - i, absmax: absmax[b], code: c, dst: o - from)
+                        }
+                        i = stop
+                    }
                 }
             }
         }

@@ -111,11 +111,18 @@ public enum Int8Rowwise {
     static func dequantize<E: FloatElement>(_ e: E.Type, _ A: UnsafePointer<Int8>, rows: Int, cols: Int,
                                             rowStats: UnsafePointer<Float>, out: UnsafeMutableRawPointer) {
         let dst = out.assumingMemoryBound(to: E.Storage.self)
+        let streaming = StreamedOutput.streams(bytes: rows * cols * MemoryLayout<E.Storage>.stride)
         Parallel.forEachChunk(rows, grain: max(1, 16384 / max(cols, 1))) { range in
-            for r in range {
-                let s = rowStats[r]
-                let base = r * cols
-                for c in 0..<cols { E.store(Float(A[base + c]) * s * inv127, dst, base + c) }
+            StreamedOutput.write(dst, range.lowerBound * cols ..< range.upperBound * cols, streaming: streaming) { from, count, o in
+                var i = from
+                let end = from + count
+                while i < end {
+                    let r = i / cols
+                    let stop = min(end, (r + 1) * cols)
+                    let s = rowStats[r]
+                    for j in i..<stop { E.store(Float(A[j]) * s * inv127, o, j - from) }
+                    i = stop
+                }
             }
         }
     }

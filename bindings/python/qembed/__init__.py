@@ -12,12 +12,13 @@ from . import _capi
 from ._capi import (QembedError, QembedInternalError, QembedMemoryError, QembedOSError, QembedTypeError,
                     QembedValueError)
 from . import functional
+from . import _pool
 
 __version__ = _capi.version()
 
 __all__ = ["functional", "QembedError", "QembedValueError", "QembedTypeError", "QembedMemoryError",
            "QembedOSError", "QembedInternalError", "get_num_threads", "set_num_threads", "library_path",
-           "cpu_tier", "__version__"]
+           "cpu_tier", "set_output_cache", "empty_cache", "output_cache_info", "__version__"]
 
 #: Path of the loaded libqembed.
 library_path = _capi.lib._qembed_path
@@ -49,6 +50,36 @@ def set_num_threads(n):
     if not -2 ** 31 <= n < 2 ** 31:
         raise QembedValueError(_capi.QEMBED_ERR_INVALID_ARGUMENT, f"n must be in 0..1024, got {n}")
     _capi._check(_capi.qembed_set_num_threads(n))
+
+def set_output_cache(max_bytes):
+    """Cap the memory qembed keeps from dropped outputs for reuse (bytes;
+    0 turns the cache off and frees it). Returns the previous cap.
+
+    Fresh outputs of 4 MiB or more (dequantize, lookups, bags, scores...)
+    are leased from this cache, so that a call repeated with the same output
+    size does not page in new memory each time: paging in a 256 MB output
+    costs about as much as filling it. The memory goes back to the cache
+    when the last array or view of it is gone. Default: 1 GiB or an eighth
+    of physical memory, whichever is less; QEMBED_OUTPUT_CACHE (bytes, or
+    with a K/M/G suffix) sets it at import."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise QembedTypeError(_capi.QEMBED_ERR_INVALID_ARGUMENT,
+                              f"max_bytes: expected an integer, got {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise QembedValueError(_capi.QEMBED_ERR_INVALID_ARGUMENT, f"max_bytes must be >= 0, got {max_bytes}")
+    return _pool.set_max_bytes(max_bytes)
+
+
+def empty_cache():
+    """Return the memory of the output cache to the system (arrays still in
+    use are untouched)."""
+    _pool.empty_cache()
+
+
+def output_cache_info():
+    """{"max_bytes", "cached_bytes", "hits", "misses"} of the output cache."""
+    return _pool.info()
+
 
 # Layers, optimizers and tensor files: qembed.nn, qembed.optim, qembed.io.
 from . import io, nn, optim  # noqa: E402

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from . import _capi as C
+from . import _pool
 from ._capi import QembedTypeError, type_error, value_error
 
 try:  # bfloat16 (and the float8 types qembed.io reads) are optional.
@@ -333,10 +334,11 @@ def convert_float(arr, code, name):
 def out_array(out, shape, dtype, name="out"):
     """A fresh output array, or the caller's `out` after checking that it is
     a writeable C-contiguous ndarray of exactly this shape and dtype
-    (TypeError for the kind of object and the dtype, ValueError otherwise)."""
+    (TypeError for the kind of object and the dtype, ValueError otherwise).
+    Fresh outputs of 4 MiB or more come from the output cache (qembed._pool)."""
     shape = tuple(int(s) for s in shape)
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return _pool.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise type_error(f"{name} must be a numpy array, got {type(out).__name__}")
     if out.dtype != dtype:

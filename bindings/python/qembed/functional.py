@@ -537,7 +537,7 @@ def int8_vectorwise_quant(A, threshold=0.0):
     threshold = float(threshold)
     a, dcode, _ = float_input(A)
     rows, cols = _rows_cols(a.shape, "A")
-    out = np.empty(a.shape, dtype=np.int8)
+    out = out_array(None, a.shape, np.int8)
     row_stats = np.empty(rows, dtype=np.float32)
     if threshold > 0:
         cols_buf = np.empty(max(cols, 1), dtype=np.int32)
@@ -557,7 +557,7 @@ def int8_vectorwise_dequant(A, stats):
     a = exact_array(A, np.int8, "A")
     rows, cols = _rows_cols(a.shape, "A")
     st = exact_array(stats, np.float32, "stats", size=rows).reshape(-1)
-    out = np.empty(a.shape, dtype=np.float32)
+    out = out_array(None, a.shape, np.float32)
     C._check(C.qembed_int8_vectorwise_dequant(ptr(a, ctypes.c_int8), rows, cols, ptr(st, ctypes.c_float),
                                               C.QEMBED_DTYPE_F32, out.ctypes.data))
     return out

@@ -140,7 +140,7 @@ def make_bags(input, offsets, per_sample_weights, mode, include_last_offset, pad
 
 
 def bag_output(bags, dim, dtype):
-    return np.empty((bags.num_bags, dim), dtype=dtype)
+    return _arrays.out_array(None, (bags.num_bags, dim), dtype)
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class _Scoring:
         n = 1 if q.ndim == 1 else q.shape[0]
         rows = self.num_embeddings
         if k is None:
-            scores = np.empty((n, rows), dtype=np.float32)
+            scores = _arrays.out_array(None, (n, rows), np.float32)
             C._check(score_fn(h, q.ctypes.data, qcode, n, metric, scores.ctypes.data_as(C.P_f32), scores.size))
             return scores[0] if q.ndim == 1 else scores
         k = _integer(k, "k")

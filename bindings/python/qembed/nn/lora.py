@@ -181,7 +181,7 @@ class LoraEmbedding:
     def merged_weight(self, dtype=np.float32):
         """The adapted table W + (B @ A)^T * scaling as an array."""
         name = _arrays.float_dtype_name(dtype)
-        out = np.empty((self.num_embeddings, self.embedding_dim), dtype=_arrays.numpy_float_dtype(name))
+        out = _arrays.out_array(None, (self.num_embeddings, self.embedding_dim), _arrays.numpy_float_dtype(name))
         C._check(C.qembed_lora_merge(self._handle.ptr, out.ctypes.data, _arrays.float_dtype_code(name), out.size))
         return out
 
