@@ -114,4 +114,45 @@ final class StreamedOutputTests: XCTestCase {
             }
         }
     }
+
+    /// Row lookups (float gather, int8 and 4-bit tables, nested or not),
+    /// rows of one piece and of several, against the scalar rule.
+    func testLookups() throws {
+        var rng = Rng(15)
+        let idx: [Int64] = [29, 0, 7, 7, 12, 28, 3]
+        for dim in [33, 64, 1000, 1100, 2050] {
+            let w = rng.floats(30 * dim, scale: 0.7)
+            let e = try Embedding(EmbeddingConfig(numEmbeddings: 30, embeddingDim: dim), stable: false, seed: 4)
+            let wantRows = idx.flatMap { i in (0..<dim).map { e.weight.value(Int(i) * dim + $0).bitPattern } }
+            try check("Embedding gather dim \(dim)", count: idx.count * dim, want: wantRows, elementBytes: 4) { out in
+                try idx.withUnsafeBytes { try e.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: out, outDtype: .f32) }
+            }
+            for kind in [QuantizedEmbedding.Kind.int8, .nf4, .fp4] {
+                for compress in kind == .int8 ? [false] : [false, true] {
+                    let q = try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 30, dim: dim, kind: kind, blocksize: 64,
+                                                            compressStatistics: compress)
+                    var want = [UInt32]()
+                    for i in idx.map(Int.init) {
+                        for j in 0..<dim {
+                            let el = i * dim + j
+                            let v: Float
+                            if kind == .int8 {
+                                v = Float(q.q.load(fromByteOffset: el, as: Int8.self)) * (q.scales![i] / 127)
+                            } else {
+                                let byte = q.q.load(fromByteOffset: el / 2, as: UInt8.self)
+                                v = QuantMap.fourBit(kind.fourBit!)[Int(el % 2 == 0 ? byte >> 4 : byte & 15)] * q.absmax(el / 64)
+                            }
+                            want.append(v.bitPattern)
+                        }
+                    }
+                    for avx2: Int32 in [1, 0] {
+                        qembed__avx2_set_enabled(avx2)
+                        try check("\(kind) lookup dim \(dim) nested \(compress) avx2=\(avx2)", count: idx.count * dim, want: want, elementBytes: 4) { out in
+                            try idx.withUnsafeBytes { try q.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: out, outDtype: .f32) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

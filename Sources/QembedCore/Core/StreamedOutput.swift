@@ -40,9 +40,10 @@ public enum StreamedOutput {
     /// elements from ..< from + count at out[0 ..< count]. Without
     /// streaming, out is dst + from and `fill` runs once; with it, `fill`
     /// runs per piece into a scratch buffer that is streamed to dst + from,
-    /// and the stores are fenced before returning.
+    /// and the stores are fenced before returning unless `fence` is false
+    /// (the caller then calls `qembed__stream_fence()` after its last write).
     @inline(__always)
-    public static func write<T>(_ dst: UnsafeMutablePointer<T>, _ range: Range<Int>, streaming: Bool,
+    public static func write<T>(_ dst: UnsafeMutablePointer<T>, _ range: Range<Int>, streaming: Bool, fence: Bool = true,
                                 _ fill: (Int, Int, UnsafeMutablePointer<T>) -> Void) {
         guard streaming else {
             fill(range.lowerBound, range.count, dst + range.lowerBound)
@@ -59,6 +60,6 @@ public enum StreamedOutput {
                 i += m
             }
         }
-        qembed__stream_fence()
+        if fence { qembed__stream_fence() }
     }
 }

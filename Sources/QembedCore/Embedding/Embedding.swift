@@ -208,11 +208,19 @@ public final class Embedding: @unchecked Sendable {
         }
         let rowBytes = dim * w.dtype.size
         if outDtype == w.dtype {
+            // Rows of whole cache lines into an output larger than the cache
+            // go around it (StreamedOutput).
+            let streaming = rowBytes >= 256 && StreamedOutput.streams(bytes: indices.count * rowBytes)
             Parallel.forEachChunk(indices.count, grain: max(1, 16384 / rowBytes)) { range in
                 for k in range {
                     if k + prefetchDistance < range.upperBound && rowBytes <= prefetchMaxRowBytes { qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes) }
-                    qembed__copy_row(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
+                    if streaming {
+                        qembed__stream_store(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
+                    } else {
+                        qembed__copy_row(out + k * rowBytes, w.data.raw + indices[k] * rowBytes, rowBytes)
+                    }
                 }
+                if streaming { qembed__stream_fence() }
             }
         } else {
             Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in
