@@ -127,6 +127,15 @@ final class StreamedOutputTests: XCTestCase {
             try check("Embedding gather dim \(dim)", count: idx.count * dim, want: wantRows, elementBytes: 4) { out in
                 try idx.withUnsafeBytes { try e.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: out, outDtype: .f32) }
             }
+            // StableEmbedding: rows normalized in L1, then streamed; equal to the cached-store path.
+            let stable = try Embedding(EmbeddingConfig(numEmbeddings: 30, embeddingDim: dim), stable: true, seed: 5)
+            StreamedOutput.setMinBytes(Int.max)
+            var plain = [Float](repeating: 0, count: idx.count * dim)
+            try idx.withUnsafeBytes { try stable.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: &plain, outDtype: .f32) }
+            XCTAssertNotEqual(plain[0], e.weight.value(Int(idx[0]) * dim))
+            try check("StableEmbedding dim \(dim)", count: idx.count * dim, want: plain.map(\.bitPattern), elementBytes: 4) { out in
+                try idx.withUnsafeBytes { try stable.forward(Indices($0.baseAddress!, dtype: .i64, count: idx.count), out: out, outDtype: .f32) }
+            }
             for kind in [QuantizedEmbedding.Kind.int8, .nf4, .fp4] {
                 for compress in kind == .int8 ? [false] : [false, true] {
                     let q = try QuantizedEmbedding.quantize(w, dtype: .f32, rows: 30, dim: dim, kind: kind, blocksize: 64,

@@ -185,6 +185,10 @@ public final class Embedding: @unchecked Sendable {
         let dim = config.embeddingDim
         let w = weight
         if let norm {
+            // float32 rows of whole cache lines into an output larger than the
+            // cache are normalized in L1 and streamed (StreamedOutput).
+            let streaming = outDtype == .f32 && w.dtype == .f32 && dim * 4 >= 256
+                && StreamedOutput.streams(bytes: indices.count * dim * 4)
             Parallel.forEachChunk(indices.count, grain: max(1, 4096 / dim)) { range in
                 let x = UnsafeMutablePointer<Float>.allocate(capacity: dim)
                 defer { x.deallocate() }
@@ -192,6 +196,11 @@ public final class Embedding: @unchecked Sendable {
                 for k in range {
                     if k + prefetchDistance < range.upperBound && rowBytes <= prefetchMaxRowBytes { qembed__prefetch(w.data.raw + indices[k + prefetchDistance] * rowBytes, rowBytes) }
                     let src = w.data.raw + indices[k] * dim * w.dtype.size
+                    if streaming {
+                        norm.forwardRow(src.assumingMemoryBound(to: Float.self), into: x)
+                        qembed__stream_store(out + k * rowBytes, x, rowBytes)
+                        continue
+                    }
                     if outDtype == .f32 && w.dtype == .f32 {
                         norm.forwardRow(src.assumingMemoryBound(to: Float.self), into: out.assumingMemoryBound(to: Float.self) + k * dim)
                         continue
@@ -203,6 +212,7 @@ public final class Embedding: @unchecked Sendable {
                     }
                     storeFloats(x, dim, out + k * dim * outDtype.size, outDtype)
                 }
+                if streaming { qembed__stream_fence() }
             }
             return
         }
