@@ -58,11 +58,7 @@ public enum Blockwise8 {
         Parallel.forEachChunk(nchunks, grain: 1) { range in
             for c in range {
                 StreamedOutput.write(dst, c * chunk ..< min(n, (c + 1) * chunk), streaming: streaming) { from, count, o in
-                    var i = from
-                    let end = from + count
-                    while i < end {
-                        let b = i / blocksize
-                        let stop = min(end, (b + 1) * blocksize)
+                    forEachBlockRun(from, count, blocksize: blocksize) { b, i, stop in
                         let a = absmax[b]
                         if avx2 {
                             let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
@@ -70,7 +66,6 @@ public enum Blockwise8 {
                         } else {
                             for j in i..<stop { E.store(code[Int(A[j])] * a, o, j - from) }
                         }
-                        i = stop
                     }
                 }
             }
@@ -86,11 +81,8 @@ public enum Blockwise8 {
                 let b = buf.baseAddress!
                 for c in range {
                     StreamedOutput.write(dst, c * chunk ..< min(n, (c + 1) * chunk), streaming: streaming) { from, count, o in
-                        var i = from
-                        let end = from + count
-                        while i < end {
-                            let stop = min(end, (i / blocksize + 1) * blocksize)
-                            let a = absmax[i / blocksize]
+                        forEachBlockRun(from, count, blocksize: blocksize) { blk, i, stop in
+                            let a = absmax[blk]
                             if E.self == F32.self {
                                 let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
                                 qembed__vbmi_dequantize(table, A + i, stop - i, a, d)
@@ -105,7 +97,6 @@ public enum Blockwise8 {
                                     j += m
                                 }
                             }
-                            i = stop
                         }
                     }
                 }

@@ -143,11 +143,7 @@ public enum FourBit {
                 let elements = range.lowerBound * blocksize ..< min(n, range.upperBound * blocksize)
                 StreamedOutput.write(dst, elements, streaming: streaming) { from, count, o in
                     // Pieces and blocks start at even elements (every blocksize is even).
-                    var i = from
-                    let end = from + count
-                    while i < end {
-                        let b = i / blocksize
-                        let stop = min(end, (b + 1) * blocksize)
+                    forEachBlockRun(from, count, blocksize: blocksize) { b, i, stop in
                         if avx2 && stop - i >= 8 {
                             let pairs = (stop - i) / 2
                             let d = UnsafeMutableRawPointer(o + (i - from)).assumingMemoryBound(to: Float.self)
@@ -156,7 +152,6 @@ public enum FourBit {
                         } else {
                             dequantizeRun(e, packed, from: i, count: stop - i, absmax: absmax[b], code: c, dst: o - from)
                         }
-                        i = stop
                     }
                 }
             }

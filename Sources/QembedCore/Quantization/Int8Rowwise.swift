@@ -114,14 +114,9 @@ public enum Int8Rowwise {
         let streaming = StreamedOutput.streams(bytes: rows * cols * MemoryLayout<E.Storage>.stride)
         Parallel.forEachChunk(rows, grain: max(1, 16384 / max(cols, 1))) { range in
             StreamedOutput.write(dst, range.lowerBound * cols ..< range.upperBound * cols, streaming: streaming) { from, count, o in
-                var i = from
-                let end = from + count
-                while i < end {
-                    let r = i / cols
-                    let stop = min(end, (r + 1) * cols)
+                forEachBlockRun(from, count, blocksize: cols) { r, i, stop in
                     let s = rowStats[r]
                     for j in i..<stop { E.store(Float(A[j]) * s * inv127, o, j - from) }
-                    i = stop
                 }
             }
         }
