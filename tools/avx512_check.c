@@ -122,36 +122,48 @@ static void expect_same(const float *a, const float *b, long n, const char *what
     }
 }
 
-/* Bags of 0 .. 40 rows over t, every mode, with and without weights and
- * padding, both index widths: bag512 against bag256. */
+/* Bags of 0 .. 40 rows over t, every mode (sum, weighted sum, mean, max),
+ * with and without padding, both index widths, in the three layouts
+ * (offsets with and without the last offset, fixed length), reduced one
+ * range of bags per call: bag512 against bag256. */
 static void check_bags(table *t, long rows, const char *name) {
     const long dim = t->r.dim, count = 600;
-    int64_t *i64 = xmalloc(count * 8);
-    int32_t *i32 = xmalloc(count * 4);
-    float *w = xmalloc(count * 4), *a = xmalloc((size_t)dim * 4), *b = xmalloc((size_t)dim * 4);
+    int64_t *i64 = xmalloc(count * 8), *o64 = xmalloc((count + 1) * 8);
+    int32_t *i32 = xmalloc(count * 4), *o32 = xmalloc((count + 1) * 4);
+    float *w = xmalloc(count * 4), *a = xmalloc((size_t)count * dim * 4), *b = xmalloc((size_t)count * dim * 4);
     for (long k = 0; k < count; k++) { i64[k] = below(rows); i32[k] = (int32_t)i64[k]; w[k] = draw(0); }
+    long nbags = 0;
+    for (long lo = 0; lo < count; nbags++) {  /* bags of 0 .. 40 rows */
+        o64[nbags] = lo; o32[nbags] = (int32_t)lo;
+        lo += below(41);
+        if (lo > count) lo = count;
+    }
+    o64[nbags] = count; o32[nbags] = (int32_t)count;
     char what[160];
-    for (int mode = 0; mode < 3; mode++) {  /* sum, weighted sum, max */
-        for (int variant = 0; variant < 4; variant++) {
-            int is64 = variant & 1;
+    for (int mode = 0; mode < 4; mode++) {  /* sum, weighted sum, mean, max */
+        for (int variant = 0; variant < 12; variant++) {
+            int is64 = variant & 1, layout = (variant >> 2) % 3;
             long pad = variant & 2 ? i64[below(count)] : -1;
-            long lo = 0;
-            while (lo < count) {
-                long hi = lo + below(41);
-                if (hi > count) hi = count;
-                for (long j = 0; j < dim; j++) { a[j] = 1234.5f; b[j] = 1234.5f; }  /* max of no rows leaves acc */
-                const void *idx = is64 ? (const void *)i64 : (const void *)i32;
-                const float *wk = mode == 1 ? w : NULL;
-                long na = qembed__bag512_reduce(&t->r, idx, is64, lo, hi, 4, count, pad, wk, mode == 2, a);
-                long nb = qembed__bag256_reduce(&t->r, idx, is64, lo, hi, 4, count, pad, wk, mode == 2, b);
-                snprintf(what, sizeof what, "%s bag [%ld, %ld) mode %d i64 %d pad %ld", name, lo, hi, mode, is64, pad);
-                if (na != nb) { failed++; fprintf(stderr, "FAIL %s: %ld rows reduced vs %ld\n", what, na, nb); }
-                else expect_same(a, b, dim, what);
-                lo = hi;
-            }
+            qembed__bag_bounds bb = {is64 ? (const void *)o64 : (const void *)o32, -2, nbags, count};
+            if (layout == 1) bb.fixed = -1;  /* include_last_offset: the last offset ends the last bag */
+            if (layout == 2) { bb.offsets = NULL; bb.fixed = 24; bb.num_bags = count / 24; }
+            const long nb = bb.num_bags;
+            for (long j = 0; j < nb * dim; j++) { a[j] = 1234.5f; b[j] = 1234.5f; }
+            const void *idx = is64 ? (const void *)i64 : (const void *)i32;
+            const float *wk = mode == 1 ? w : NULL;
+            const int m = mode == 3 ? 2 : (mode == 2 ? 1 : 0);
+            /* uneven ranges: one call for the first bags, then one per bag, then the rest */
+            long cut1 = nb / 3, cut2 = cut1 + 5 < nb ? cut1 + 5 : nb;
+            qembed__bag512_reduce_bags(&t->r, idx, is64, &bb, 0, cut1, 4, count, pad, wk, m, a);
+            qembed__bag256_reduce_bags(&t->r, idx, is64, &bb, 0, nb, 4, count, pad, wk, m, b);
+            for (long k = cut1; k < cut2; k++)
+                qembed__bag512_reduce_bags(&t->r, idx, is64, &bb, k, k + 1, 4, count, pad, wk, m, a + k * dim);
+            qembed__bag512_reduce_bags(&t->r, idx, is64, &bb, cut2, nb, 4, count, pad, wk, m, a + cut2 * dim);
+            snprintf(what, sizeof what, "%s %ld bags mode %d i64 %d pad %ld layout %d", name, nb, mode, is64, pad, layout);
+            expect_same(a, b, nb * dim, what);
         }
     }
-    free(i64); free(i32); free(w); free(a); free(b);
+    free(i64); free(i32); free(o64); free(o32); free(w); free(a); free(b);
 }
 
 static void check_lora(table *t, long rows, const char *name) {

@@ -147,40 +147,48 @@ QB_INLINE long qb_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     return n;
 }
 
-#define QB_CALL(KIND, OP, FULL) qb_tile(r, KIND, OP, FULL, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, prefetch, acc)
-#define QB_OPS(KIND, FULL)                                                 \
-    switch (op) {                                                          \
-    case QB_ADD: return QB_CALL(KIND, QB_ADD, FULL);                       \
-    case QB_ADD_WEIGHTED: return QB_CALL(KIND, QB_ADD_WEIGHTED, FULL);     \
-    default: return QB_CALL(KIND, QB_MAX, FULL);                           \
+/* Bags b0..<b1 with the kind and op fixed for the range; a tile whose
+ * vectors are all active loads without masks. */
+QB_INLINE void qb_bags(const qembed__bag_rows *r, const int KIND, const int OP, const void *idx, int is64,
+                       const qembed__bag_bounds *bb, long b0, long b1, long pf, long pf_end, long pad, const float *w,
+                       int mode, float *out) {
+    const long dim = r->dim, tiles = (dim + 16 * QB_TILE - 1) / (16 * QB_TILE);
+    __mmask16 last[QB_TILE];  /* the masks of the last tile; every earlier tile is full */
+    const long len = dim - 16 * QB_TILE * (tiles - 1);
+    for (int v = 0; v < QB_TILE; v++) {
+        long left = len - 16 * v;
+        last[v] = left >= 16 ? (__mmask16)0xFFFF : (left > 0 ? (__mmask16)((1u << left) - 1) : 0);
     }
-
-/* A whole tile (every vector active) loads without masks. */
-QB_TARGET static long qb_tile_any(const qembed__bag_rows *r, int op, const void *idx, int is64, long lo, long hi,
-                                  long pf, long pf_end, long pad, const float *w, long t0, const __mmask16 *m,
-                                  int prefetch, float *acc) {
-    int full = m[QB_TILE - 1] == 0xFFFF;
-    switch (r->kind) {
-    case QEMBED__BAG_F32: if (full) { QB_OPS(QEMBED__BAG_F32, 1) } else { QB_OPS(QEMBED__BAG_F32, 0) }
-    case QEMBED__BAG_I8: if (full) { QB_OPS(QEMBED__BAG_I8, 1) } else { QB_OPS(QEMBED__BAG_I8, 0) }
-    default: if (full) { QB_OPS(QEMBED__BAG_4BIT, 1) } else { QB_OPS(QEMBED__BAG_4BIT, 0) }
+    const __mmask16 full[QB_TILE] = {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
+    const int last_full = last[QB_TILE - 1] == 0xFFFF;
+    for (long b = b0; b < b1; b++) {
+        const long lo = qembed__bag_start(bb, is64, b), hi = qembed__bag_end(bb, is64, b);
+        float *acc = out + (b - b0) * dim;
+        long n = 0, t0 = 0;
+        for (long t = 0; t + 1 < tiles; t++, t0 += 16 * QB_TILE)
+            n = qb_tile(r, KIND, OP, 1, idx, is64, lo, hi, pf, pf_end, pad, w, t0, full, t0 == 0, acc);
+        n = last_full ? qb_tile(r, KIND, OP, 1, idx, is64, lo, hi, pf, pf_end, pad, w, t0, last, t0 == 0, acc)
+                      : qb_tile(r, KIND, OP, 0, idx, is64, lo, hi, pf, pf_end, pad, w, t0, last, t0 == 0, acc);
+        qembed__bag_finish(acc, dim, n, mode);
     }
 }
 
-long qembed__bag512_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
-    int op = mode_max ? QB_MAX : (w ? QB_ADD_WEIGHTED : QB_ADD);
-    long n = 0;
-    for (long t0 = 0; t0 < r->dim; t0 += 16 * QB_TILE) {
-        long len = r->dim - t0;
-        __mmask16 m[QB_TILE];
-        for (int v = 0; v < QB_TILE; v++) {
-            long left = len - 16 * v;
-            m[v] = left >= 16 ? (__mmask16)0xFFFF : (left > 0 ? (__mmask16)((1u << left) - 1) : 0);
-        }
-        n = qb_tile_any(r, op, idx, is64, lo, hi, pf, pf_end, pad, w, t0, m, t0 == 0, acc);
+#define QB_OPS(KIND)                                                                                         \
+    switch (op) {                                                                                            \
+    case QB_ADD: qb_bags(r, KIND, QB_ADD, idx, is64, bb, b0, b1, pf, pf_end, pad, w, mode, out); break;      \
+    case QB_ADD_WEIGHTED: qb_bags(r, KIND, QB_ADD_WEIGHTED, idx, is64, bb, b0, b1, pf, pf_end, pad, w, mode, out); break; \
+    default: qb_bags(r, KIND, QB_MAX, idx, is64, bb, b0, b1, pf, pf_end, pad, w, mode, out);                 \
     }
-    return n;
+
+QB_TARGET void qembed__bag512_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64,
+                                          const qembed__bag_bounds *bb, long b0, long b1, long pf, long pf_end,
+                                          long pad, const float *w, int mode, float *out) {
+    const int op = mode == 2 ? QB_MAX : (w ? QB_ADD_WEIGHTED : QB_ADD);
+    switch (r->kind) {
+    case QEMBED__BAG_F32: QB_OPS(QEMBED__BAG_F32) break;
+    case QEMBED__BAG_I8: QB_OPS(QEMBED__BAG_I8) break;
+    default: QB_OPS(QEMBED__BAG_4BIT)
+    }
 }
 
 #else
@@ -188,11 +196,11 @@ long qembed__bag512_reduce(const qembed__bag_rows *r, const void *idx, int is64,
 int qembed__avx512_enabled(void) { return 0; }
 void qembed__avx512_set_enabled(int on) { (void)on; }
 int qembed__bag512_supported(const qembed__bag_rows *r) { (void)r; return 0; }
-long qembed__bag512_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
-    (void)r; (void)idx; (void)is64; (void)lo; (void)hi; (void)pf; (void)pf_end; (void)pad; (void)w; (void)mode_max;
-    (void)acc;
-    return -1;
+void qembed__bag512_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64, const qembed__bag_bounds *bb,
+                                long b0, long b1, long pf, long pf_end, long pad, const float *w, int mode, float *out) {
+    (void)r; (void)idx; (void)is64; (void)bb; (void)b0; (void)b1; (void)pf; (void)pf_end; (void)pad; (void)w;
+    (void)mode; (void)out;
+    abort();
 }
 
 #endif

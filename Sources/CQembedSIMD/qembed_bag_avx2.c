@@ -112,53 +112,53 @@ Q2_INLINE long q2_tile(const qembed__bag_rows *r, const int KIND, const int OP, 
     return n;
 }
 
-#define Q2_CALL(KIND, OP, NV)                                                                       \
-    (is64 ? q2_tile(r, KIND, OP, NV, 1, idx, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc)           \
-          : q2_tile(r, KIND, OP, NV, 0, idx, lo, hi, pf, pf_end, pad, w, t0, prefetch, acc))
-#define Q2_WIDTHS(KIND, OP)                      \
-    switch (nv) {                                \
-    case 8: return Q2_CALL(KIND, OP, 8);         \
-    case 4: return Q2_CALL(KIND, OP, 4);         \
-    case 2: return Q2_CALL(KIND, OP, 2);         \
-    default: return Q2_CALL(KIND, OP, 1);        \
-    }
-#define Q2_OPS(KIND)                                       \
-    switch (op) {                                          \
-    case Q2_ADD: Q2_WIDTHS(KIND, Q2_ADD)                   \
-    case Q2_ADD_WEIGHTED: Q2_WIDTHS(KIND, Q2_ADD_WEIGHTED) \
-    default: Q2_WIDTHS(KIND, Q2_MAX)                       \
-    }
-
-Q2_TARGET static long q2_tile_any(const qembed__bag_rows *r, int op, int nv, const void *idx, int is64, long lo, long hi,
-                                  long pf, long pf_end, long pad, const float *w, long t0, int prefetch, float *acc) {
-    switch (r->kind) {
-    case QEMBED__BAG_F32: Q2_OPS(QEMBED__BAG_F32)
-    case QEMBED__BAG_I8: Q2_OPS(QEMBED__BAG_I8)
-    default: Q2_OPS(QEMBED__BAG_4BIT)
+/* Bags b0..<b1, each a tile of 8, 4, 2 or 1 vectors at a time (dim is a
+ * multiple of 8), with the kind, op and index width fixed for the range. */
+Q2_INLINE void q2_bags(const qembed__bag_rows *r, const int KIND, const int OP, const int IS64, const void *idx,
+                       const qembed__bag_bounds *bb, long b0, long b1, long pf, long pf_end, long pad, const float *w,
+                       int mode, float *out) {
+    const long dim = r->dim;
+    for (long b = b0; b < b1; b++) {
+        const long lo = qembed__bag_start(bb, IS64, b), hi = qembed__bag_end(bb, IS64, b);
+        float *acc = out + (b - b0) * dim;
+        long n = 0, t0 = 0, left = dim / 8;
+        for (; left >= 8; left -= 8, t0 += 64) n = q2_tile(r, KIND, OP, 8, IS64, idx, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc);
+        if (left >= 4) { n = q2_tile(r, KIND, OP, 4, IS64, idx, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc); t0 += 32; left -= 4; }
+        if (left >= 2) { n = q2_tile(r, KIND, OP, 2, IS64, idx, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc); t0 += 16; left -= 2; }
+        if (left) n = q2_tile(r, KIND, OP, 1, IS64, idx, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc);
+        qembed__bag_finish(acc, dim, n, mode);
     }
 }
 
-long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
-    int op = mode_max ? Q2_MAX : (w ? Q2_ADD_WEIGHTED : Q2_ADD);
-    long n = 0, left = r->dim / 8, t0 = 0;
-    while (left > 0) {
-        int nv = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        n = q2_tile_any(r, op, nv, idx, is64, lo, hi, pf, pf_end, pad, w, t0, t0 == 0, acc);
-        t0 += 8 * nv;
-        left -= nv;
+#define Q2_RANGE(KIND, OP)                                                             \
+    (is64 ? q2_bags(r, KIND, OP, 1, idx, bb, b0, b1, pf, pf_end, pad, w, mode, out)    \
+          : q2_bags(r, KIND, OP, 0, idx, bb, b0, b1, pf, pf_end, pad, w, mode, out))
+#define Q2_OPS(KIND)                                                \
+    switch (op) {                                                   \
+    case Q2_ADD: Q2_RANGE(KIND, Q2_ADD); break;                     \
+    case Q2_ADD_WEIGHTED: Q2_RANGE(KIND, Q2_ADD_WEIGHTED); break;   \
+    default: Q2_RANGE(KIND, Q2_MAX);                                \
     }
-    return n;
+
+Q2_TARGET void qembed__bag256_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64,
+                                          const qembed__bag_bounds *bb, long b0, long b1, long pf, long pf_end,
+                                          long pad, const float *w, int mode, float *out) {
+    const int op = mode == 2 ? Q2_MAX : (w ? Q2_ADD_WEIGHTED : Q2_ADD);
+    switch (r->kind) {
+    case QEMBED__BAG_F32: Q2_OPS(QEMBED__BAG_F32) break;
+    case QEMBED__BAG_I8: Q2_OPS(QEMBED__BAG_I8) break;
+    default: Q2_OPS(QEMBED__BAG_4BIT)
+    }
 }
 
 #else
 
 int qembed__bag256_supported(const qembed__bag_rows *r) { (void)r; return 0; }
-long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc) {
-    (void)r; (void)idx; (void)is64; (void)lo; (void)hi; (void)pf; (void)pf_end; (void)pad; (void)w; (void)mode_max;
-    (void)acc;
-    return -1;
+void qembed__bag256_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64, const qembed__bag_bounds *bb,
+                                long b0, long b1, long pf, long pf_end, long pad, const float *w, int mode, float *out) {
+    (void)r; (void)idx; (void)is64; (void)bb; (void)b0; (void)b1; (void)pf; (void)pf_end; (void)pad; (void)w;
+    (void)mode; (void)out;
+    abort();
 }
 
 #endif

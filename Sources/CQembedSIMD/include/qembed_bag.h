@@ -33,6 +33,16 @@ typedef struct qembed__bag_rows {
     float offset;
 } qembed__bag_rows;
 
+/* The bags of a batch, as Bags.swift holds them: bag b is indices
+ * [start(b), end(b)). */
+typedef struct qembed__bag_bounds {
+    const void *offsets;  /* int64 when the indices are, else int32; NULL: fixed-length bags */
+    long fixed;           /* offsets NULL: the bag length; else -1 when the last offset ends the
+                             last bag (include_last_offset), -2 when count does */
+    long num_bags;
+    long count;           /* indices in all */
+} qembed__bag_bounds;
+
 /* Row helpers the AVX-512 and AVX2 kernels share. */
 #if defined(__x86_64__)
 #include <xmmintrin.h>
@@ -63,6 +73,26 @@ static inline __attribute__((always_inline)) void qembed__bag_prefetch_row(const
     }
 }
 
+static inline __attribute__((always_inline)) long qembed__bag_start(const qembed__bag_bounds *bb, int is64, long b) {
+    return bb->offsets ? qembed__bag_index(bb->offsets, is64, b) : b * bb->fixed;
+}
+
+static inline __attribute__((always_inline)) long qembed__bag_end(const qembed__bag_bounds *bb, int is64, long b) {
+    if (!bb->offsets) return (b + 1) * bb->fixed;
+    return b + 1 < bb->num_bags || bb->fixed == -1 ? qembed__bag_index(bb->offsets, is64, b + 1) : bb->count;
+}
+
+/* A bag's last step after its n rows: max of no row gives zeros; mean
+ * divides the sum of n > 1 rows by n (one division per value). */
+static inline __attribute__((always_inline)) void qembed__bag_finish(float *acc, long dim, long n, int mode) {
+    if (mode == 2 && n == 0) {
+        for (long j = 0; j < dim; j++) acc[j] = 0;
+    } else if (mode == 1 && n > 1) {
+        const float c = (float)n;
+        for (long j = 0; j < dim; j++) acc[j] /= c;
+    }
+}
+
 /* The absmax of 4-bit block b (nested: nlg >= 0 is log2 of a power-of-two
  * nested blocksize, -1 for any other): the product and the sum rounded
  * once each, in two statements, so that no compiler contracts them into a
@@ -86,20 +116,22 @@ void qembed__avx512_set_enabled(int on);
  * blocksize multiples of 16, blocksize a power of two). */
 int qembed__bag512_supported(const qembed__bag_rows *r);
 
-/* Reduces rows idx[k], lo <= k < hi (int64 indices when is64, else int32),
- * skipping k whose index equals pad (pass -1 for none), into acc[0, dim):
- * mode_max 0: acc = the sum (weights w[k] multiply each row when w is not
- * NULL); mode_max 1: acc = the elementwise maximum, unchanged when no row is
- * reduced. Rows idx[k + pf] are prefetched while k + pf < pf_end. Returns
- * the number of rows reduced. Needs qembed__bag512_supported(r). */
-long qembed__bag512_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc);
+/* Reduces bags b0 <= b < b1 of bb, bag b into out + (b - b0) * dim: its
+ * rows idx[k] (int64 indices when is64, else int32), skipping k whose index
+ * equals pad (pass -1 for none). mode 0: the sum (weights w[k] multiply
+ * each row when w is not NULL); 1: the mean (the sum of n > 1 rows divided
+ * by n); 2: the elementwise maximum (zeros for a bag with no row). Rows
+ * idx[k + pf] are prefetched while k + pf < pf_end. One call per range of
+ * bags: the kind, mode and tile shape are chosen once. Needs
+ * qembed__bag512_supported(r). */
+void qembed__bag512_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64, const qembed__bag_bounds *bb,
+                                long b0, long b1, long pf, long pf_end, long pad, const float *w, int mode, float *out);
 
 /* The same rule with AVX2 (8-float registers, tiles of up to 64 floats),
  * for CPUs without AVX-512. Needs qembed__bag256_supported(r): AVX2 on, dim
  * a multiple of 8, and for 4-bit a power-of-two blocksize of at least 8. */
 int qembed__bag256_supported(const qembed__bag_rows *r);
-long qembed__bag256_reduce(const qembed__bag_rows *r, const void *idx, int is64, long lo, long hi, long pf,
-                           long pf_end, long pad, const float *w, int mode_max, float *acc);
+void qembed__bag256_reduce_bags(const qembed__bag_rows *r, const void *idx, int is64, const qembed__bag_bounds *bb,
+                                long b0, long b1, long pf, long pf_end, long pad, const float *w, int mode, float *out);
 
 #endif

@@ -281,8 +281,8 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
     let dim = rows.dim
     let pad = bags.paddingIdx ?? -1
     let direct = outDtype == .f32
-    // The AVX-512 kernel, or else the AVX2 one, reduces a whole bag per call
-    // with the accumulators in registers (float32 weights only).
+    // The AVX-512 kernel, or else the AVX2 one, reduces a range of bags per
+    // call with the accumulators in registers (float32 weights only).
     var kernel = rows.bagKernelRows
     var wide = false
     if kernel != nil {
@@ -292,22 +292,36 @@ func reduceBags<R: BagRowSource>(_ rows: R, _ bags: Bags, out: UnsafeMutableRawP
         }
     }
     let kernelWeights = bags.weights?.assumingMemoryBound(to: Float.self)
+    let bounds = qembed__bag_bounds(offsets: bags.offsets, fixed: bags.fixedSize, num_bags: bags.numBags,
+                                    count: bags.indices.count)
+    let kernelMode: Int32 = bags.mode == .max ? 2 : (bags.mode == .mean ? 1 : 0)
     Parallel.forEachChunk(bags.numBags, grain: max(1, bags.numBags * 16384 / max(1, bags.bagged * dim))) { range in
         let scratch = direct ? nil : UnsafeMutablePointer<Float>.allocate(capacity: dim)
         let last = bags.end(range.upperBound - 1)  // rows are fetched ahead across bags of the chunk
         let bagPrefetch = max(2, min(16, bagPrefetchBytes / max(1, rows.rowBytes)))
         defer { scratch?.deallocate() }
-        var k = kernel
+        if var k = kernel {
+            var bb = bounds
+            // One call for the chunk's bags (straight into a float32 output), or one per bag through scratch.
+            let reduce = wide ? qembed__bag512_reduce_bags : qembed__bag256_reduce_bags
+            let is64: Int32 = bags.indices.is64 ? 1 : 0
+            if let scratch {
+                for b in range {
+                    reduce(&k, bags.indices.base, is64, &bb, b, b + 1, bagPrefetch, last, pad, kernelWeights,
+                           kernelMode, scratch)
+                    storeFloats(scratch, dim, out + b * dim * outDtype.size, outDtype)
+                }
+            } else {
+                reduce(&k, bags.indices.base, is64, &bb, range.lowerBound, range.upperBound, bagPrefetch, last, pad,
+                       kernelWeights, kernelMode, out.assumingMemoryBound(to: Float.self) + range.lowerBound * dim)
+            }
+            return
+        }
         for b in range {
             let acc = scratch ?? out.assumingMemoryBound(to: Float.self) + b * dim
             let lo = bags.start(b), hi = bags.end(b)
             var n = 0
-            if k != nil {
-                let reduce = wide ? qembed__bag512_reduce : qembed__bag256_reduce
-                n = reduce(&k!, bags.indices.base, bags.indices.is64 ? 1 : 0, lo, hi, bagPrefetch, last, pad,
-                           kernelWeights, bags.mode == .max ? 1 : 0, acc)
-                if n == 0 && bags.mode == .max { acc.update(repeating: 0, count: dim) }
-            } else if bags.mode == .max {
+            if bags.mode == .max {
                 for k in lo..<hi {
                     if k + bagPrefetch < last { rows.prefetch(bags.indices[k + bagPrefetch]) }
                     let i = bags.indices[k]

@@ -20,10 +20,10 @@ public struct Bags {
     public let weightsDtype: DType
     /// Normalized to [0, rows), or nil.
     public let paddingIdx: Int?
-    private let offsets: UnsafeRawPointer?
+    let offsets: UnsafeRawPointer?
     /// Fixed form: the bag length. Offsets form: -1 with include_last_offset
     /// (the last offset ends the last bag), -2 without (count ends it).
-    private let fixedSize: Int
+    let fixedSize: Int
 
     /// Validates the shape fields (offsets[0] = 0, non-decreasing, none above
     /// count; fixed form divisible), the mode/weights pairing, padding_idx
