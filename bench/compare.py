@@ -265,6 +265,30 @@ def bags(args, memcpy):
         else:
             row(f"qembed {name} bag sum", best(run), nbytes, memcpy)
 
+    # The same indices as bags of 5 (many small bags: the per-bag cost shows; not a bar).
+    off5 = np.arange(nb * per // 5, dtype=np.int64) * 5
+    print(f"  the same {nb * per} indices as {off5.size} bags of 5:")
+    small = {}
+    if torch is not None:
+        to5 = torch.from_numpy(off5)
+        small["f32"] = ("torch F.embedding_bag, bags of 5",
+                        lambda: torch.nn.functional.embedding_bag(ti, tw, to5, mode="sum"))
+        if "int8" in anchors:
+            small["int8"] = ("FBGEMM byte_rowwise, bags of 5",
+                             lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to5, mode=0))
+            small["nf4"] = ("FBGEMM 4bit_rowwise, bags of 5",
+                            lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to5, mode=0))
+    for name, layer, row_bytes in tables:
+        run = (lambda: layer(idx, off5)) if name == "f32" else (lambda: layer.bag(idx, off5, mode="sum"))
+        ref = small.get(name)
+        nbytes = nb * per * row_bytes
+        if ref:
+            tr, t, ratio = paired(ref[1], run)
+            row(ref[0], tr, nbytes, memcpy)
+            row(f"qembed {name} bag sum, bags of 5", t, nbytes, memcpy, vs=ref[0], ratio=ratio)
+        else:
+            row(f"qembed {name} bag sum, bags of 5", best(run), nbytes, memcpy)
+
     rows, dim = (8192, 384) if args.quick else (30522, 384)
     print(f"\nscoring: queries against every row of {rows}x{dim} (a tied LM head; GB/s of table)")
     w = rng.standard_normal((rows, dim), dtype=np.float32)

@@ -24,7 +24,7 @@ enum BagBench {
         let idx = (0..<count).map { _ in Int64(rng.next() % UInt64(rows)) }
         let offsets = (0..<numBags).map { Int64($0 * perBag) }
         let weights = (0..<count).map { _ in Float(rng.next() % 1000) / 500 }
-        let out = UnsafeMutablePointer<Float>.allocate(capacity: numBags * dim)
+        let out = UnsafeMutablePointer<Float>.allocate(capacity: count / 5 * dim)  // room for bags of 5
         defer { out.deallocate() }
         let tables: [(String, QuantizedEmbedding?)] = [("f32", nil),
             ("int8", try QuantizedEmbedding.from(e, kind: .int8)),
@@ -45,6 +45,16 @@ enum BagBench {
                             Bench.report("\(name) bag \(mode.name)", seconds: t, elements: count,
                                          bytes: count * rowBytes(q, dim: dim) + numBags * dim * 4, unit: "M rows/s")
                         }
+                    }
+                    // The same indices as bags of 5 (fixed length): the per-bag cost shows.
+                    let small = try Bags(indices: ind, offsets: nil, numOffsets: 0, includeLastOffset: false, numBags: count / 5,
+                                         weights: nil, weightsDtype: .f32, mode: .sum, paddingIdx: nil, rows: rows)
+                    for (name, q) in tables {
+                        let t = try Bench.time {
+                            if let q { try q.bagForward(small, out: out, outDtype: .f32) } else { try e.bagForward(small, out: out, outDtype: .f32) }
+                        }
+                        Bench.report("\(name) bag sum, bags of 5", seconds: t, elements: count,
+                                     bytes: count * rowBytes(q, dim: dim) + count / 5 * dim * 4, unit: "M rows/s")
                     }
                     let b = try Bags(indices: ind, offsets: ob.baseAddress!, numOffsets: numBags, includeLastOffset: false, numBags: 0,
                                      weights: wb.baseAddress!, weightsDtype: .f32, mode: .sum, paddingIdx: nil, rows: rows)
