@@ -1,4 +1,5 @@
-/* AVX2 4-bit (FP4/NF4) row kernels for bags and scoring. Internal to the
+/* AVX2 4-bit (FP4/NF4) row kernels for bags and lookups (one-query scoring:
+ * qembed_score.h). Internal to the
  * core, not API. Each equals the scalar rule element for element: value =
  * code[nibble] * absmax in float32 (high nibble of a byte first), then one of
  * store / add / add value * w / keep the larger, each rounded once (no
@@ -27,14 +28,5 @@ void qembed__4bit_run_avx2(const uint8_t *p, long pairs, const float *code, floa
  * edges by the scalar rule. */
 void qembed__4bit_row_avx2(const uint8_t *packed, long e0, long n, long bs, const float *absmax, const float *code,
                            float w, int op, float *dst);
-
-/* out[r] = <q, row r0 + r> for r < n, rows of dim values (a multiple of 8)
- * in blocks of 1 << lg >= 8 values, absmax[k] the scale of block
- * (r0 * dim >> lg) + k. The scoring order (Scoring.swift): lane l sums
- * q[j] * v[j] for j = l, l + 8, ... in that order from +0 (v = code[nibble]
- * * absmax; every product and sum rounded once), then the lanes as
- * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). Four rows at a time. */
-void qembed__4bit_rows_dot_avx2(const uint8_t *packed, long r0, long n, long dim, int lg, const float *absmax,
-                                const float *code, const float *q, float *out);
 
 #endif

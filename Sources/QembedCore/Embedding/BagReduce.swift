@@ -138,6 +138,13 @@ struct Int8Rows: BagRowSource {
         qembed__prefetch(scb + i, 4)
     }
 
+    /// One query straight from the table (AVX2, dim a multiple of 8).
+    @inline(__always) func dots(_ r0: Int, _ n: Int, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Bool {
+        guard dim % 8 == 0, n >= 1, qembed__avx2_enabled() != 0 else { return false }
+        qembed__i8_rows_dot_avx2(q, scb, r0, n, dim, x, out)
+        return true
+    }
+
     var bagKernelRows: qembed__bag_rows? { qembed__bag_rows(kind: Int32(QEMBED__BAG_I8), dim: dim, data: q, scales: scb) }
 }
 
