@@ -238,56 +238,40 @@ def bags(args, memcpy):
     idx = rng.integers(0, rows, nb * per)
     off = np.arange(nb, dtype=np.int64) * per
     bag = nn.EmbeddingBag.from_pretrained(w, mode="sum")
-    anchors = {}
+    anchors = {}  # name -> (label, function of the offsets tensor)
     if torch is not None:
-        tw, ti, to = torch.from_numpy(w), torch.from_numpy(idx), torch.from_numpy(off)
-        anchors["f32"] = ("torch F.embedding_bag", lambda: torch.nn.functional.embedding_bag(ti, tw, to, mode="sum"))
+        tw, ti = torch.from_numpy(w), torch.from_numpy(idx)
+        anchors["f32"] = ("torch F.embedding_bag", lambda to: torch.nn.functional.embedding_bag(ti, tw, to, mode="sum"))
         try:
             p8 = torch.ops.quantized.embedding_bag_byte_prepack(tw)
             p4 = torch.ops.quantized.embedding_bag_4bit_prepack(tw)
             anchors["int8"] = ("FBGEMM embedding_bag_byte_rowwise_offsets",
-                               lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to, mode=0))
+                               lambda to: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to, mode=0))
             anchors["nf4"] = ("FBGEMM embedding_bag_4bit_rowwise_offsets",
-                              lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to, mode=0))
+                              lambda to: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to, mode=0))
         except Exception as e:  # torch built without FBGEMM
             print(f"  FBGEMM quantized bags unavailable: {type(e).__name__}: {e}")
     print("  (each qembed row against its reference: best times, and the median ratio of 15 back-to-back pairs)")
     tables = [("f32", bag, dim * 4), ("int8", nn.Embedding8bit.from_embedding(bag), dim + 4),
               ("nf4", nn.EmbeddingNF4.from_embedding(bag), dim // 2 + 4 * (dim // 64))]
-    for name, layer, row_bytes in tables:
-        run = (lambda: layer(idx, off)) if name == "f32" else (lambda: layer.bag(idx, off, mode="sum"))
-        ref = anchors.get(name)
-        nbytes = nb * per * row_bytes
-        if ref:
-            tr, t, ratio = paired(ref[1], run)
-            row(ref[0], tr, nbytes, memcpy)
-            row(f"qembed {name} bag sum", t, nbytes, memcpy, vs=ref[0], ratio=ratio)
-        else:
-            row(f"qembed {name} bag sum", best(run), nbytes, memcpy)
-
-    # The same indices as bags of 5 (many small bags: the per-bag cost shows; not a bar).
+    # The bars' layout, then the same indices as bags of 5 (many small bags: the per-bag cost
+    # shows; not a bar).
     off5 = np.arange(nb * per // 5, dtype=np.int64) * 5
-    print(f"  the same {nb * per} indices as {off5.size} bags of 5:")
-    small = {}
-    if torch is not None:
-        to5 = torch.from_numpy(off5)
-        small["f32"] = ("torch F.embedding_bag, bags of 5",
-                        lambda: torch.nn.functional.embedding_bag(ti, tw, to5, mode="sum"))
-        if "int8" in anchors:
-            small["int8"] = ("FBGEMM byte_rowwise, bags of 5",
-                             lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(p8, ti, to5, mode=0))
-            small["nf4"] = ("FBGEMM 4bit_rowwise, bags of 5",
-                            lambda: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(p4, ti, to5, mode=0))
-    for name, layer, row_bytes in tables:
-        run = (lambda: layer(idx, off5)) if name == "f32" else (lambda: layer.bag(idx, off5, mode="sum"))
-        ref = small.get(name)
-        nbytes = nb * per * row_bytes
-        if ref:
-            tr, t, ratio = paired(ref[1], run)
-            row(ref[0], tr, nbytes, memcpy)
-            row(f"qembed {name} bag sum, bags of 5", t, nbytes, memcpy, vs=ref[0], ratio=ratio)
-        else:
-            row(f"qembed {name} bag sum, bags of 5", best(run), nbytes, memcpy)
+    for offsets, suffix in ((off, ""), (off5, ", bags of 5")):
+        if suffix:
+            print(f"  the same {nb * per} indices as {offsets.size} bags of 5:")
+        to = torch.from_numpy(offsets) if torch is not None else None
+        for name, layer, row_bytes in tables:
+            run = ((lambda: layer(idx, offsets)) if name == "f32"
+                   else (lambda: layer.bag(idx, offsets, mode="sum")))
+            nbytes = nb * per * row_bytes
+            if name in anchors:
+                label, fn = anchors[name]
+                tr, t, ratio = paired(lambda: fn(to), run)
+                row(label + suffix, tr, nbytes, memcpy)
+                row(f"qembed {name} bag sum{suffix}", t, nbytes, memcpy, vs=label + suffix, ratio=ratio)
+            else:
+                row(f"qembed {name} bag sum{suffix}", best(run), nbytes, memcpy)
 
     rows, dim = (8192, 384) if args.quick else (30522, 384)
     print(f"\nscoring: queries against every row of {rows}x{dim} (a tied LM head; GB/s of table)")
