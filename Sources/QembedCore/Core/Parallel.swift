@@ -54,10 +54,41 @@ public enum Parallel {
         }
     }
 
+    /// Runs `body(range)` over `0..<count` in blocks of `block` items that
+    /// the threads claim one at a time from a shared counter, on up to
+    /// `threadCount` threads (at least `grain` items per thread). A thread
+    /// that starts late or is slowed by the host takes fewer blocks, where
+    /// forEachChunk's fixed halves make every call wait for the slower one.
+    /// For loops whose items cost about the same and are cheap to split
+    /// (bags). One thread, or called inside another loop's body: one call
+    /// over the whole range. Blocks are disjoint.
+    public static func forEachBlock(_ count: Int, block: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+        if count <= 0 { return }
+        let block = max(1, block), blocks = ceilDiv(count, block)
+        let threads = min(threadCount, max(1, count / max(grain, 1)), blocks)
+        if threads <= 1 || pthread_getspecific(insideKey) != nil { body(0..<count); return }
+        let claims = BlockClaims()
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            let outer = pthread_getspecific(insideKey)
+            pthread_setspecific(insideKey, UnsafeRawPointer(bitPattern: 1))
+            while true {
+                let b = claims.next.wrappingAdd(1, ordering: .relaxed).oldValue
+                if b >= blocks { break }
+                body((b * block)..<min(count, (b + 1) * block))
+            }
+            pthread_setspecific(insideKey, outer)
+        }
+    }
+
     /// Thread-specific marker: set while a thread runs a forEachChunk body.
     private static let insideKey: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k, nil)
         return k
     }()
+}
+
+/// The next block to claim in Parallel.forEachBlock.
+private final class BlockClaims: Sendable {
+    let next = Atomic<Int>(0)
 }
